@@ -1,0 +1,95 @@
+//! The chat's vocabulary: validated input types and the three records the
+//! protocol exchanges (`Room`, `Member`, `Message`), serialized exactly as
+//! PROTOCOL.md shows them.
+
+mod validated;
+
+pub use validated::{MessageContent, Nickname, RoomTitle, TextLimits};
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Serialize, Serializer};
+
+/// A room's id: assigned by the store, unique for the store's lifetime.
+pub type RoomId = u64;
+
+/// A message id: a per-room sequence 1, 2, 3, ... assigned by the store in
+/// the same transaction that stores the message. Being gap-free within a room
+/// is what lets a receiver tell a missing message from a late one.
+pub type MessageSeq = u64;
+
+/// Times go over the wire as RFC 3339 UTC with second precision
+/// (`2026-11-24T10:00:00Z`), the form PROTOCOL.md shows.
+pub fn serialize_time<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&t.to_rfc3339_opts(SecondsFormat::Secs, true))
+}
+
+/// The current time truncated to whole seconds, so what the memory store
+/// keeps is exactly what MySQL's DATETIME columns would give back.
+pub fn now() -> DateTime<Utc> {
+    let t = Utc::now();
+    DateTime::from_timestamp(t.timestamp(), 0).unwrap_or(t)
+}
+
+/// A chat room as listed by the REST API and sent in `joined`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Room {
+    pub id: RoomId,
+    pub title: String,
+    pub member_count: u32,
+    #[serde(serialize_with = "serialize_time")]
+    pub created: DateTime<Utc>,
+}
+
+/// A member of a room as the protocol shows it; which connection it belongs
+/// to stays on the server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Member {
+    pub nickname: String,
+    #[serde(serialize_with = "serialize_time")]
+    pub joined_at: DateTime<Utc>,
+}
+
+/// A stored chat message; `id` is the room's sequence number.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Message {
+    pub id: MessageSeq,
+    pub room_id: RoomId,
+    pub nickname: String,
+    pub content: String,
+    #[serde(serialize_with = "serialize_time")]
+    pub sent_at: DateTime<Utc>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_serialize_in_camel_case_with_rfc3339_times() {
+        let t = DateTime::from_timestamp(1_795_000_000, 0).unwrap();
+        let room = Room {
+            id: 7,
+            title: "general".into(),
+            member_count: 2,
+            created: t,
+        };
+        let json = serde_json::to_value(&room).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"id":7,"title":"general","memberCount":2,"created":"2026-11-18T11:06:40Z"})
+        );
+        let msg = Message {
+            id: 42,
+            room_id: 7,
+            nickname: "alice".into(),
+            content: "hi".into(),
+            sent_at: t,
+        };
+        let json = serde_json::to_value(&msg).unwrap();
+        assert_eq!(json["roomId"], 7);
+        assert_eq!(json["sentAt"], "2026-11-18T11:06:40Z");
+    }
+}

@@ -1,0 +1,203 @@
+//! Persistence behind one trait, so the actors never know which store runs:
+//! `memory` (the embedded default: no setup, one process) or `mysql` (durable,
+//! shared by every process of a cluster).
+//!
+//! Invariants every implementation keeps, because the actors rely on them:
+//! - **Counts never drift.** `add_member` and `remove_member` change the
+//!   member row and the room's `join_member_count` in one transaction.
+//! - **Exactly-once deletion.** A room is deleted only inside the transaction
+//!   that takes its count to zero (`remove_member`, `remove_instance_members`,
+//!   `remove_all_members`) or, for a room nobody ever joined, by
+//!   `delete_unjoined_rooms` under the condition `join_member_count = 0`.
+//!   Joins lock the same room row, so a join racing a deletion either lands
+//!   in the live room or finds no room (`RoomNotFound`), never half of one.
+//! - **Per-room sequence.** `append_messages` gives a batch the next
+//!   consecutive ids of its room in the transaction that stores it, so ids
+//!   are gap-free and increasing per room even with writers on many
+//!   processes.
+
+mod memory;
+// mod mysql; (in progress)
+
+pub use memory::MemoryStore;
+// pub use mysql::MySqlStore; (in progress)
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::domain::{Member, Message, MessageSeq, Nickname, Room, RoomId, RoomTitle};
+use crate::error::ChatError;
+
+/// Why a store call failed. Only the first two are the client's doing.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("room {0} not found")]
+    RoomNotFound(RoomId),
+    #[error("nickname {0:?} is taken")]
+    NicknameTaken(String),
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl From<StoreError> for ChatError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::RoomNotFound(id) => ChatError::RoomNotFound(id),
+            StoreError::NicknameTaken(n) => ChatError::NicknameTaken(n),
+            StoreError::Unavailable(why) => ChatError::Unavailable(why),
+        }
+    }
+}
+
+/// Which store is running, as `/health` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    Memory,
+    MySql,
+}
+
+impl StoreKind {
+    /// The name `/health` uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoreKind::Memory => "memory",
+            StoreKind::MySql => "mysql",
+        }
+    }
+}
+
+/// A membership about to be stored. `socket_id` names the connection so
+/// that a leave removes exactly that connection's row; `instance_id` names
+/// the process so that a dead process's members can be reaped.
+#[derive(Debug, Clone)]
+pub struct NewMember {
+    pub nickname: Nickname,
+    pub socket_id: String,
+    pub instance_id: String,
+    pub joined_at: DateTime<Utc>,
+}
+
+/// A successful join: the room with its new count, and the member as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinOutcome {
+    pub room: Room,
+    pub member: Member,
+}
+
+/// What a leave did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaveOutcome {
+    /// The member left; the room lives on with this many members.
+    Left { nickname: String, remaining: u32 },
+    /// The member was the last one: the room, its members and its messages
+    /// are gone, deleted by this very call (and by no other).
+    RoomDeleted { nickname: String },
+    /// No such membership (already removed, e.g. by a reaper or a shutdown).
+    NotMember,
+}
+
+/// One member removed in bulk (shutdown, crash reaping, start-up cleanup).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemovedMember {
+    pub room_id: RoomId,
+    pub nickname: String,
+    /// True for the one removal that emptied, and so deleted, its room.
+    pub room_deleted: bool,
+}
+
+/// A chat message about to be stored; the store assigns its id.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub nickname: String,
+    pub content: String,
+    pub sent_at: DateTime<Utc>,
+}
+
+/// Shared handle to whichever store runs.
+pub type SharedStore = std::sync::Arc<dyn Store>;
+
+/// The persistence contract. Every method is one transaction (or one atomic
+/// step of the memory store); see the module comment for the invariants.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Which implementation this is.
+    fn kind(&self) -> StoreKind;
+
+    /// Cheap liveness check for `/health`.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Inserts a room with no members.
+    async fn create_room(
+        &self,
+        title: &RoomTitle,
+        created: DateTime<Utc>,
+    ) -> Result<Room, StoreError>;
+
+    /// One room, if it exists.
+    async fn room(&self, id: RoomId) -> Result<Option<Room>, StoreError>;
+
+    /// All rooms, newest first (by id, descending).
+    async fn rooms(&self) -> Result<Vec<Room>, StoreError>;
+
+    /// Adds a member and increments the count in one transaction.
+    /// Errors: `RoomNotFound`, `NicknameTaken` (exact, case-sensitive match).
+    async fn add_member(
+        &self,
+        room_id: RoomId,
+        member: &NewMember,
+    ) -> Result<JoinOutcome, StoreError>;
+
+    /// Removes the membership of `socket_id` and decrements the count; the
+    /// call that takes the count to zero deletes the room.
+    async fn remove_member(
+        &self,
+        room_id: RoomId,
+        socket_id: &str,
+    ) -> Result<LeaveOutcome, StoreError>;
+
+    /// Members in join order. The actors answer member lists from their own
+    /// state; this is for rebuilding that state.
+    async fn members(&self, room_id: RoomId) -> Result<Vec<Member>, StoreError>;
+
+    /// Stores a batch in order, giving it the room's next consecutive ids.
+    /// `RoomNotFound` if the room is gone.
+    async fn append_messages(
+        &self,
+        room_id: RoomId,
+        batch: &[NewMessage],
+    ) -> Result<Vec<Message>, StoreError>;
+
+    /// Messages with id > `after`, ascending, at most `limit`.
+    async fn messages_after(
+        &self,
+        room_id: RoomId,
+        after: MessageSeq,
+        limit: usize,
+    ) -> Result<Vec<Message>, StoreError>;
+
+    /// The last `limit` messages, ascending.
+    async fn recent_messages(
+        &self,
+        room_id: RoomId,
+        limit: usize,
+    ) -> Result<Vec<Message>, StoreError>;
+
+    /// Deletes rooms created before `created_before` that have no members
+    /// (the empty-room grace period); returns their ids.
+    async fn delete_unjoined_rooms(
+        &self,
+        created_before: DateTime<Utc>,
+    ) -> Result<Vec<RoomId>, StoreError>;
+
+    /// Removes every member that `instance_id` holds (clean shutdown, or a
+    /// survivor reaping a dead process), deleting rooms that become empty.
+    async fn remove_instance_members(
+        &self,
+        instance_id: &str,
+    ) -> Result<Vec<RemovedMember>, StoreError>;
+
+    /// Removes every member of every instance, deleting the rooms they were
+    /// in. Run at start-up by a process configured to run alone: whatever
+    /// members the store still holds belong to a previous run that died.
+    async fn remove_all_members(&self) -> Result<Vec<RemovedMember>, StoreError>;
+}

@@ -1,0 +1,1 @@
+//! MySQL store: placeholder until the implementation lands.

@@ -54,6 +54,11 @@ pub struct Settings {
     pub templates_dir: String,
     /// `WORKERS`: HTTP worker threads (default: number of CPUs).
     pub workers: Option<usize>,
+    /// `ROOM_THREADS`: threads hosting room actors (default: number of CPUs).
+    pub room_threads: Option<usize>,
+    /// `TRUST_FORWARDED_FOR`: key rate limits by the first
+    /// `X-Forwarded-For` address (set it only behind a proxy that sets it).
+    pub trust_forwarded_for: bool,
 }
 
 /// A variable that is set but cannot be parsed.
@@ -80,7 +85,9 @@ impl Settings {
             port: env.parse("PORT", 3000)?,
             mysql_url: env.string("MYSQL_URL"),
             redis_url: env.string("REDIS_URL"),
-            instance_id: env.string("INSTANCE_ID").unwrap_or_else(generate_instance_id),
+            instance_id: env
+                .string("INSTANCE_ID")
+                .unwrap_or_else(generate_instance_id),
             empty_room_grace: Duration::from_secs_f64(env.parse("EMPTY_ROOM_GRACE_SECS", 60.0)?),
             limits: TextLimits {
                 title: env.parse("MAX_TITLE_CHARS", defaults.title)?,
@@ -92,7 +99,9 @@ impl Settings {
             history_on_join: env.parse("HISTORY_ON_JOIN", 50)?,
             messages_page_max: env.parse("MESSAGES_PAGE_MAX", 500)?,
             memory_history_limit: env.parse("MEMORY_HISTORY_LIMIT", 10_000)?,
-            heartbeat_interval: Duration::from_secs_f64(env.parse("HEARTBEAT_INTERVAL_SECS", 10.0)?),
+            heartbeat_interval: Duration::from_secs_f64(
+                env.parse("HEARTBEAT_INTERVAL_SECS", 10.0)?,
+            ),
             client_timeout: Duration::from_secs_f64(env.parse("CLIENT_TIMEOUT_SECS", 30.0)?),
             ws_rate_per_sec: env.parse("WS_RATE_PER_SEC", 200.0)?,
             ws_rate_burst: env.parse("WS_RATE_BURST", 400.0)?,
@@ -101,8 +110,12 @@ impl Settings {
             session_queue_capacity: env.parse("SESSION_QUEUE_CAPACITY", 1024)?,
             store_timeout: Duration::from_millis(env.parse("STORE_TIMEOUT_MS", 5000)?),
             static_dir: env.string("STATIC_DIR").unwrap_or_else(|| "static".into()),
-            templates_dir: env.string("TEMPLATES_DIR").unwrap_or_else(|| "templates".into()),
+            templates_dir: env
+                .string("TEMPLATES_DIR")
+                .unwrap_or_else(|| "templates".into()),
             workers: env.optional("WORKERS")?,
+            room_threads: env.optional("ROOM_THREADS")?,
+            trust_forwarded_for: env.parse("TRUST_FORWARDED_FOR", false)?,
         })
     }
 
@@ -151,7 +164,11 @@ impl<F: Fn(&str) -> Option<String>> Env<'_, F> {
 /// A name that is unique enough across a cluster's lifetime: host-ish
 /// prefix, pid and random suffix.
 fn generate_instance_id() -> String {
-    format!("chat-{}-{:06x}", std::process::id(), rand::random::<u32>() & 0xff_ffff)
+    format!(
+        "chat-{}-{:06x}",
+        std::process::id(),
+        rand::random::<u32>() & 0xff_ffff
+    )
 }
 
 #[cfg(test)]
@@ -175,14 +192,19 @@ mod tests {
 
     #[test]
     fn variables_override_defaults_and_bad_values_are_reported() {
-        let vars: HashMap<&str, &str> = [("PORT", "8080"), ("MAX_TITLE_CHARS", "10"), ("INSTANCE_ID", "a")]
-            .into_iter()
-            .collect();
+        let vars: HashMap<&str, &str> = [
+            ("PORT", "8080"),
+            ("MAX_TITLE_CHARS", "10"),
+            ("INSTANCE_ID", "a"),
+        ]
+        .into_iter()
+        .collect();
         let s = Settings::from_lookup(|k| vars.get(k).map(|v| v.to_string())).unwrap();
         assert_eq!(s.port, 8080);
         assert_eq!(s.limits.title, 10);
         assert_eq!(s.instance_id, "a");
-        let err = Settings::from_lookup(|k| (k == "PORT").then(|| "eighty".to_string())).unwrap_err();
+        let err =
+            Settings::from_lookup(|k| (k == "PORT").then(|| "eighty".to_string())).unwrap_err();
         assert!(err.to_string().contains("PORT"));
     }
 }

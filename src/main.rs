@@ -1,1 +1,44 @@
-fn main() {}
+//! The `chat-server` binary: settings from the environment, then the
+//! application until a signal stops it.
+
+use chat_server::config::Settings;
+use chat_server::startup::Application;
+
+#[actix_web::main]
+async fn main() -> std::process::ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let settings = match Settings::from_env() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("configuration error: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let (host, store, instance) = (
+        settings.host.clone(),
+        if settings.mysql_url.is_some() {
+            "mysql"
+        } else {
+            "memory"
+        },
+        settings.instance_id.clone(),
+    );
+    let app = match Application::build(settings).await {
+        Ok(app) => app,
+        Err(e) => {
+            eprintln!("cannot start: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    log::info!(
+        "chat-server {instance} listening on http://{host}:{} (store: {store})",
+        app.port()
+    );
+    match app.run_until_stopped().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("server error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

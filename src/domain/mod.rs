@@ -7,7 +7,7 @@ mod validated;
 pub use validated::{MessageContent, Nickname, RoomTitle, TextLimits};
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Serialize, Serializer};
 
 /// A room's id: assigned by the store, unique for the store's lifetime.
 pub type RoomId = u64;
@@ -30,8 +30,11 @@ pub fn now() -> DateTime<Utc> {
     DateTime::from_timestamp(t.timestamp(), 0).unwrap_or(t)
 }
 
+// Deserialize (RFC 3339 in, any precision) is for the cluster bus, which
+// carries these records between processes.
+
 /// A chat room as listed by the REST API and sent in `joined`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Room {
     pub id: RoomId,
@@ -43,7 +46,7 @@ pub struct Room {
 
 /// A member of a room as the protocol shows it; which connection it belongs
 /// to stays on the server.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Member {
     pub nickname: String,
@@ -52,7 +55,7 @@ pub struct Member {
 }
 
 /// A stored chat message; `id` is the room's sequence number.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Message {
     pub id: MessageSeq,

@@ -206,10 +206,7 @@ impl Store for MemoryStore {
                 nickname: removed.nickname,
             }
         } else {
-            let remaining = inner
-                .rooms
-                .get(&room_id)
-                .map_or(0, |r| r.room.member_count);
+            let remaining = inner.rooms.get(&room_id).map_or(0, |r| r.room.member_count);
             LeaveOutcome::Left {
                 nickname: removed.nickname,
                 remaining,

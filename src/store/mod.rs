@@ -17,10 +17,10 @@
 //!   processes.
 
 mod memory;
-// mod mysql; (in progress)
+mod mysql;
 
 pub use memory::MemoryStore;
-// pub use mysql::MySqlStore; (in progress)
+pub use mysql::MySqlStore;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};

@@ -1,1 +1,948 @@
-//! MySQL store: placeholder until the implementation lands.
+//! The durable store: MySQL (or MariaDB) through `mysql_async`, shared by
+//! every process of a cluster.
+//!
+//! Each trait method is one short InnoDB transaction (the bulk removals are
+//! one per room), so the invariants of the `store` module hold even with
+//! many processes writing at once:
+//!
+//! - **One lock order.** Every transaction that changes a room's members or
+//!   messages first locks the room's `chatRoom` row (`SELECT ... FOR UPDATE`
+//!   or the `UPDATE` of its counter) and only then touches `chatMember` or
+//!   `chatMsg` rows. Work on one room is therefore serialized on that row, and
+//!   two transactions can never wait for each other in opposite orders.
+//!   Deadlocks and lock wait timeouts (which InnoDB can still report, e.g.
+//!   from foreign-key checks) are retried a few times.
+//! - **READ COMMITTED.** Sessions run at READ COMMITTED, so locking reads
+//!   lock only the rows they return (no gap locks on neighbouring rooms) and
+//!   plain reads inside a transaction see what was committed before them.
+//!   (Binary logging, if enabled, must then be ROW or MIXED, the defaults of
+//!   MySQL 8 and MariaDB.)
+//! - **Bounded waits.** Every public call runs under `op_timeout`; a slow or
+//!   unreachable server becomes `StoreError::Unavailable` instead of a stuck
+//!   actor. A call cut off mid-transaction is rolled back: `mysql_async`
+//!   rolls back the connection before reusing it, and the server does so
+//!   when a connection closes.
+//!
+//! Times are stored as UTC `DATETIME` (the session time zone is `+00:00`),
+//! truncated to whole seconds as the domain supplies them.
+
+use std::future::Future;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, NaiveDateTime, SubsecRound, Utc};
+use mysql_async::prelude::{FromRow, Queryable};
+use mysql_async::{
+    from_row_opt, Conn, DriverError, Error as SqlError, FromRowError, Opts, OptsBuilder, Params,
+    Pool, Row, Transaction, TxOpts, Value,
+};
+
+use super::{
+    JoinOutcome, LeaveOutcome, NewMember, NewMessage, RemovedMember, Store, StoreError, StoreKind,
+};
+use crate::domain::{Member, Message, MessageSeq, Room, RoomId, RoomTitle};
+
+/// The schema, applied at every start-up (each statement is idempotent).
+const SCHEMA: &str = include_str!("../../sql/schema.sql");
+
+/// `ER_BAD_DB_ERROR`: the database named in the URL does not exist.
+const ER_BAD_DB_ERROR: u16 = 1049;
+/// `ER_DUP_ENTRY`: a unique key was violated (here: room + nickname).
+const ER_DUP_ENTRY: u16 = 1062;
+/// `ER_LOCK_WAIT_TIMEOUT`: InnoDB gave up waiting for a row lock.
+const ER_LOCK_WAIT_TIMEOUT: u16 = 1205;
+/// `ER_LOCK_DEADLOCK`: InnoDB chose this transaction as a deadlock victim.
+const ER_LOCK_DEADLOCK: u16 = 1213;
+
+/// How often a transaction is tried when it loses a lock conflict or its
+/// connection turns out to be dead (e.g. after a server restart).
+const TX_ATTEMPTS: u32 = 5;
+
+/// Rows per multi-row `INSERT` of messages. A batch larger than this is
+/// stored by several statements in the same transaction, which keeps each
+/// statement well under `max_allowed_packet` (4 MiB on old servers) even
+/// with long 4-byte-character messages.
+const MAX_ROWS_PER_INSERT: usize = 200;
+
+/// Ids per `IN (...)` list, far below the 65,535 placeholders a statement
+/// may have.
+const MAX_IDS_PER_STATEMENT: usize = 1000;
+
+/// Run on every new connection: UTC for anything the server computes, and
+/// READ COMMITTED (see the module comment).
+const SESSION_SETUP: [&str; 2] = [
+    "SET time_zone = '+00:00'",
+    "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
+];
+
+const SELECT_ROOM: &str = "SELECT id, title, join_member_count, created FROM chatRoom WHERE id = ?";
+const LOCK_ROOM: &str =
+    "SELECT id, title, join_member_count, created FROM chatRoom WHERE id = ? FOR UPDATE";
+const LOCK_ROOM_COUNT: &str = "SELECT join_member_count FROM chatRoom WHERE id = ? FOR UPDATE";
+
+type SqlResult<T> = Result<T, SqlError>;
+/// A transaction body's result: the outer error is a database failure
+/// (rolled back, maybe retried), the inner one a domain outcome such as
+/// `RoomNotFound` (rolled back and returned as is).
+type TxResult<T> = SqlResult<Result<T, StoreError>>;
+type RoomRow = (u64, String, u32, NaiveDateTime);
+
+/// MySQL implementation of [`Store`]. Cheap to share: it holds a pool.
+pub struct MySqlStore {
+    pool: Pool,
+    op_timeout: Duration,
+}
+
+impl MySqlStore {
+    /// Connects, creating the database named in `url` if it does not exist
+    /// and applying `sql/schema.sql`, so that a fresh server needs no manual
+    /// set-up. `op_timeout` bounds each step here and every later call.
+    ///
+    /// Errors are `StoreError::Unavailable` (bad URL, unreachable server,
+    /// missing privileges); the caller decides whether to retry.
+    pub async fn connect(url: &str, op_timeout: Duration) -> Result<MySqlStore, StoreError> {
+        let opts = Opts::from_url(url)
+            .map_err(|e| StoreError::Unavailable(format!("invalid MySQL URL: {e}")))?;
+
+        // One dedicated connection prepares the database before the pool
+        // exists, so the pool never holds connections to a missing database.
+        let mut conn = bounded(op_timeout, "connecting", open_creating_db(&opts)).await?;
+        let applied = bounded(op_timeout, "applying the schema", async {
+            for statement in schema_statements(SCHEMA) {
+                conn.query_drop(statement).await.map_err(unavailable)?;
+            }
+            Ok(())
+        })
+        .await;
+        // A failed disconnect only leaks a connection the server will close.
+        let _ = tokio::time::timeout(op_timeout, conn.disconnect()).await;
+        applied?;
+
+        // Connections are not reset when they go back to the pool: a reset
+        // would drop the prepared-statement cache and cost a round trip on
+        // every call, and `mysql_async` already rolls back any transaction
+        // left open. The session setup then only has to run once per
+        // connection.
+        let pool_opts = opts.pool_opts().clone().with_reset_connection(false);
+        let builder = OptsBuilder::from_opts(opts)
+            .setup(SESSION_SETUP.to_vec())
+            .pool_opts(pool_opts);
+        let store = MySqlStore {
+            pool: Pool::new(builder),
+            op_timeout,
+        };
+        // Fail now, not on the first request, if pooled connections cannot
+        // be set up.
+        if let Err(e) = store.ping().await {
+            store.disconnect().await;
+            return Err(e);
+        }
+        Ok(store)
+    }
+
+    /// Closes the pool's connections (clean shutdown, tests). Later calls
+    /// fail with `Unavailable`. Waits at most `op_timeout`.
+    pub async fn disconnect(&self) {
+        let pool = self.pool.clone();
+        match tokio::time::timeout(self.op_timeout, pool.disconnect()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => log::warn!("closing the MySQL pool: {e}"),
+            Err(_) => log::warn!("closing the MySQL pool timed out"),
+        }
+    }
+
+    /// Runs `call` under the operation timeout.
+    async fn bounded<T>(
+        &self,
+        what: &str,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        bounded(self.op_timeout, what, call).await
+    }
+
+    /// Runs `body` on a pooled connection outside any explicit transaction.
+    /// With `idempotent`, a dead connection (the server restarted since the
+    /// pool opened it) is replaced and the body run again; a write that may
+    /// already have happened is not repeated.
+    async fn with_conn<T, F, Fut>(&self, idempotent: bool, mut body: F) -> Result<T, StoreError>
+    where
+        F: FnMut(Conn) -> Fut + Send,
+        Fut: Future<Output = SqlResult<T>> + Send,
+        T: Send,
+    {
+        let mut attempt = 1;
+        loop {
+            let result = match self.pool.get_conn().await {
+                Ok(conn) => body(conn).await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(value) => return Ok(value),
+                Err(e) if idempotent && is_broken_connection(&e) && attempt < TX_ATTEMPTS => {
+                    log::debug!("MySQL connection lost ({e}); retrying");
+                    attempt += 1;
+                }
+                Err(e) => return Err(unavailable(e)),
+            }
+        }
+    }
+
+    /// Runs `body` in a transaction: commits when it returns `Ok(Ok(_))`,
+    /// rolls back otherwise. A lock conflict (deadlock victim, lock wait
+    /// timeout) or a connection that died before the commit was sent rolls
+    /// the whole attempt back, so running it again is safe; that happens up
+    /// to `TX_ATTEMPTS` times. A failed commit is never repeated: it may have
+    /// succeeded.
+    ///
+    /// `body` takes the transaction by value and hands it back, which lets
+    /// its future borrow the caller's arguments without higher-ranked
+    /// lifetimes.
+    async fn transact<T, F, Fut>(&self, mut body: F) -> Result<T, StoreError>
+    where
+        F: FnMut(Transaction<'static>) -> Fut + Send,
+        Fut: Future<Output = (Transaction<'static>, TxResult<T>)> + Send,
+        T: Send,
+    {
+        let mut attempt = 1;
+        loop {
+            let failure = match self.pool.start_transaction(TxOpts::default()).await {
+                Err(e) => e,
+                Ok(tx) => match body(tx).await {
+                    (tx, Ok(Ok(value))) => {
+                        return tx.commit().await.map(|()| value).map_err(unavailable)
+                    }
+                    (tx, Ok(Err(outcome))) => {
+                        // Nothing worth keeping was written; a failed
+                        // rollback leaves it to the pool or the server.
+                        let _ = tx.rollback().await;
+                        return Err(outcome);
+                    }
+                    (tx, Err(e)) => {
+                        // Release the locks now rather than when the pool
+                        // recycles the connection.
+                        let _ = tx.rollback().await;
+                        e
+                    }
+                },
+            };
+            let retry = is_lock_conflict(&failure) || is_broken_connection(&failure);
+            if !retry || attempt >= TX_ATTEMPTS {
+                return Err(unavailable(failure));
+            }
+            log::debug!("MySQL transaction attempt {attempt} failed ({failure}); retrying");
+            tokio::time::sleep(backoff(attempt)).await;
+            attempt += 1;
+        }
+    }
+
+    /// Bulk removal shared by `remove_instance_members` (`Some(instance)`)
+    /// and `remove_all_members` (`None`): one transaction per affected room,
+    /// rooms in ascending id order, so no transaction holds more than one
+    /// room lock and joins elsewhere are not held up.
+    async fn remove_members_where(
+        &self,
+        instance: Option<&str>,
+    ) -> Result<Vec<RemovedMember>, StoreError> {
+        let room_ids: Vec<u64> = self
+            .with_conn(true, |mut conn| async move {
+                match instance {
+                    Some(instance) => {
+                        rows(
+                            &mut conn,
+                            "SELECT DISTINCT room_id FROM chatMember \
+                             WHERE instance_id = ? ORDER BY room_id",
+                            (instance,),
+                        )
+                        .await
+                    }
+                    None => {
+                        rows(
+                            &mut conn,
+                            "SELECT DISTINCT room_id FROM chatMember ORDER BY room_id",
+                            (),
+                        )
+                        .await
+                    }
+                }
+            })
+            .await?;
+        let mut removed = Vec::new();
+        for room_id in room_ids {
+            let gone = self
+                .transact(|mut tx| async move {
+                    let r = remove_room_members_tx(&mut tx, room_id, instance).await;
+                    (tx, r)
+                })
+                .await?;
+            removed.extend(gone);
+        }
+        Ok(removed)
+    }
+}
+
+#[async_trait]
+impl Store for MySqlStore {
+    fn kind(&self) -> StoreKind {
+        StoreKind::MySql
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.bounded(
+            "ping",
+            self.with_conn(true, |mut conn| async move { conn.ping().await }),
+        )
+        .await
+    }
+
+    async fn create_room(
+        &self,
+        title: &RoomTitle,
+        created: DateTime<Utc>,
+    ) -> Result<Room, StoreError> {
+        let title = title.as_str();
+        let created = to_db(created);
+        // A single autocommitted INSERT; not repeated on a lost connection,
+        // since the room may already exist then.
+        let call = self.with_conn(false, |mut conn| async move {
+            conn.exec_drop(
+                "INSERT INTO chatRoom (title, join_member_count, last_msg_id, created) \
+                 VALUES (?, 0, 0, ?)",
+                (title, created),
+            )
+            .await?;
+            let id = conn
+                .last_insert_id()
+                .ok_or_else(|| SqlError::Other("INSERT returned no room id".into()))?;
+            Ok(Room {
+                id,
+                title: title.to_owned(),
+                member_count: 0,
+                created: from_db(created),
+            })
+        });
+        self.bounded("create_room", call).await
+    }
+
+    async fn room(&self, id: RoomId) -> Result<Option<Room>, StoreError> {
+        let call = self.with_conn(true, |mut conn| async move {
+            let row: Option<RoomRow> = first(&mut conn, SELECT_ROOM, (id,)).await?;
+            Ok(row.map(room_from_row))
+        });
+        self.bounded("room", call).await
+    }
+
+    async fn rooms(&self) -> Result<Vec<Room>, StoreError> {
+        let call = self.with_conn(true, |mut conn| async move {
+            let all: Vec<RoomRow> = rows(
+                &mut conn,
+                "SELECT id, title, join_member_count, created FROM chatRoom ORDER BY id DESC",
+                (),
+            )
+            .await?;
+            Ok(all.into_iter().map(room_from_row).collect())
+        });
+        self.bounded("rooms", call).await
+    }
+
+    async fn add_member(
+        &self,
+        room_id: RoomId,
+        member: &NewMember,
+    ) -> Result<JoinOutcome, StoreError> {
+        let call = self.transact(|mut tx| async move {
+            let r = add_member_tx(&mut tx, room_id, member).await;
+            (tx, r)
+        });
+        self.bounded("add_member", call).await
+    }
+
+    async fn remove_member(
+        &self,
+        room_id: RoomId,
+        socket_id: &str,
+    ) -> Result<LeaveOutcome, StoreError> {
+        let call = self.transact(|mut tx| async move {
+            let r = remove_member_tx(&mut tx, room_id, socket_id).await;
+            (tx, r)
+        });
+        self.bounded("remove_member", call).await
+    }
+
+    async fn members(&self, room_id: RoomId) -> Result<Vec<Member>, StoreError> {
+        let call = self.with_conn(true, |mut conn| async move {
+            let found: Vec<(String, NaiveDateTime)> = rows(
+                &mut conn,
+                "SELECT nickname, join_time FROM chatMember WHERE room_id = ? ORDER BY id",
+                (room_id,),
+            )
+            .await?;
+            // Member rows imply the room (foreign key); only an empty answer
+            // needs the room looked up.
+            let exists = !found.is_empty() || room_exists(&mut conn, room_id).await?;
+            Ok(exists.then_some(found))
+        });
+        let found = self
+            .bounded("members", call)
+            .await?
+            .ok_or(StoreError::RoomNotFound(room_id))?;
+        Ok(found
+            .into_iter()
+            .map(|(nickname, joined)| Member {
+                nickname,
+                joined_at: from_db(joined),
+            })
+            .collect())
+    }
+
+    async fn append_messages(
+        &self,
+        room_id: RoomId,
+        batch: &[NewMessage],
+    ) -> Result<Vec<Message>, StoreError> {
+        if batch.is_empty() {
+            // Nothing to number; still say whether the room exists.
+            return match self.room(room_id).await? {
+                Some(_) => Ok(Vec::new()),
+                None => Err(StoreError::RoomNotFound(room_id)),
+            };
+        }
+        let call = self.transact(|mut tx| async move {
+            let r = append_messages_tx(&mut tx, room_id, batch).await;
+            (tx, r)
+        });
+        self.bounded("append_messages", call).await
+    }
+
+    async fn messages_after(
+        &self,
+        room_id: RoomId,
+        after: MessageSeq,
+        limit: usize,
+    ) -> Result<Vec<Message>, StoreError> {
+        let call = self.read_messages(
+            room_id,
+            "SELECT id, nickname, content, chat_time FROM chatMsg \
+             WHERE room_id = ? AND id > ? ORDER BY id ASC LIMIT ?",
+            after,
+            limit,
+        );
+        self.bounded("messages_after", call).await
+    }
+
+    async fn recent_messages(
+        &self,
+        room_id: RoomId,
+        limit: usize,
+    ) -> Result<Vec<Message>, StoreError> {
+        let call = self.read_messages(
+            room_id,
+            "SELECT id, nickname, content, chat_time FROM chatMsg \
+             WHERE room_id = ? AND id > ? ORDER BY id DESC LIMIT ?",
+            0,
+            limit,
+        );
+        let mut newest_first = self.bounded("recent_messages", call).await?;
+        newest_first.reverse();
+        Ok(newest_first)
+    }
+
+    async fn delete_unjoined_rooms(
+        &self,
+        created_before: DateTime<Utc>,
+    ) -> Result<Vec<RoomId>, StoreError> {
+        let cutoff = to_db(created_before);
+        let call = self.transact(|mut tx| async move {
+            let r = delete_unjoined_rooms_tx(&mut tx, cutoff).await;
+            (tx, r)
+        });
+        self.bounded("delete_unjoined_rooms", call).await
+    }
+
+    async fn remove_instance_members(
+        &self,
+        instance_id: &str,
+    ) -> Result<Vec<RemovedMember>, StoreError> {
+        self.bounded(
+            "remove_instance_members",
+            self.remove_members_where(Some(instance_id)),
+        )
+        .await
+    }
+
+    async fn remove_all_members(&self) -> Result<Vec<RemovedMember>, StoreError> {
+        self.bounded("remove_all_members", self.remove_members_where(None))
+            .await
+    }
+}
+
+impl MySqlStore {
+    /// Shared by `messages_after` and `recent_messages`: `sql` takes
+    /// `(room_id, after, limit)` and walks the primary key (room_id, id), so
+    /// a page costs `limit` rows however long the history is.
+    async fn read_messages(
+        &self,
+        room_id: RoomId,
+        sql: &'static str,
+        after: MessageSeq,
+        limit: usize,
+    ) -> Result<Vec<Message>, StoreError> {
+        let limit = u64::try_from(limit).unwrap_or(u64::MAX);
+        let found = self
+            .with_conn(true, |mut conn| async move {
+                let found: Vec<(u64, String, String, NaiveDateTime)> =
+                    rows(&mut conn, sql, (room_id, after, limit)).await?;
+                // Messages imply the room (foreign key); only an empty page
+                // needs the room looked up.
+                let exists = !found.is_empty() || room_exists(&mut conn, room_id).await?;
+                Ok(exists.then_some(found))
+            })
+            .await?
+            .ok_or(StoreError::RoomNotFound(room_id))?;
+        Ok(found
+            .into_iter()
+            .map(|(id, nickname, content, sent_at)| Message {
+                id,
+                room_id,
+                nickname,
+                content,
+                sent_at: from_db(sent_at),
+            })
+            .collect())
+    }
+}
+
+/// `add_member`'s transaction: lock the room row, insert the member (the
+/// unique key decides `NicknameTaken`), count it.
+async fn add_member_tx(
+    tx: &mut Transaction<'static>,
+    room_id: RoomId,
+    new: &NewMember,
+) -> TxResult<JoinOutcome> {
+    let Some(row) = first::<RoomRow, _, _>(tx, LOCK_ROOM, (room_id,)).await? else {
+        return Ok(Err(StoreError::RoomNotFound(room_id)));
+    };
+    let nickname = new.nickname.as_str();
+    let joined_at = to_db(new.joined_at);
+    let inserted = tx
+        .exec_drop(
+            "INSERT INTO chatMember (nickname, room_id, socket_id, instance_id, join_time) \
+             VALUES (?, ?, ?, ?, ?)",
+            (
+                nickname,
+                room_id,
+                new.socket_id.as_str(),
+                new.instance_id.as_str(),
+                joined_at,
+            ),
+        )
+        .await;
+    match inserted {
+        Err(SqlError::Server(e)) if e.code == ER_DUP_ENTRY => {
+            return Ok(Err(StoreError::NicknameTaken(nickname.to_owned())));
+        }
+        other => other?,
+    }
+    tx.exec_drop(
+        "UPDATE chatRoom SET join_member_count = join_member_count + 1 WHERE id = ?",
+        (room_id,),
+    )
+    .await?;
+    let mut room = room_from_row(row);
+    // The row is locked, so the count read above plus this join is exact.
+    room.member_count += 1;
+    Ok(Ok(JoinOutcome {
+        room,
+        member: Member {
+            nickname: nickname.to_owned(),
+            joined_at: from_db(joined_at),
+        },
+    }))
+}
+
+/// `remove_member`'s transaction: lock the room row, delete the member,
+/// then either decrement the count or, if it reaches zero, delete the room
+/// (members and messages go with it by `ON DELETE CASCADE`).
+async fn remove_member_tx(
+    tx: &mut Transaction<'static>,
+    room_id: RoomId,
+    socket_id: &str,
+) -> TxResult<LeaveOutcome> {
+    let Some(count) = first::<u32, _, _>(tx, LOCK_ROOM_COUNT, (room_id,)).await? else {
+        return Ok(Ok(LeaveOutcome::NotMember));
+    };
+    let member: Option<(u64, String)> = first(
+        tx,
+        "SELECT id, nickname FROM chatMember WHERE room_id = ? AND socket_id = ? \
+         ORDER BY id LIMIT 1 FOR UPDATE",
+        (room_id, socket_id),
+    )
+    .await?;
+    let Some((member_id, nickname)) = member else {
+        return Ok(Ok(LeaveOutcome::NotMember));
+    };
+    tx.exec_drop("DELETE FROM chatMember WHERE id = ?", (member_id,))
+        .await?;
+    let remaining = count.saturating_sub(1);
+    if remaining == 0 {
+        tx.exec_drop("DELETE FROM chatRoom WHERE id = ?", (room_id,))
+            .await?;
+        Ok(Ok(LeaveOutcome::RoomDeleted { nickname }))
+    } else {
+        tx.exec_drop(
+            "UPDATE chatRoom SET join_member_count = ? WHERE id = ?",
+            (remaining, room_id),
+        )
+        .await?;
+        Ok(Ok(LeaveOutcome::Left {
+            nickname,
+            remaining,
+        }))
+    }
+}
+
+/// `append_messages`'s transaction: advancing `last_msg_id` by the batch
+/// size both locks the room row and reserves the ids, so concurrent writers
+/// (on any process) get disjoint, consecutive ranges.
+async fn append_messages_tx(
+    tx: &mut Transaction<'static>,
+    room_id: RoomId,
+    batch: &[NewMessage],
+) -> TxResult<Vec<Message>> {
+    let n = batch.len() as u64;
+    tx.exec_drop(
+        "UPDATE chatRoom SET last_msg_id = last_msg_id + ? WHERE id = ?",
+        (n, room_id),
+    )
+    .await?;
+    if tx.affected_rows() == 0 {
+        return Ok(Err(StoreError::RoomNotFound(room_id)));
+    }
+    let last: Option<u64> = first(
+        tx,
+        "SELECT last_msg_id FROM chatRoom WHERE id = ?",
+        (room_id,),
+    )
+    .await?;
+    let Some(first_id) = last.and_then(|last| last.checked_sub(n)).map(|b| b + 1) else {
+        return Err(SqlError::Other(
+            "chatRoom.last_msg_id is smaller than the batch just counted".into(),
+        ));
+    };
+    let stored: Vec<Message> = batch
+        .iter()
+        .zip(first_id..)
+        .map(|(m, id)| Message {
+            id,
+            room_id,
+            nickname: m.nickname.clone(),
+            content: m.content.clone(),
+            sent_at: from_db(to_db(m.sent_at)),
+        })
+        .collect();
+    for chunk in stored.chunks(MAX_ROWS_PER_INSERT) {
+        let sql = format!(
+            "INSERT INTO chatMsg (id, room_id, nickname, content, chat_time) VALUES {}",
+            vec!["(?, ?, ?, ?, ?)"; chunk.len()].join(", ")
+        );
+        let mut params = Vec::with_capacity(chunk.len() * 5);
+        for m in chunk {
+            params.push(Value::from(m.id));
+            params.push(Value::from(room_id));
+            params.push(Value::from(m.nickname.as_str()));
+            params.push(Value::from(m.content.as_str()));
+            params.push(Value::from(to_db(m.sent_at)));
+        }
+        tx.exec_drop(sql.as_str(), Params::Positional(params))
+            .await?;
+    }
+    Ok(Ok(stored))
+}
+
+/// `delete_unjoined_rooms`'s transaction: lock the candidates, then delete
+/// them with the member-count condition checked again in the `DELETE`.
+async fn delete_unjoined_rooms_tx(
+    tx: &mut Transaction<'static>,
+    cutoff: NaiveDateTime,
+) -> TxResult<Vec<RoomId>> {
+    let candidates: Vec<u64> = rows(
+        tx,
+        "SELECT id FROM chatRoom WHERE join_member_count = 0 AND created < ? \
+         ORDER BY id FOR UPDATE",
+        (cutoff,),
+    )
+    .await?;
+    let mut deleted = Vec::with_capacity(candidates.len());
+    for chunk in candidates.chunks(MAX_IDS_PER_STATEMENT) {
+        let list = placeholders(chunk.len());
+        let ids: Vec<Value> = chunk.iter().map(|id| Value::from(*id)).collect();
+        tx.exec_drop(
+            format!("DELETE FROM chatRoom WHERE join_member_count = 0 AND id IN ({list})").as_str(),
+            Params::Positional(ids.clone()),
+        )
+        .await?;
+        if tx.affected_rows() == chunk.len() as u64 {
+            deleted.extend_from_slice(chunk);
+        } else {
+            // Cannot happen while the rows are locked, but report only what
+            // was really deleted if it ever does.
+            let survivors: Vec<u64> = rows(
+                tx,
+                format!("SELECT id FROM chatRoom WHERE id IN ({list})").as_str(),
+                Params::Positional(ids),
+            )
+            .await?;
+            deleted.extend(chunk.iter().filter(|id| !survivors.contains(id)));
+        }
+    }
+    Ok(Ok(deleted))
+}
+
+/// One room of a bulk removal: lock the room row, delete the chosen members
+/// (`instance` = `None`: all of them), fix the count, and delete the room
+/// if none remain. The last removed member carries `room_deleted`.
+async fn remove_room_members_tx(
+    tx: &mut Transaction<'static>,
+    room_id: RoomId,
+    instance: Option<&str>,
+) -> TxResult<Vec<RemovedMember>> {
+    let Some(count) = first::<u32, _, _>(tx, LOCK_ROOM_COUNT, (room_id,)).await? else {
+        // Deleted since we listed it; its members went with it.
+        return Ok(Ok(Vec::new()));
+    };
+    let doomed: Vec<String> = match instance {
+        Some(instance) => {
+            let found = rows(
+                tx,
+                "SELECT nickname FROM chatMember WHERE room_id = ? AND instance_id = ? \
+                 ORDER BY id FOR UPDATE",
+                (room_id, instance),
+            )
+            .await?;
+            tx.exec_drop(
+                "DELETE FROM chatMember WHERE room_id = ? AND instance_id = ?",
+                (room_id, instance),
+            )
+            .await?;
+            found
+        }
+        None => {
+            let found = rows(
+                tx,
+                "SELECT nickname FROM chatMember WHERE room_id = ? ORDER BY id FOR UPDATE",
+                (room_id,),
+            )
+            .await?;
+            tx.exec_drop("DELETE FROM chatMember WHERE room_id = ?", (room_id,))
+                .await?;
+            found
+        }
+    };
+    if doomed.is_empty() {
+        return Ok(Ok(Vec::new()));
+    }
+    let removed = u32::try_from(doomed.len()).unwrap_or(u32::MAX);
+    let remaining = match instance {
+        Some(_) => count.saturating_sub(removed),
+        None => 0,
+    };
+    if remaining == 0 {
+        tx.exec_drop("DELETE FROM chatRoom WHERE id = ?", (room_id,))
+            .await?;
+    } else {
+        tx.exec_drop(
+            "UPDATE chatRoom SET join_member_count = ? WHERE id = ?",
+            (remaining, room_id),
+        )
+        .await?;
+    }
+    let last = doomed.len() - 1;
+    Ok(Ok(doomed
+        .into_iter()
+        .enumerate()
+        .map(|(i, nickname)| RemovedMember {
+            room_id,
+            nickname,
+            room_deleted: remaining == 0 && i == last,
+        })
+        .collect()))
+}
+
+/// Opens one connection to the database in `opts`, creating the database
+/// first if the server says it does not exist.
+async fn open_creating_db(opts: &Opts) -> Result<Conn, StoreError> {
+    match Conn::new(opts.clone()).await {
+        Ok(conn) => Ok(conn),
+        Err(SqlError::Server(e)) if e.code == ER_BAD_DB_ERROR => {
+            let Some(db) = opts.db_name() else {
+                return Err(StoreError::Unavailable(e.to_string()));
+            };
+            let server_only = OptsBuilder::from_opts(opts.clone()).db_name(None::<String>);
+            let mut conn = Conn::new(server_only).await.map_err(unavailable)?;
+            conn.query_drop(format!(
+                "CREATE DATABASE IF NOT EXISTS {} CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci",
+                quote_identifier(db)
+            ))
+            .await
+            .map_err(unavailable)?;
+            log::info!("created MySQL database {db:?}");
+            conn.query_drop(format!("USE {}", quote_identifier(db)))
+                .await
+                .map_err(unavailable)?;
+            Ok(conn)
+        }
+        Err(e) => Err(unavailable(e)),
+    }
+}
+
+/// The statements of a schema file: whole-line `--` comments dropped, the
+/// rest split on `;`.
+fn schema_statements(schema: &str) -> Vec<String> {
+    let code: String = schema
+        .lines()
+        .filter(|line| !line.trim_start().starts_with("--"))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    code.split(';')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A MySQL identifier in backquotes, with backquotes inside doubled.
+fn quote_identifier(name: &str) -> String {
+    format!("`{}`", name.replace('`', "``"))
+}
+
+/// `?, ?, ?` for an `IN` list of `n` values.
+fn placeholders(n: usize) -> String {
+    vec!["?"; n].join(", ")
+}
+
+/// Runs a statement and converts every row, turning a row of an unexpected
+/// shape into an error instead of the panic `mysql_async`'s typed helpers
+/// would raise.
+async fn rows<T, Q, P>(q: &mut Q, sql: &str, params: P) -> SqlResult<Vec<T>>
+where
+    T: FromRow + Send + 'static,
+    Q: Queryable,
+    P: Into<Params> + Send,
+{
+    let raw: Vec<Row> = q.exec(sql, params).await?;
+    raw.into_iter()
+        .map(|row| {
+            from_row_opt(row).map_err(|FromRowError(row)| DriverError::FromRow { row }.into())
+        })
+        .collect()
+}
+
+/// The first row of a statement, if any (see [`rows`]).
+async fn first<T, Q, P>(q: &mut Q, sql: &str, params: P) -> SqlResult<Option<T>>
+where
+    T: FromRow + Send + 'static,
+    Q: Queryable,
+    P: Into<Params> + Send,
+{
+    Ok(rows(q, sql, params).await?.into_iter().next())
+}
+
+/// Whether the room exists (a plain read: callers use it only to tell an
+/// empty answer from a missing room).
+async fn room_exists<Q: Queryable>(q: &mut Q, room_id: RoomId) -> SqlResult<bool> {
+    let found: Option<u64> = first(q, "SELECT id FROM chatRoom WHERE id = ?", (room_id,)).await?;
+    Ok(found.is_some())
+}
+
+fn room_from_row((id, title, member_count, created): RoomRow) -> Room {
+    Room {
+        id,
+        title,
+        member_count,
+        created: from_db(created),
+    }
+}
+
+/// What a `DATETIME` column stores: UTC, whole seconds (MySQL would round a
+/// fraction, not truncate it).
+fn to_db(t: DateTime<Utc>) -> NaiveDateTime {
+    t.trunc_subsecs(0).naive_utc()
+}
+
+fn from_db(t: NaiveDateTime) -> DateTime<Utc> {
+    t.and_utc()
+}
+
+async fn bounded<T>(
+    limit: Duration,
+    what: &str,
+    call: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(limit, call).await {
+        Ok(result) => result,
+        Err(_) => Err(StoreError::Unavailable(format!(
+            "MySQL did not complete {what} within {} ms",
+            limit.as_millis()
+        ))),
+    }
+}
+
+fn unavailable(e: SqlError) -> StoreError {
+    StoreError::Unavailable(format!("MySQL: {e}"))
+}
+
+/// InnoDB rolled back (deadlock) or gave up on (lock wait timeout) this
+/// transaction's lock request; trying again is expected to succeed.
+fn is_lock_conflict(e: &SqlError) -> bool {
+    matches!(e, SqlError::Server(s) if s.code == ER_LOCK_DEADLOCK || s.code == ER_LOCK_WAIT_TIMEOUT)
+}
+
+/// The connection itself failed (typically a pooled connection the server
+/// closed); another connection may well work.
+fn is_broken_connection(e: &SqlError) -> bool {
+    matches!(
+        e,
+        SqlError::Io(_) | SqlError::Driver(DriverError::ConnectionClosed)
+    )
+}
+
+/// A short, growing pause with a little jitter, so that two transactions
+/// that just deadlocked do not collide again in lockstep.
+fn backoff(attempt: u32) -> Duration {
+    let jitter = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() % 5_000_000);
+    Duration::from_millis(5 * u64::from(attempt)) + Duration::from_nanos(u64::from(jitter))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_splits_into_its_three_tables() {
+        let statements = schema_statements(SCHEMA);
+        assert_eq!(statements.len(), 3, "{statements:#?}");
+        for (s, table) in statements.iter().zip(["chatRoom", "chatMember", "chatMsg"]) {
+            assert!(
+                s.starts_with(&format!("CREATE TABLE IF NOT EXISTS {table} (")),
+                "{s}"
+            );
+            assert!(s.contains("ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"), "{s}");
+        }
+    }
+
+    #[test]
+    fn identifiers_are_quoted() {
+        assert_eq!(quote_identifier("chat"), "`chat`");
+        assert_eq!(quote_identifier("a`b"), "`a``b`");
+    }
+
+    #[test]
+    fn times_are_truncated_to_whole_seconds() {
+        let t = DateTime::from_timestamp(1_795_000_000, 999_999_999).unwrap();
+        assert_eq!(
+            from_db(to_db(t)),
+            DateTime::from_timestamp(1_795_000_000, 0).unwrap()
+        );
+    }
+}

@@ -1,0 +1,93 @@
+# Helpers for scripts/test.sh: make sure each service or tool the suite
+# needs is present and running, installing it with the system's package
+# manager when we are root and it is missing. Each function is idempotent.
+
+log() { printf '\033[1m[test]\033[0m %s\n' "$*" >&2; }
+die() { printf '\033[31m[test] %s\033[0m\n' "$*" >&2; exit 1; }
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"
+  elif command -v sudo >/dev/null 2>&1; then sudo "$@"
+  else die "need root to run: $*"
+  fi
+}
+
+APT_UPDATED=""
+apt_install() {
+  command -v apt-get >/dev/null 2>&1 || die "apt-get not found; install $* by hand"
+  if [ -z "$APT_UPDATED" ]; then
+    log "apt-get update"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+    APT_UPDATED=1
+  fi
+  log "apt-get install $*"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+# Waits up to $2 seconds for command $1 (a string) to succeed.
+wait_for() {
+  local cmd=$1 secs=${2:-30} i=0
+  while ! eval "$cmd" >/dev/null 2>&1; do
+    i=$((i + 1))
+    [ "$i" -ge $((secs * 4)) ] && return 1
+    sleep 0.25
+  done
+}
+
+# MariaDB on 127.0.0.1:3306. Exports TEST_MYSQL_URL (no database name) for
+# a user that may create and drop databases.
+ensure_mariadb() {
+  if [ -n "${TEST_MYSQL_URL:-}" ]; then log "using TEST_MYSQL_URL=$TEST_MYSQL_URL"; return; fi
+  if ! command -v mariadb >/dev/null 2>&1 && ! command -v mysql >/dev/null 2>&1; then
+    apt_install mariadb-server mariadb-client
+  fi
+  local client; client=$(command -v mariadb || command -v mysql)
+  if ! "$client" -h127.0.0.1 -P3306 -uroot -e 'select 1' >/dev/null 2>&1 \
+     && ! "$client" -h127.0.0.1 -P3306 -uchat_test -pchat_test -e 'select 1' >/dev/null 2>&1; then
+    if ! as_root "$client" -e 'select 1' >/dev/null 2>&1; then
+      log "starting MariaDB"
+      as_root mkdir -p /run/mysqld
+      as_root chown mysql:mysql /run/mysqld 2>/dev/null || true
+      as_root service mariadb start >/dev/null 2>&1 \
+        || as_root start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd \
+        || die "could not start MariaDB"
+      wait_for "as_root $client -e 'select 1'" 60 || die "MariaDB did not come up"
+    fi
+  fi
+  if "$client" -h127.0.0.1 -P3306 -uroot -e 'select 1' >/dev/null 2>&1; then
+    export TEST_MYSQL_URL="mysql://root@127.0.0.1:3306"
+  else
+    # Debian's root logs in over the socket only; make a TCP test user.
+    as_root "$client" -e "CREATE USER IF NOT EXISTS 'chat_test'@'127.0.0.1' IDENTIFIED BY 'chat_test';
+      CREATE USER IF NOT EXISTS 'chat_test'@'localhost' IDENTIFIED BY 'chat_test';
+      GRANT ALL PRIVILEGES ON *.* TO 'chat_test'@'127.0.0.1';
+      GRANT ALL PRIVILEGES ON *.* TO 'chat_test'@'localhost';" \
+      || die "could not create the chat_test MariaDB user"
+    export TEST_MYSQL_URL="mysql://chat_test:chat_test@127.0.0.1:3306"
+  fi
+  log "MariaDB ready: $TEST_MYSQL_URL"
+}
+
+# Runs SQL against TEST_MYSQL_URL's server.
+mysql_exec() {
+  local client; client=$(command -v mariadb || command -v mysql)
+  local rest=${TEST_MYSQL_URL#mysql://} creds host user pass=""
+  creds=${rest%@*}; host=${rest#*@}; user=${creds%%:*}
+  [ "$creds" != "$user" ] && pass=${creds#*:}
+  "$client" -h"${host%%:*}" -P"${host##*:}" -u"$user" ${pass:+-p"$pass"} -e "$1"
+}
+
+# Debian's Chromium for the browser test (never a downloaded browser).
+ensure_chromium() {
+  [ -x "${CHROMIUM_PATH:-/usr/bin/chromium}" ] || apt_install chromium chromium-driver
+  export CHROMIUM_PATH="${CHROMIUM_PATH:-/usr/bin/chromium}"
+}
+
+# Node.js and npm, and the browser test's packages.
+ensure_node_deps() {
+  command -v npm >/dev/null 2>&1 || apt_install nodejs npm
+  if [ ! -d tests/browser/node_modules/playwright-core ]; then
+    log "npm ci in tests/browser"
+    (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
+  fi
+}

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it (.ci/run calls this):
+#   formatting and lints, unit tests, the store contract suite and the
+#   integration tests against a real MariaDB, then the browser test in a
+#   real headless Chromium.
+# Whatever is missing (MariaDB, Chromium, Node packages) is installed or
+# started first. Every test database is uniquely named and dropped.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib/ensure.sh
+
+ensure_mariadb
+
+log "cargo fmt --check"
+cargo fmt --all -- --check
+log "cargo clippy"
+cargo clippy --all-targets --quiet -- -D warnings
+
+log "cargo test (unit, store contract, integration)"
+cargo test --all-targets --quiet
+
+log "browser test"
+ensure_chromium
+ensure_node_deps
+cargo build --quiet --bin chat-server
+BROWSER_DB="chat_browser_$$_$RANDOM"
+cleanup() { mysql_exec "DROP DATABASE IF EXISTS \`$BROWSER_DB\`" >/dev/null 2>&1 || true; }
+trap cleanup EXIT
+BROWSER_TEST_MYSQL_URL="$TEST_MYSQL_URL/$BROWSER_DB" \
+  CHAT_SERVER_BIN="$PWD/target/debug/chat-server" \
+  node tests/browser/chat.e2e.mjs
+
+log "all tests passed"

@@ -1,0 +1,80 @@
+-- Chat server schema (MySQL 5.7+ / 8.x, MariaDB 10.3+).
+--
+-- The server applies this file at start-up, statement by statement, so every
+-- statement must be idempotent (CREATE ... IF NOT EXISTS). Rules for editing:
+-- comments only on whole lines starting with "--", and no ";" inside a
+-- statement, because the server splits the file on ";".
+--
+-- Changes from the original Node.js service's schema:
+--   1. Every table is utf8mb4 (was utf8 = 3-byte utf8mb3), so emoji and other
+--      characters outside the Basic Multilingual Plane can be stored.
+--   2. Ids are BIGINT UNSIGNED, matching the server's u64 ids.
+--   3. chatRoom.title and the nickname columns are VARCHAR(255) instead of
+--      VARCHAR(50): the 50-character limit is only the default of
+--      MAX_TITLE_CHARS / MAX_NICKNAME_CHARS, and a raised limit must not make
+--      inserts fail. Lengths are still enforced by the server.
+--   4. chatRoom.last_msg_id (new): the room's message sequence counter. A
+--      message batch takes the next consecutive ids by incrementing it in the
+--      transaction that inserts the messages, so ids are gap-free per room.
+--   5. chatRoom gets an index on created, for the sweep that deletes rooms
+--      nobody joined within the grace period.
+--   6. chatMember.instance_id (new, indexed): the server process that holds
+--      the connection, so a crashed process's members can be reaped.
+--   7. chatMember has UNIQUE (room_id, nickname) with nickname in the binary
+--      collation utf8mb4_bin: uniqueness is exact and case-sensitive, as in
+--      the in-memory store ("Alice" and "alice", "e" and "é" are different
+--      nicknames). utf8mb4_bin pads trailing spaces, which never matters
+--      because nicknames are stored trimmed.
+--   8. chatMsg's primary key is (room_id, id) where id is the per-room
+--      sequence (1, 2, 3, ... in each room), not a table-wide AUTO_INCREMENT.
+--   9. Correct foreign keys: chatMember.room_id and chatMsg.room_id reference
+--      chatRoom(id) ON DELETE CASCADE, so deleting a room deletes its members
+--      and its messages in the same statement.
+--  10. chatMsg.content is TEXT (was VARCHAR): up to 65,535 bytes, that is at
+--      least 16,383 characters even if every one takes 4 bytes. The default
+--      MAX_CONTENT_CHARS is 1000; raising it beyond 16,383 needs MEDIUMTEXT.
+--  11. Times are DATETIME holding UTC (the server sets the session time zone
+--      to +00:00 and supplies every value itself, truncated to whole seconds).
+--  12. Explicit ENGINE=InnoDB: transactions, row locks and foreign keys are
+--      what the store's invariants rest on.
+
+CREATE TABLE IF NOT EXISTS chatRoom (
+    id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT,
+    -- VARCHAR(255), not (50): MAX_TITLE_CHARS may be raised above 50.
+    title VARCHAR(255) NOT NULL,
+    join_member_count INT UNSIGNED NOT NULL DEFAULT 0,
+    -- The id of the room's newest message (0 = none yet).
+    last_msg_id BIGINT UNSIGNED NOT NULL DEFAULT 0,
+    created DATETIME NOT NULL,
+    PRIMARY KEY (id),
+    KEY ix_chatRoom_created (created)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci;
+
+CREATE TABLE IF NOT EXISTS chatMember (
+    id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT,
+    -- VARCHAR(255), not (50): MAX_NICKNAME_CHARS may be raised above 50.
+    -- Binary collation: the unique key below compares nicknames exactly.
+    nickname VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+    room_id BIGINT UNSIGNED NOT NULL,
+    -- "<instance id>:<counter>", so a little longer than instance_id.
+    socket_id VARCHAR(320) NOT NULL,
+    instance_id VARCHAR(255) NOT NULL,
+    join_time DATETIME NOT NULL,
+    PRIMARY KEY (id),
+    UNIQUE KEY uq_chatMember_room_nickname (room_id, nickname),
+    KEY ix_chatMember_instance (instance_id),
+    CONSTRAINT fk_chatMember_room FOREIGN KEY (room_id)
+        REFERENCES chatRoom (id) ON DELETE CASCADE
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci;
+
+CREATE TABLE IF NOT EXISTS chatMsg (
+    -- The per-room sequence number, assigned from chatRoom.last_msg_id.
+    id BIGINT UNSIGNED NOT NULL,
+    room_id BIGINT UNSIGNED NOT NULL,
+    nickname VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+    content TEXT NOT NULL,
+    chat_time DATETIME NOT NULL,
+    PRIMARY KEY (room_id, id),
+    CONSTRAINT fk_chatMsg_room FOREIGN KEY (room_id)
+        REFERENCES chatRoom (id) ON DELETE CASCADE
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci;

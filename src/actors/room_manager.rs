@@ -1,0 +1,211 @@
+//! `RoomManager`: one per process. It maps room ids to live room actors,
+//! starting one on demand and forgetting it when it stops, so a room actor
+//! that fails or finishes never takes the manager (or other rooms) down.
+//! It also owns what no single room can: the sweep that deletes rooms nobody
+//! joined within the grace period, and the bulk cleanup at shutdown.
+//!
+//! Room actors are spread over a few arbiters (threads) so that busy rooms
+//! do not queue behind each other on one thread.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+
+use super::room::{CloseRoom, ListMembers, RoomActor, RoomConfig};
+use crate::domain::{self, Member, RoomId};
+use crate::error::ChatError;
+use crate::store::SharedStore;
+
+/// Find the live actor of `room_id`, starting one if there is none. The
+/// actor does not check that the room exists: its first join does, in the
+/// store transaction.
+#[derive(Message)]
+#[rtype(result = "Addr<RoomActor>")]
+pub struct GetRoom {
+    pub room_id: RoomId,
+}
+
+/// Sent by a room actor as it stops.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RoomStopped {
+    pub room_id: RoomId,
+    pub generation: u64,
+}
+
+/// The members of a room, in join order; `RoomNotFound` if there is no
+/// such room.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<Member>, ChatError>")]
+pub struct GetMembers {
+    pub room_id: RoomId,
+}
+
+/// Close every room and remove this process's members from the store.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Shutdown;
+
+struct LiveRoom {
+    addr: Addr<RoomActor>,
+    generation: u64,
+}
+
+/// The per-process registry of room actors.
+pub struct RoomManager {
+    store: SharedStore,
+    config: Arc<RoomConfig>,
+    grace: Duration,
+    rooms: HashMap<RoomId, LiveRoom>,
+    next_generation: u64,
+    arbiters: Vec<ArbiterHandle>,
+    next_arbiter: usize,
+}
+
+impl RoomManager {
+    /// `room_threads` arbiters are started to host the room actors.
+    pub fn new(
+        store: SharedStore,
+        config: RoomConfig,
+        grace: Duration,
+        room_threads: usize,
+    ) -> Self {
+        let arbiters = (0..room_threads.max(1))
+            .map(|_| Arbiter::new().handle())
+            .collect();
+        RoomManager {
+            store,
+            config: Arc::new(config),
+            grace,
+            rooms: HashMap::new(),
+            next_generation: 0,
+            arbiters,
+            next_arbiter: 0,
+        }
+    }
+
+    fn live(&self, room_id: RoomId) -> Option<&Addr<RoomActor>> {
+        self.rooms
+            .get(&room_id)
+            .map(|r| &r.addr)
+            .filter(|a| a.connected())
+    }
+
+    /// How often the grace sweep runs: often enough that an unjoined room
+    /// outlives its grace period by at most a quarter of it (max 5 s).
+    fn sweep_interval(&self) -> Duration {
+        (self.grace / 4).clamp(Duration::from_millis(200), Duration::from_secs(5))
+    }
+
+    /// Deletes rooms nobody joined within the grace period. The store's
+    /// condition (`join_member_count = 0`) makes this safe against a join in
+    /// the same instant: the join either lands first and the room stays, or
+    /// finds the room gone.
+    fn sweep(&mut self, ctx: &mut Context<Self>) {
+        let store = self.store.clone();
+        let cutoff = domain::now() - chrono::Duration::from_std(self.grace).unwrap_or_default();
+        let fut = async move { store.delete_unjoined_rooms(cutoff).await };
+        ctx.spawn(fut.into_actor(self).map(|res, _, _| match res {
+            Ok(ids) if !ids.is_empty() => log::info!("deleted unjoined rooms {ids:?}"),
+            Ok(_) => {}
+            Err(e) => log::warn!("empty-room sweep failed (will retry): {e}"),
+        }));
+    }
+}
+
+impl Actor for RoomManager {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(16 * 1024);
+        ctx.run_interval(self.sweep_interval(), |act, ctx| act.sweep(ctx));
+    }
+}
+
+impl Handler<GetRoom> for RoomManager {
+    type Result = MessageResult<GetRoom>;
+
+    fn handle(&mut self, msg: GetRoom, ctx: &mut Self::Context) -> Self::Result {
+        if let Some(addr) = self.live(msg.room_id) {
+            return MessageResult(addr.clone());
+        }
+        self.next_generation += 1;
+        let generation = self.next_generation;
+        let arbiter = &self.arbiters[self.next_arbiter % self.arbiters.len()];
+        self.next_arbiter = self.next_arbiter.wrapping_add(1);
+        let (store, config, manager) = (self.store.clone(), self.config.clone(), ctx.address());
+        let room_id = msg.room_id;
+        let addr = RoomActor::start_in_arbiter(arbiter, move |_| {
+            RoomActor::new(room_id, generation, store, config, manager)
+        });
+        self.rooms.insert(
+            room_id,
+            LiveRoom {
+                addr: addr.clone(),
+                generation,
+            },
+        );
+        MessageResult(addr)
+    }
+}
+
+impl Handler<RoomStopped> for RoomManager {
+    type Result = ();
+
+    fn handle(&mut self, msg: RoomStopped, _: &mut Self::Context) {
+        // Only forget the actor that stopped: a newer one may already serve
+        // the same room.
+        if self
+            .rooms
+            .get(&msg.room_id)
+            .is_some_and(|r| r.generation == msg.generation)
+        {
+            self.rooms.remove(&msg.room_id);
+        }
+    }
+}
+
+impl Handler<GetMembers> for RoomManager {
+    type Result = ResponseFuture<Result<Vec<Member>, ChatError>>;
+
+    fn handle(&mut self, msg: GetMembers, _: &mut Self::Context) -> Self::Result {
+        let live = self.live(msg.room_id).cloned();
+        let store = self.store.clone();
+        let room_id = msg.room_id;
+        Box::pin(async move {
+            if let Some(addr) = live {
+                if let Ok(members) = addr.send(ListMembers).await {
+                    if !members.is_empty() {
+                        return Ok(members);
+                    }
+                }
+            }
+            // No live actor means no member on this process; the store
+            // tells whether the room exists at all.
+            match store.room(room_id).await? {
+                Some(_) => Ok(Vec::new()),
+                None => Err(ChatError::RoomNotFound(room_id)),
+            }
+        })
+    }
+}
+
+impl Handler<Shutdown> for RoomManager {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, _: Shutdown, _: &mut Self::Context) -> Self::Result {
+        for room in self.rooms.values() {
+            room.addr.do_send(CloseRoom);
+        }
+        let store = self.store.clone();
+        let instance = self.config.instance_id.clone();
+        Box::pin(async move {
+            match store.remove_instance_members(&instance).await {
+                Ok(removed) => log::info!("shutdown: removed {} members", removed.len()),
+                Err(e) => log::warn!("shutdown: could not remove this instance's members: {e}"),
+            }
+        })
+    }
+}

@@ -1,0 +1,415 @@
+//! `ChatSession`: one actor per WebSocket. It parses client frames into
+//! commands (via `protocol.rs`), keeps the connection's state (lobby,
+//! joining, in a room), enforces the per-connection rate limit and the
+//! heartbeat, and writes the frames its room sends it.
+//!
+//! Backpressure: the session's mailbox is bounded
+//! (`SESSION_QUEUE_CAPACITY`). actix-http polls this actor only while the
+//! socket can take more bytes, so a client that stops reading stops the
+//! mailbox from draining; the room then finds it full and closes the
+//! session as a slow consumer instead of buffering without bound.
+
+use std::collections::VecDeque;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix::prelude::*;
+use actix_http::ws::Item;
+use actix_web_actors::ws::{self, CloseCode, CloseReason, ProtocolError, WebsocketContext};
+use bytes::{Bytes, BytesMut};
+use bytestring::ByteString;
+
+use super::room::{Chat, Join, Leave, RoomActor, RoomClosing};
+use super::room_manager::GetRoom;
+use crate::domain::{self, Nickname, RoomId};
+use crate::error::ChatError;
+use crate::protocol::{error_frame, parse_client_frame, ClientCommand, ClientFrame, ServerFrame};
+use crate::rate_limit::TokenBucket;
+use crate::startup::AppState;
+
+/// Client frames held while a join is in progress; beyond this a client is
+/// sending faster than any chat needs.
+const MAX_QUEUED_WHILE_JOINING: usize = 64;
+/// How often a join is retried when it races the room actor's shutdown.
+const MAX_JOIN_ATTEMPTS: u32 = 20;
+
+/// What a room (or the manager) tells a session.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub enum SessionEvent {
+    /// Frames of `room_id`, in order; shared bytes, serialized once.
+    Frames {
+        room_id: RoomId,
+        frames: Arc<[ByteString]>,
+    },
+    /// The join succeeded; `frame` is the `joined` frame.
+    Joined {
+        room_id: RoomId,
+        room: Addr<RoomActor>,
+        frame: ByteString,
+    },
+    /// The join failed; `frame` is the `error` frame.
+    JoinFailed { room_id: RoomId, frame: ByteString },
+    /// Removed from `room_id` for not reading fast enough.
+    Evicted { room_id: RoomId },
+    /// The server is shutting down.
+    ServerShutdown,
+}
+
+enum State {
+    Lobby,
+    Joining {
+        room_id: RoomId,
+    },
+    InRoom {
+        room_id: RoomId,
+        room: Addr<RoomActor>,
+    },
+}
+
+/// One WebSocket connection.
+pub struct ChatSession {
+    id: String,
+    app: Arc<AppState>,
+    peer: Option<IpAddr>,
+    state: State,
+    last_heard: Instant,
+    rate: TokenBucket,
+    /// Frames received while a join is in progress, replayed after it.
+    queued: VecDeque<ClientFrame>,
+    /// A fragmented text message being reassembled.
+    fragments: Option<BytesMut>,
+}
+
+impl ChatSession {
+    /// A session for a freshly upgraded socket.
+    pub fn new(id: String, app: Arc<AppState>, peer: Option<IpAddr>) -> Self {
+        let s = &app.settings;
+        let rate = TokenBucket::new(s.ws_rate_per_sec, s.ws_rate_burst);
+        ChatSession {
+            id,
+            app,
+            peer,
+            state: State::Lobby,
+            last_heard: Instant::now(),
+            rate,
+            queued: VecDeque::new(),
+            fragments: None,
+        }
+    }
+
+    fn send_error(&self, ctx: &mut WebsocketContext<Self>, e: &ChatError, reference: Option<&str>) {
+        ctx.text(error_frame(e, reference));
+    }
+
+    fn close(&self, ctx: &mut WebsocketContext<Self>, code: CloseCode, why: &str) {
+        ctx.close(Some(CloseReason {
+            code,
+            description: Some(why.to_owned()),
+        }));
+        ctx.stop();
+    }
+
+    /// Handles one complete text message from the client.
+    fn on_text(&mut self, text: &str, ctx: &mut WebsocketContext<Self>) {
+        if !self.rate.try_take() {
+            let e = ChatError::RateLimited("too many frames; slow down".into());
+            self.send_error(ctx, &e, None);
+            return;
+        }
+        match parse_client_frame(text, &self.app.settings.limits) {
+            Ok(frame) => self.on_frame(frame, ctx),
+            Err(rejected) => self.send_error(ctx, &rejected.error, rejected.reference.as_deref()),
+        }
+    }
+
+    fn on_frame(&mut self, frame: ClientFrame, ctx: &mut WebsocketContext<Self>) {
+        if matches!(self.state, State::Joining { .. }) && frame.command != ClientCommand::Ping {
+            if self.queued.len() >= MAX_QUEUED_WHILE_JOINING {
+                let e = ChatError::RateLimited("too many frames while joining".into());
+                self.send_error(ctx, &e, frame.reference.as_deref());
+            } else {
+                self.queued.push_back(frame);
+            }
+            return;
+        }
+        let reference = frame.reference;
+        match frame.command {
+            ClientCommand::Ping => ctx.text(
+                ServerFrame::Pong {
+                    reference: reference.as_deref(),
+                }
+                .to_text(),
+            ),
+            ClientCommand::Chat { content } => match &self.state {
+                State::InRoom { room, .. } => room.do_send(Chat {
+                    session_id: self.id.clone(),
+                    content,
+                    reference,
+                }),
+                _ => self.send_error(ctx, &ChatError::NotInRoom, reference.as_deref()),
+            },
+            ClientCommand::Leave => match self.leave_room() {
+                Some(room_id) => ctx.text(
+                    ServerFrame::Left {
+                        room_id,
+                        reference: reference.as_deref(),
+                    }
+                    .to_text(),
+                ),
+                None => self.send_error(ctx, &ChatError::NotInRoom, reference.as_deref()),
+            },
+            ClientCommand::Join { room_id, nickname } => {
+                self.switch_rooms(ctx);
+                self.begin_join(room_id, nickname, reference, 1, ctx);
+            }
+            ClientCommand::Create { title, nickname } => {
+                let allowed = self
+                    .peer
+                    .is_none_or(|ip| self.app.room_create_limiter.try_take(&ip));
+                if !allowed {
+                    let e = ChatError::RateLimited("too many rooms created; wait a moment".into());
+                    self.send_error(ctx, &e, reference.as_deref());
+                    return;
+                }
+                self.switch_rooms(ctx);
+                self.state = State::Joining { room_id: 0 };
+                let store = self.app.store.clone();
+                let fut = async move { store.create_room(&title, domain::now()).await };
+                ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| match res {
+                    Ok(room) => act.begin_join(room.id, nickname, reference, 1, ctx),
+                    Err(e) => act.join_failed(error_frame(&e.into(), reference.as_deref()), ctx),
+                }));
+            }
+        }
+    }
+
+    /// Leaves the current room without telling the client (it is about to
+    /// get `left` or `joined` for another room).
+    fn leave_room(&mut self) -> Option<RoomId> {
+        match std::mem::replace(&mut self.state, State::Lobby) {
+            State::InRoom { room_id, room } => {
+                room.do_send(Leave {
+                    session_id: self.id.clone(),
+                });
+                Some(room_id)
+            }
+            _ => None,
+        }
+    }
+
+    /// "Joining another room first leaves the current one": the client is
+    /// told with a `left` frame (no `ref`; the `ref` belongs to the join).
+    fn switch_rooms(&mut self, ctx: &mut WebsocketContext<Self>) {
+        if let Some(room_id) = self.leave_room() {
+            ctx.text(
+                ServerFrame::Left {
+                    room_id,
+                    reference: None,
+                }
+                .to_text(),
+            );
+        }
+    }
+
+    /// Asks the manager for the room's actor and the actor for a seat. If
+    /// the actor turns out to be shutting down (it just lost its last
+    /// member), a fresh one is requested.
+    fn begin_join(
+        &mut self,
+        room_id: RoomId,
+        nickname: Nickname,
+        reference: Option<String>,
+        attempt: u32,
+        ctx: &mut WebsocketContext<Self>,
+    ) {
+        self.state = State::Joining { room_id };
+        let manager = self.app.manager.clone();
+        let join = Join {
+            session_id: self.id.clone(),
+            nickname: nickname.clone(),
+            outbox: ctx.address().recipient(),
+            reference: reference.clone(),
+        };
+        let fut = async move {
+            let room = manager.send(GetRoom { room_id }).await?;
+            Ok::<_, MailboxError>(room.send(join).await)
+        };
+        ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
+            let retry = match res {
+                Ok(Ok(Ok(()))) => return, // the outcome arrives as a SessionEvent
+                Ok(Ok(Err(RoomClosing))) | Ok(Err(_)) => true,
+                Err(_) => false,
+            };
+            if retry && attempt < MAX_JOIN_ATTEMPTS {
+                ctx.run_later(
+                    std::time::Duration::from_millis(5 * attempt as u64),
+                    move |act, ctx| act.begin_join(room_id, nickname, reference, attempt + 1, ctx),
+                );
+            } else {
+                let e = ChatError::Unavailable(format!("room {room_id} did not answer the join"));
+                act.join_failed(error_frame(&e, reference.as_deref()), ctx);
+            }
+        }));
+    }
+
+    fn join_failed(&mut self, frame: ByteString, ctx: &mut WebsocketContext<Self>) {
+        ctx.text(frame);
+        self.state = State::Lobby;
+        self.replay_queued(ctx);
+    }
+
+    /// Handles the frames that arrived while joining, in order, until one
+    /// of them starts another join.
+    fn replay_queued(&mut self, ctx: &mut WebsocketContext<Self>) {
+        while !matches!(self.state, State::Joining { .. }) {
+            let Some(frame) = self.queued.pop_front() else {
+                break;
+            };
+            self.on_frame(frame, ctx);
+        }
+    }
+
+    fn heartbeat(&mut self, ctx: &mut WebsocketContext<Self>) {
+        if self.last_heard.elapsed() > self.app.settings.client_timeout {
+            log::debug!("session {}: heartbeat timeout", self.id);
+            ctx.stop();
+        } else {
+            ctx.ping(b"");
+        }
+    }
+
+    fn on_binary_or_text_fragment(&mut self, item: Item, ctx: &mut WebsocketContext<Self>) {
+        let max = self.app.settings.max_frame_bytes;
+        let (chunk, last): (Bytes, bool) = match item {
+            Item::FirstText(b) => {
+                self.fragments = Some(BytesMut::new());
+                (b, false)
+            }
+            Item::FirstBinary(_) => {
+                return self.close(
+                    ctx,
+                    CloseCode::Unsupported,
+                    "binary frames are not supported",
+                )
+            }
+            Item::Continue(b) => (b, false),
+            Item::Last(b) => (b, true),
+        };
+        let Some(buf) = self.fragments.as_mut() else {
+            return self.close(
+                ctx,
+                CloseCode::Protocol,
+                "continuation without a first frame",
+            );
+        };
+        if buf.len() + chunk.len() > max {
+            return self.close(ctx, CloseCode::Size, "message too big");
+        }
+        buf.extend_from_slice(&chunk);
+        if last {
+            let whole = self.fragments.take().unwrap_or_default();
+            match std::str::from_utf8(&whole) {
+                Ok(text) => self.on_text(text, ctx),
+                Err(_) => self.close(ctx, CloseCode::Invalid, "text is not UTF-8"),
+            }
+        }
+    }
+}
+
+impl Actor for ChatSession {
+    type Context = WebsocketContext<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(self.app.settings.session_queue_capacity);
+        ctx.run_interval(self.app.settings.heartbeat_interval, |act, ctx| {
+            act.heartbeat(ctx)
+        });
+    }
+
+    fn stopping(&mut self, _: &mut Self::Context) -> Running {
+        // A join still in flight is cleaned up by the room: its `Joined`
+        // event finds this mailbox closed and the room removes the member.
+        self.leave_room();
+        Running::Stop
+    }
+}
+
+impl Handler<SessionEvent> for ChatSession {
+    type Result = ();
+
+    fn handle(&mut self, event: SessionEvent, ctx: &mut Self::Context) {
+        match event {
+            SessionEvent::Frames { room_id, frames } => {
+                if matches!(self.state, State::InRoom { room_id: r, .. } if r == room_id) {
+                    for frame in frames.iter() {
+                        ctx.text(frame.clone());
+                    }
+                }
+            }
+            SessionEvent::Joined {
+                room_id,
+                room,
+                frame,
+            } => {
+                if matches!(self.state, State::Joining { room_id: r } if r == room_id) {
+                    ctx.text(frame);
+                    self.state = State::InRoom { room_id, room };
+                    self.replay_queued(ctx);
+                } else {
+                    // The client moved on (or left) while this join was in
+                    // flight: give the seat back.
+                    room.do_send(Leave {
+                        session_id: self.id.clone(),
+                    });
+                }
+            }
+            SessionEvent::JoinFailed { room_id, frame } => {
+                if matches!(self.state, State::Joining { room_id: r } if r == room_id) {
+                    self.join_failed(frame, ctx);
+                }
+            }
+            SessionEvent::Evicted { room_id } => {
+                if matches!(self.state, State::InRoom { room_id: r, .. } if r == room_id) {
+                    self.state = State::Lobby;
+                    self.close(
+                        ctx,
+                        CloseCode::Policy,
+                        "slow consumer: not reading fast enough",
+                    );
+                }
+            }
+            SessionEvent::ServerShutdown => {
+                self.state = State::Lobby;
+                self.close(ctx, CloseCode::Away, "server shutting down");
+            }
+        }
+    }
+}
+
+impl StreamHandler<Result<ws::Message, ProtocolError>> for ChatSession {
+    fn handle(&mut self, item: Result<ws::Message, ProtocolError>, ctx: &mut Self::Context) {
+        self.last_heard = Instant::now();
+        match item {
+            Ok(ws::Message::Text(text)) => self.on_text(&text, ctx),
+            Ok(ws::Message::Binary(_)) => self.close(
+                ctx,
+                CloseCode::Unsupported,
+                "binary frames are not supported",
+            ),
+            Ok(ws::Message::Continuation(item)) => self.on_binary_or_text_fragment(item, ctx),
+            Ok(ws::Message::Ping(payload)) => ctx.pong(&payload),
+            Ok(ws::Message::Pong(_)) | Ok(ws::Message::Nop) => {}
+            Ok(ws::Message::Close(reason)) => {
+                ctx.close(reason);
+                ctx.stop();
+            }
+            Err(ProtocolError::Overflow) => self.close(ctx, CloseCode::Size, "frame too large"),
+            Err(e) => {
+                log::debug!("session {}: protocol error: {e}", self.id);
+                self.close(ctx, CloseCode::Protocol, "protocol error");
+            }
+        }
+    }
+}

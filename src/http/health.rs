@@ -1,0 +1,37 @@
+//! `GET /health`: what a load balancer or pm2 check needs to know. Each
+//! configured backing service is probed with a short timeout so the check
+//! itself never hangs.
+
+use std::time::Duration;
+
+use actix_web::{web, HttpResponse};
+use serde_json::json;
+
+use crate::startup::AppState;
+
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// 200 when every configured part answers, else 503 `degraded` naming the
+/// failing parts.
+pub async fn health(app: web::Data<AppState>) -> HttpResponse {
+    let mut failing = Vec::new();
+    let store_ok = matches!(
+        tokio::time::timeout(PROBE_TIMEOUT, app.store.ping()).await,
+        Ok(Ok(()))
+    );
+    if !store_ok {
+        failing.push(app.store.kind().as_str());
+    }
+    let body = json!({
+        "status": if failing.is_empty() { "ok" } else { "degraded" },
+        "instance": app.settings.instance_id,
+        "store": app.store.kind().as_str(),
+        "bus": "local",
+        "failing": failing,
+    });
+    if failing.is_empty() {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
+}

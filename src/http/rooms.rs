@@ -1,0 +1,211 @@
+//! The room resource: list, create, show, members, message history.
+//! Path and query values are parsed here by hand so that every malformed
+//! one gets the contract's `invalid_parameter`, not actix's default text.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use futures_util::StreamExt;
+use serde_json::Value;
+
+use crate::actors::room_manager::GetMembers;
+use crate::domain::{self, MessageSeq, RoomId, RoomTitle};
+use crate::error::ChatError;
+use crate::startup::AppState;
+
+/// `GET /api/rooms`: newest first.
+pub async fn list_rooms(app: web::Data<AppState>) -> Result<HttpResponse, ChatError> {
+    Ok(HttpResponse::Ok().json(app.store.rooms().await?))
+}
+
+/// `POST /api/rooms` `{"title": "..."}`: 201 with the new, empty room. It
+/// is deleted if nobody joins within the grace period (the manager's sweep).
+pub async fn create_room(
+    req: HttpRequest,
+    body: web::Payload,
+    app: web::Data<AppState>,
+) -> Result<HttpResponse, ChatError> {
+    let body = read_body(&req, body, app.settings.max_body_bytes).await?;
+    let value: Value =
+        serde_json::from_slice(&body).map_err(|e| ChatError::InvalidJson(e.to_string()))?;
+    let Value::Object(obj) = value else {
+        return Err(ChatError::InvalidJson("body must be a JSON object".into()));
+    };
+    let title = match obj.get("title") {
+        Some(Value::String(t)) => RoomTitle::parse(t, &app.settings.limits)?,
+        Some(_) => return Err(ChatError::InvalidTitle("title must be a string".into())),
+        None => return Err(ChatError::InvalidTitle("title is required".into())),
+    };
+    if let Some(ip) = super::client_ip(&req, &app) {
+        if !app.room_create_limiter.try_take(&ip) {
+            return Err(ChatError::RateLimited(
+                "too many rooms created; wait a moment".into(),
+            ));
+        }
+    }
+    let room = app.store.create_room(&title, domain::now()).await?;
+    Ok(HttpResponse::Created().json(room))
+}
+
+/// `GET /api/rooms/{id}`.
+pub async fn get_room(
+    path: web::Path<String>,
+    app: web::Data<AppState>,
+) -> Result<HttpResponse, ChatError> {
+    let id = parse_room_id(&path)?;
+    match app.store.room(id).await? {
+        Some(room) => Ok(HttpResponse::Ok().json(room)),
+        None => Err(ChatError::RoomNotFound(id)),
+    }
+}
+
+/// `GET /api/rooms/{id}/members`: answered by the room's actor, not by a
+/// database select.
+pub async fn list_members(
+    path: web::Path<String>,
+    app: web::Data<AppState>,
+) -> Result<HttpResponse, ChatError> {
+    let room_id = parse_room_id(&path)?;
+    let members = app
+        .manager
+        .send(GetMembers { room_id })
+        .await
+        .map_err(|e| ChatError::Unavailable(format!("room manager: {e}")))??;
+    Ok(HttpResponse::Ok().json(members))
+}
+
+/// `GET /api/rooms/{id}/messages?after=&limit=`: ascending ids after
+/// `after`; what a reconnecting client uses to catch up.
+pub async fn list_messages(
+    req: HttpRequest,
+    path: web::Path<String>,
+    app: web::Data<AppState>,
+) -> Result<HttpResponse, ChatError> {
+    let room_id = parse_room_id(&path)?;
+    let mut after: MessageSeq = 0;
+    let mut limit: usize = 50;
+    for (key, value) in form_pairs(req.query_string()) {
+        match key.as_str() {
+            "after" => after = parse_count(&key, &value)?,
+            "limit" => limit = parse_count(&key, &value)? as usize,
+            _ => {}
+        }
+    }
+    let limit = limit.min(app.settings.messages_page_max);
+    let messages = app.store.messages_after(room_id, after, limit).await?;
+    if messages.is_empty() && app.store.room(room_id).await?.is_none() {
+        return Err(ChatError::RoomNotFound(room_id));
+    }
+    Ok(HttpResponse::Ok().json(messages))
+}
+
+fn parse_room_id(raw: &str) -> Result<RoomId, ChatError> {
+    raw.parse()
+        .map_err(|_| ChatError::InvalidParameter(format!("room id {raw:?} is not an integer")))
+}
+
+fn parse_count(key: &str, value: &str) -> Result<u64, ChatError> {
+    value.parse().map_err(|_| {
+        ChatError::InvalidParameter(format!(
+            "{key} must be a non-negative integer, got {value:?}"
+        ))
+    })
+}
+
+/// Decodes `a=1&b=2` (percent-decoding included), ignoring empty pieces.
+fn form_pairs(query: &str) -> Vec<(String, String)> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    fn hex(b: u8) -> Option<u8> {
+        (b as char).to_digit(16).map(|d| d as u8)
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let decoded = match bytes[i] {
+            b'%' if i + 2 < bytes.len() => hex(bytes[i + 1]).zip(hex(bytes[i + 2])),
+            _ => None,
+        };
+        match (bytes[i], decoded) {
+            (_, Some((hi, lo))) => {
+                out.push(hi << 4 | lo);
+                i += 3;
+            }
+            (b'+', None) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (b, None) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Reads a request body up to `limit` bytes; beyond it, 413
+/// `payload_too_large` without reading the rest.
+async fn read_body(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<web::BytesMut, ChatError> {
+    let declared = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ChatError::PayloadTooLarge(limit));
+    }
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk =
+            chunk.map_err(|e| ChatError::InvalidJson(format!("could not read body: {e}")))?;
+        if body.len() + chunk.len() > limit {
+            return Err(ChatError::PayloadTooLarge(limit));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_pairs_are_decoded() {
+        let pairs = form_pairs("after=10&limit=%35&x&&y=a+b");
+        assert_eq!(
+            pairs,
+            vec![
+                ("after".into(), "10".into()),
+                ("limit".into(), "5".into()),
+                ("x".into(), "".into()),
+                ("y".into(), "a b".into())
+            ]
+        );
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz"), "%zz");
+        assert_eq!(percent_decode("%C3%A9%"), "é%");
+        assert_eq!(percent_decode("é%2"), "é%2");
+    }
+
+    #[test]
+    fn counts_reject_negative_and_non_integers() {
+        assert!(parse_count("after", "-1").is_err());
+        assert!(parse_count("after", "1.5").is_err());
+        assert!(parse_count("after", "").is_err());
+        assert_eq!(parse_count("after", "7").unwrap(), 7);
+    }
+}

@@ -1,0 +1,208 @@
+//! Building and running the application: pick the store, start the room
+//! manager, bind the listener (port 0 in tests, so the real port is
+//! reported), mount the routes, and shut down cleanly on SIGINT/SIGTERM.
+
+use std::net::TcpListener;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use actix_web::{dev::ServerHandle, web, App, HttpServer};
+use handlebars::Handlebars;
+
+use crate::actors::room::RoomConfig;
+use crate::actors::room_manager::{RoomManager, Shutdown};
+use crate::config::Settings;
+use crate::rate_limit::KeyedLimiter;
+use crate::store::{MemoryStore, MySqlStore, SharedStore};
+
+/// What every request handler and session can reach.
+pub struct AppState {
+    pub settings: Arc<Settings>,
+    pub store: SharedStore,
+    pub manager: Addr<RoomManager>,
+    pub room_create_limiter: KeyedLimiter<std::net::IpAddr>,
+    pub next_session: AtomicU64,
+    pub templates: Handlebars<'static>,
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("cannot bind {0}: {1}")]
+    Bind(String, std::io::Error),
+    #[error("cannot load template {0}: {1}")]
+    Template(String, String),
+    #[error("store: {0}")]
+    Store(String),
+}
+
+/// A bound, running server.
+pub struct Application {
+    port: u16,
+    server: actix_web::dev::Server,
+    state: Arc<AppState>,
+}
+
+impl Application {
+    /// Connects the store, starts the actors and binds the listener.
+    /// Must run inside an actix system.
+    pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        let settings = Arc::new(settings);
+        let store = connect_store(&settings).await?;
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+
+        if settings.redis_url.is_none() {
+            // Alone: any membership the store still holds belongs to an
+            // earlier run of this service that died without cleaning up.
+            match store.remove_all_members().await {
+                Ok(removed) if !removed.is_empty() => {
+                    log::info!("removed {} stale members of an earlier run", removed.len())
+                }
+                Ok(_) => {}
+                Err(e) => log::warn!("could not clear stale members: {e}"),
+            }
+        }
+
+        let manager = RoomManager::new(
+            store.clone(),
+            RoomConfig {
+                instance_id: settings.instance_id.clone(),
+                history_on_join: settings.history_on_join,
+            },
+            settings.empty_room_grace,
+            settings.room_threads.unwrap_or(cpus),
+        )
+        .start();
+
+        let mut templates = Handlebars::new();
+        let template_path = format!("{}/chat.hbs", settings.templates_dir);
+        templates
+            .register_template_file("chat", &template_path)
+            .map_err(|e| StartupError::Template(template_path.clone(), e.to_string()))?;
+
+        let state = Arc::new(AppState {
+            room_create_limiter: KeyedLimiter::new(
+                settings.room_create_rate_per_sec,
+                settings.room_create_burst,
+            ),
+            settings: settings.clone(),
+            store,
+            manager,
+            next_session: AtomicU64::new(1),
+            templates,
+        });
+
+        let address = format!("{}:{}", settings.host, settings.port);
+        let listener =
+            TcpListener::bind(&address).map_err(|e| StartupError::Bind(address.clone(), e))?;
+        let port = listener
+            .local_addr()
+            .map_err(|e| StartupError::Bind(address.clone(), e))?
+            .port();
+        let data = web::Data::from(state.clone());
+        let static_dir = settings.static_dir.clone();
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(data.clone())
+                .configure(|cfg| crate::http::configure(cfg, &static_dir))
+        })
+        .workers(settings.workers.unwrap_or(cpus))
+        .disable_signals()
+        .shutdown_timeout(5)
+        .listen(listener)
+        .map_err(|e| StartupError::Bind(address, e))?
+        .run();
+        Ok(Application {
+            port,
+            server,
+            state,
+        })
+    }
+
+    /// The port actually bound (useful with `PORT=0`).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// A handle that stops the server the way a signal does.
+    pub fn stopper(&self) -> Stopper {
+        Stopper {
+            handle: self.server.handle(),
+            manager: self.state.manager.clone(),
+        }
+    }
+
+    /// Serves until stopped (see [`Stopper`]) or until SIGINT/SIGTERM.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let stopper = self.stopper();
+        actix_web::rt::spawn(async move {
+            wait_for_signal().await;
+            log::info!("signal received, shutting down");
+            stopper.stop().await;
+        });
+        self.server.await
+    }
+}
+
+/// Stops a running application cleanly: members are removed from the
+/// store and told the server is going away (close 1001) before the
+/// listener closes.
+#[derive(Clone)]
+pub struct Stopper {
+    handle: ServerHandle,
+    manager: Addr<RoomManager>,
+}
+
+impl Stopper {
+    /// Runs the shutdown sequence.
+    pub async fn stop(&self) {
+        if let Err(e) = self.manager.send(Shutdown).await {
+            log::warn!("room manager did not answer shutdown: {e}");
+        }
+        self.handle.stop(true).await;
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Picks the store from the settings. MySQL is retried until it answers:
+/// an operator starting the chat before the database should see it come up
+/// by itself, not crash-loop.
+async fn connect_store(settings: &Settings) -> Result<SharedStore, StartupError> {
+    let Some(url) = settings.mysql_url.as_deref() else {
+        return Ok(Arc::new(MemoryStore::new(settings.memory_history_limit)));
+    };
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        match MySqlStore::connect(url, settings.store_timeout).await {
+            Ok(store) => return Ok(Arc::new(store)),
+            Err(e) => {
+                log::warn!("MySQL not ready ({e}); retrying in {backoff:?}");
+                actix_web::rt::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}

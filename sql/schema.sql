@@ -6,37 +6,43 @@
 -- statement, because the server splits the file on ";".
 --
 -- Changes from the original Node.js service's schema:
---   1. Every table is utf8mb4 (was utf8 = 3-byte utf8mb3), so emoji and other
---      characters outside the Basic Multilingual Plane can be stored.
---   2. Ids are BIGINT UNSIGNED, matching the server's u64 ids.
+--   1. utf8mb4 everywhere (the original database was utf8 = 3-byte utf8mb3),
+--      so emoji and other characters outside the Basic Multilingual Plane
+--      can be stored. Every table is explicitly ENGINE=InnoDB: transactions,
+--      row locks and foreign keys are what the store's invariants rest on.
+--   2. Ids are BIGINT UNSIGNED (were INT), matching the server's u64 ids;
+--      join_member_count is INT UNSIGNED.
 --   3. chatRoom.title and the nickname columns are VARCHAR(255) instead of
---      VARCHAR(50): the 50-character limit is only the default of
---      MAX_TITLE_CHARS / MAX_NICKNAME_CHARS, and a raised limit must not make
---      inserts fail. Lengths are still enforced by the server.
+--      VARCHAR(50): 50 characters is only the default of MAX_TITLE_CHARS /
+--      MAX_NICKNAME_CHARS, and raising a limit must not make inserts fail.
+--      The server enforces the limits. (Limits above 255 need wider columns.)
 --   4. chatRoom.last_msg_id (new): the room's message sequence counter. A
---      message batch takes the next consecutive ids by incrementing it in the
+--      message batch takes the next consecutive ids by advancing it in the
 --      transaction that inserts the messages, so ids are gap-free per room.
 --   5. chatRoom gets an index on created, for the sweep that deletes rooms
 --      nobody joined within the grace period.
 --   6. chatMember.instance_id (new, indexed): the server process that holds
 --      the connection, so a crashed process's members can be reaped.
+--      socket_id is NOT NULL and wider ("<instance id>:<counter>").
 --   7. chatMember has UNIQUE (room_id, nickname) with nickname in the binary
 --      collation utf8mb4_bin: uniqueness is exact and case-sensitive, as in
 --      the in-memory store ("Alice" and "alice", "e" and "é" are different
---      nicknames). utf8mb4_bin pads trailing spaces, which never matters
---      because nicknames are stored trimmed.
+--      nicknames). utf8mb4_bin ignores trailing spaces when comparing, which
+--      never matters because nicknames are stored trimmed.
 --   8. chatMsg's primary key is (room_id, id) where id is the per-room
 --      sequence (1, 2, 3, ... in each room), not a table-wide AUTO_INCREMENT.
---   9. Correct foreign keys: chatMember.room_id and chatMsg.room_id reference
---      chatRoom(id) ON DELETE CASCADE, so deleting a room deletes its members
---      and its messages in the same statement.
---  10. chatMsg.content is TEXT (was VARCHAR): up to 65,535 bytes, that is at
---      least 16,383 characters even if every one takes 4 bytes. The default
+--      Reading a page of a room's history walks this key.
+--   9. Correct foreign keys: the original chatMsg referenced a misspelled
+--      table (chatRoomt) and neither foreign key cascaded. Now
+--      chatMember.room_id and chatMsg.room_id reference chatRoom(id)
+--      ON DELETE CASCADE, so deleting a room deletes its members and
+--      messages in the same statement.
+--  10. chatMsg.content is TEXT (was VARCHAR(100)): up to 65,535 bytes, so at
+--      least 16,383 characters even at 4 bytes each. The default
 --      MAX_CONTENT_CHARS is 1000; raising it beyond 16,383 needs MEDIUMTEXT.
---  11. Times are DATETIME holding UTC (the server sets the session time zone
---      to +00:00 and supplies every value itself, truncated to whole seconds).
---  12. Explicit ENGINE=InnoDB: transactions, row locks and foreign keys are
---      what the store's invariants rest on.
+--  11. Times are DATETIME holding UTC, supplied by the server (truncated to
+--      whole seconds) instead of DEFAULT CURRENT_TIMESTAMP in the database
+--      server's local time zone; sessions also run with time_zone '+00:00'.
 
 CREATE TABLE IF NOT EXISTS chatRoom (
     id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT,

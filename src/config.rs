@@ -56,6 +56,19 @@ pub struct Settings {
     pub workers: Option<usize>,
     /// `ROOM_THREADS`: threads hosting room actors (default: number of CPUs).
     pub room_threads: Option<usize>,
+    /// `REDIS_PREFIX`: prefix of every Redis key and channel, so several
+    /// clusters (or test runs) can share one Redis.
+    pub redis_prefix: String,
+    /// `LIVENESS_TTL_SECS`: an instance whose liveness key is older than
+    /// this is dead; its members are reaped by the survivors.
+    pub liveness_ttl: Duration,
+    /// `LIVENESS_REFRESH_MS`: how often each instance renews its key.
+    pub liveness_refresh: Duration,
+    /// `REAP_INTERVAL_MS`: how often survivors look for dead instances.
+    pub reap_interval: Duration,
+    /// `GAP_TIMEOUT_MS`: how long a room waits for a missing message id
+    /// before reading it from the store.
+    pub gap_timeout: Duration,
     /// `TRUST_FORWARDED_FOR`: key rate limits by the first
     /// `X-Forwarded-For` address (set it only behind a proxy that sets it).
     pub trust_forwarded_for: bool,
@@ -116,6 +129,11 @@ impl Settings {
             workers: env.optional("WORKERS")?,
             room_threads: env.optional("ROOM_THREADS")?,
             trust_forwarded_for: env.parse("TRUST_FORWARDED_FOR", false)?,
+            redis_prefix: env.string("REDIS_PREFIX").unwrap_or_else(|| "chat".into()),
+            liveness_ttl: Duration::from_secs_f64(env.parse("LIVENESS_TTL_SECS", 5.0)?),
+            liveness_refresh: Duration::from_millis(env.parse("LIVENESS_REFRESH_MS", 1000)?),
+            reap_interval: Duration::from_millis(env.parse("REAP_INTERVAL_MS", 2000)?),
+            gap_timeout: Duration::from_millis(env.parse("GAP_TIMEOUT_MS", 300)?),
         })
     }
 

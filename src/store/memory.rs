@@ -11,7 +11,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::{
-    JoinOutcome, LeaveOutcome, NewMember, NewMessage, RemovedMember, Store, StoreError, StoreKind,
+    JoinOutcome, LeaveOutcome, MemberRecord, NewMember, NewMessage, RemovedMember, Store,
+    StoreError, StoreKind,
 };
 use crate::domain::{Member, Message, MessageSeq, Room, RoomId, RoomTitle};
 
@@ -66,9 +67,11 @@ impl Inner {
     fn remove_at(&mut self, room_id: RoomId, index: usize) -> RemovedMember {
         let mut deleted = false;
         let mut nickname = String::new();
+        let mut socket_id = String::new();
         if let Some(room) = self.rooms.get_mut(&room_id) {
             let gone = room.members.remove(index);
             nickname = gone.member.nickname;
+            socket_id = gone.socket_id;
             room.room.member_count = room.members.len() as u32;
             deleted = room.members.is_empty();
         }
@@ -78,6 +81,7 @@ impl Inner {
         RemovedMember {
             room_id,
             nickname,
+            socket_id,
             room_deleted: deleted,
         }
     }
@@ -214,13 +218,32 @@ impl Store for MemoryStore {
         })
     }
 
-    async fn members(&self, room_id: RoomId) -> Result<Vec<Member>, StoreError> {
+    async fn member_records(&self, room_id: RoomId) -> Result<Vec<MemberRecord>, StoreError> {
         let inner = self.lock();
         let room = inner
             .rooms
             .get(&room_id)
             .ok_or(StoreError::RoomNotFound(room_id))?;
-        Ok(room.members.iter().map(|m| m.member.clone()).collect())
+        Ok(room
+            .members
+            .iter()
+            .map(|m| MemberRecord {
+                member: m.member.clone(),
+                socket_id: m.socket_id.clone(),
+            })
+            .collect())
+    }
+
+    async fn instances_with_members(&self) -> Result<Vec<String>, StoreError> {
+        let inner = self.lock();
+        let mut ids: Vec<String> = inner
+            .rooms
+            .values()
+            .flat_map(|r| r.members.iter().map(|m| m.instance_id.clone()))
+            .collect();
+        ids.sort();
+        ids.dedup();
+        Ok(ids)
     }
 
     async fn append_messages(

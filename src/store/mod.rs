@@ -101,8 +101,18 @@ pub enum LeaveOutcome {
 pub struct RemovedMember {
     pub room_id: RoomId,
     pub nickname: String,
+    /// The connection the membership belonged to, so other processes can
+    /// drop exactly that membership.
+    pub socket_id: String,
     /// True for the one removal that emptied, and so deleted, its room.
     pub room_deleted: bool,
+}
+
+/// A stored membership: the member and the connection it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberRecord {
+    pub member: Member,
+    pub socket_id: String,
 }
 
 /// A chat message about to be stored; the store assigns its id.
@@ -155,9 +165,24 @@ pub trait Store: Send + Sync + 'static {
         socket_id: &str,
     ) -> Result<LeaveOutcome, StoreError>;
 
-    /// Members in join order. The actors answer member lists from their own
-    /// state; this is for rebuilding that state.
-    async fn members(&self, room_id: RoomId) -> Result<Vec<Member>, StoreError>;
+    /// Members in join order, with the connection each belongs to. The
+    /// actors answer member lists from their own state; this is for building
+    /// that state when a room actor starts or resynchronizes.
+    async fn member_records(&self, room_id: RoomId) -> Result<Vec<MemberRecord>, StoreError>;
+
+    /// Members in join order (`RoomNotFound` if there is no such room).
+    async fn members(&self, room_id: RoomId) -> Result<Vec<Member>, StoreError> {
+        Ok(self
+            .member_records(room_id)
+            .await?
+            .into_iter()
+            .map(|r| r.member)
+            .collect())
+    }
+
+    /// The instances that hold at least one membership, so survivors can
+    /// check each one's liveness.
+    async fn instances_with_members(&self) -> Result<Vec<String>, StoreError>;
 
     /// Stores a batch in order, giving it the room's next consecutive ids.
     /// `RoomNotFound` if the room is gone.

@@ -38,7 +38,8 @@ use mysql_async::{
 };
 
 use super::{
-    JoinOutcome, LeaveOutcome, NewMember, NewMessage, RemovedMember, Store, StoreError, StoreKind,
+    JoinOutcome, LeaveOutcome, MemberRecord, NewMember, NewMessage, RemovedMember, Store,
+    StoreError, StoreKind,
 };
 use crate::domain::{Member, Message, MessageSeq, Room, RoomId, RoomTitle};
 
@@ -103,6 +104,11 @@ impl MySqlStore {
     pub async fn connect(url: &str, op_timeout: Duration) -> Result<MySqlStore, StoreError> {
         let opts = Opts::from_url(url)
             .map_err(|e| StoreError::Unavailable(format!("invalid MySQL URL: {e}")))?;
+        if opts.db_name().is_none() {
+            return Err(StoreError::Unavailable(
+                "the MySQL URL must name a database: mysql://user:pass@host:port/db".into(),
+            ));
+        }
 
         // One dedicated connection prepares the database before the pool
         // exists, so the pool never holds connections to a missing database.
@@ -368,11 +374,12 @@ impl Store for MySqlStore {
         self.bounded("remove_member", call).await
     }
 
-    async fn members(&self, room_id: RoomId) -> Result<Vec<Member>, StoreError> {
+    async fn member_records(&self, room_id: RoomId) -> Result<Vec<MemberRecord>, StoreError> {
         let call = self.with_conn(true, |mut conn| async move {
-            let found: Vec<(String, NaiveDateTime)> = rows(
+            let found: Vec<(String, NaiveDateTime, String)> = rows(
                 &mut conn,
-                "SELECT nickname, join_time FROM chatMember WHERE room_id = ? ORDER BY id",
+                "SELECT nickname, join_time, socket_id FROM chatMember \
+                 WHERE room_id = ? ORDER BY id",
                 (room_id,),
             )
             .await?;
@@ -387,11 +394,26 @@ impl Store for MySqlStore {
             .ok_or(StoreError::RoomNotFound(room_id))?;
         Ok(found
             .into_iter()
-            .map(|(nickname, joined)| Member {
-                nickname,
-                joined_at: from_db(joined),
+            .map(|(nickname, joined, socket_id)| MemberRecord {
+                member: Member {
+                    nickname,
+                    joined_at: from_db(joined),
+                },
+                socket_id,
             })
             .collect())
+    }
+
+    async fn instances_with_members(&self) -> Result<Vec<String>, StoreError> {
+        let call = self.with_conn(true, |mut conn| async move {
+            rows(
+                &mut conn,
+                "SELECT DISTINCT instance_id FROM chatMember ORDER BY instance_id",
+                (),
+            )
+            .await
+        });
+        self.bounded("instances_with_members", call).await
     }
 
     async fn append_messages(
@@ -709,11 +731,11 @@ async fn remove_room_members_tx(
         // Deleted since we listed it; its members went with it.
         return Ok(Ok(Vec::new()));
     };
-    let doomed: Vec<String> = match instance {
+    let doomed: Vec<(String, String)> = match instance {
         Some(instance) => {
             let found = rows(
                 tx,
-                "SELECT nickname FROM chatMember WHERE room_id = ? AND instance_id = ? \
+                "SELECT nickname, socket_id FROM chatMember WHERE room_id = ? AND instance_id = ? \
                  ORDER BY id FOR UPDATE",
                 (room_id, instance),
             )
@@ -728,7 +750,7 @@ async fn remove_room_members_tx(
         None => {
             let found = rows(
                 tx,
-                "SELECT nickname FROM chatMember WHERE room_id = ? ORDER BY id FOR UPDATE",
+                "SELECT nickname, socket_id FROM chatMember WHERE room_id = ? ORDER BY id FOR UPDATE",
                 (room_id,),
             )
             .await?;
@@ -759,9 +781,10 @@ async fn remove_room_members_tx(
     Ok(Ok(doomed
         .into_iter()
         .enumerate()
-        .map(|(i, nickname)| RemovedMember {
+        .map(|(i, (nickname, socket_id))| RemovedMember {
             room_id,
             nickname,
+            socket_id,
             room_deleted: remaining == 0 && i == last,
         })
         .collect()))
@@ -774,7 +797,7 @@ async fn open_creating_db(opts: &Opts) -> Result<Conn, StoreError> {
         Ok(conn) => Ok(conn),
         Err(SqlError::Server(e)) if e.code == ER_BAD_DB_ERROR => {
             let Some(db) = opts.db_name() else {
-                return Err(StoreError::Unavailable(e.to_string()));
+                return Err(unavailable(SqlError::Server(e)));
             };
             let server_only = OptsBuilder::from_opts(opts.clone()).db_name(None::<String>);
             let mut conn = Conn::new(server_only).await.map_err(unavailable)?;

@@ -11,6 +11,7 @@ use actix::prelude::*;
 use actix_web::{dev::ServerHandle, web, App, HttpServer};
 use handlebars::Handlebars;
 
+use crate::actors::redis_bridge::{BridgeConfig, BusHealth, RedisBridge};
 use crate::actors::room::RoomConfig;
 use crate::actors::room_manager::{RoomManager, Shutdown};
 use crate::config::Settings;
@@ -25,6 +26,8 @@ pub struct AppState {
     pub room_create_limiter: KeyedLimiter<std::net::IpAddr>,
     pub next_session: AtomicU64,
     pub templates: Handlebars<'static>,
+    /// `None` when running alone (no `REDIS_URL`).
+    pub bus_health: Option<BusHealth>,
 }
 
 /// Why the server could not start.
@@ -36,6 +39,8 @@ pub enum StartupError {
     Template(String, String),
     #[error("store: {0}")]
     Store(String),
+    #[error("bus: {0}")]
+    Bus(String),
 }
 
 /// A bound, running server.
@@ -50,6 +55,12 @@ impl Application {
     /// Must run inside an actix system.
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
         let settings = Arc::new(settings);
+        if settings.redis_url.is_some() && settings.mysql_url.is_none() {
+            // Each process's memory store would be a different world.
+            return Err(StartupError::Bus(
+                "REDIS_URL (a cluster) needs MYSQL_URL: processes must share one store".into(),
+            ));
+        }
         let store = connect_store(&settings).await?;
         let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
 
@@ -65,11 +76,31 @@ impl Application {
             }
         }
 
+        let bus_health = BusHealth::default();
+        let bus = match settings.redis_url.as_deref() {
+            None => None,
+            Some(url) => {
+                let config = BridgeConfig {
+                    url: url.to_owned(),
+                    prefix: settings.redis_prefix.clone(),
+                    instance_id: settings.instance_id.clone(),
+                    liveness_ttl: settings.liveness_ttl,
+                    liveness_refresh: settings.liveness_refresh,
+                    reap_interval: settings.reap_interval,
+                };
+                let bridge = RedisBridge::new(config, store.clone(), bus_health.clone())
+                    .map_err(|e| StartupError::Bus(e.to_string()))?;
+                Some(bridge.start())
+            }
+        };
+
         let manager = RoomManager::new(
             store.clone(),
             RoomConfig {
                 instance_id: settings.instance_id.clone(),
                 history_on_join: settings.history_on_join,
+                gap_timeout: settings.gap_timeout,
+                bus: bus.clone(),
             },
             settings.empty_room_grace,
             settings.room_threads.unwrap_or(cpus),
@@ -92,6 +123,7 @@ impl Application {
             manager,
             next_session: AtomicU64::new(1),
             templates,
+            bus_health: bus.as_ref().map(|_| bus_health.clone()),
         });
 
         let address = format!("{}:{}", settings.host, settings.port);

@@ -79,7 +79,7 @@ mysql_exec() {
 
 # Debian's Chromium for the browser test (never a downloaded browser).
 ensure_chromium() {
-  [ -x "${CHROMIUM_PATH:-/usr/bin/chromium}" ] || apt_install chromium chromium-driver
+  [ -x "${CHROMIUM_PATH:-/usr/bin/chromium}" ] || apt_install chromium chromium-driver fonts-noto-color-emoji
   export CHROMIUM_PATH="${CHROMIUM_PATH:-/usr/bin/chromium}"
 }
 

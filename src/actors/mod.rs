@@ -4,6 +4,7 @@
 //! [`room_manager::RoomManager`] (one per process) finds or starts room
 //! actors and owns what outlives them: the empty-room sweep and shutdown.
 
+pub mod redis_bridge;
 pub mod room;
 pub mod room_manager;
 pub mod session;

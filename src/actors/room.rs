@@ -1,41 +1,53 @@
 //! `RoomActor`: one per room with members on this process. It owns the
-//! room's live state (members in join order, the recent-history ring, the
-//! queue of chats being stored) and is the only writer of that room's
-//! membership and messages from this process.
+//! room's live state here (the member list, local and remote, in join order;
+//! the recent-history ring; chats being stored; messages waiting for an
+//! earlier id) and is this process's only writer of the room's memberships
+//! and messages.
 //!
-//! Ordering invariants, enforced here:
+//! Invariants, enforced here:
 //! - **Membership changes are serialized.** Joins and leaves run their store
 //!   transaction under `ctx.wait`, so the actor handles nothing else until
 //!   the store has answered; the member list, the count and the `joined`
 //!   snapshot can never disagree.
-//! - **Stored before delivered, in id order.** Chats queue in `pending`; at
-//!   most one batch is being stored at a time, and a batch is fanned out only
-//!   after the store has given it its ids. Batches complete in the order they
-//!   were started, so every member sees ids strictly increasing.
-//! - **History then live, nothing twice.** The `joined` snapshot's history is
-//!   the ring of messages this actor has delivered, taken at the instant the
-//!   member is added; every later message reaches the member live.
+//! - **Stored before delivered.** Chats queue in `pending_*`; at most one
+//!   batch is being stored at a time, and a message is fanned out only after
+//!   the store has given it its id.
+//! - **Every id, in order, once.** Ids are a per-room sequence, so every
+//!   message (stored here, or announced by another process over the bus)
+//!   passes through `accept`: ids below `next_id` are duplicates and dropped,
+//!   ids above it wait in `reorder` until the gap closes. A gap that does not
+//!   close within `GAP_TIMEOUT_MS` is filled from the store (an id is only
+//!   visible once every lower id of the room is committed, so the store can
+//!   always fill it).
+//! - **History then live, nothing twice.** `joined.history` is the ring of
+//!   messages this actor has delivered, taken at the instant the member is
+//!   added; every later message reaches the member live.
 //! - **Bounded fan-out.** Each member gets at most one mailbox item per
 //!   batch, sent with `try_send`; a session whose mailbox is full is a slow
 //!   consumer and is removed and closed, so one stuck client costs the others
 //!   nothing and the server's memory stays bounded.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
 use bytestring::ByteString;
 
+use super::redis_bridge::{BusSignal, Publish, RedisBridge, RoomEvent, Subscribe, Unsubscribe};
 use super::room_manager::{RoomManager, RoomStopped};
 use super::session::SessionEvent;
-use crate::domain::{self, Member, Message, MessageContent, Nickname, Room, RoomId};
+use crate::domain::{self, Member, Message, MessageContent, MessageSeq, Nickname, RoomId};
 use crate::error::ChatError;
 use crate::protocol::{error_frame, ServerFrame};
-use crate::store::{LeaveOutcome, NewMember, NewMessage, SharedStore, StoreError};
+use crate::store::{
+    JoinOutcome, LeaveOutcome, MemberRecord, NewMember, NewMessage, SharedStore, StoreError,
+};
 
 /// Most chats stored in one store call; bounds a batch's latency.
 const MAX_BATCH: usize = 256;
+/// Most messages read from the store in one gap fill or resync page.
+const FILL_PAGE: usize = 500;
 /// Longest pause between retries of a leave the store could not record.
 const MAX_LEAVE_RETRY: Duration = Duration::from_secs(5);
 
@@ -44,6 +56,9 @@ const MAX_LEAVE_RETRY: Duration = Duration::from_secs(5);
 pub struct RoomConfig {
     pub instance_id: String,
     pub history_on_join: usize,
+    pub gap_timeout: Duration,
+    /// The cluster bus, when there is one.
+    pub bus: Option<Addr<RedisBridge>>,
 }
 
 /// The room is shutting down; ask the manager for a fresh actor and retry.
@@ -78,7 +93,8 @@ pub struct Leave {
     pub session_id: String,
 }
 
-/// The members, in join order (answers `GET /api/rooms/{id}/members`).
+/// The members on every process, in join order (answers
+/// `GET /api/rooms/{id}/members`).
 #[derive(Message)]
 #[rtype(result = "Vec<Member>")]
 pub struct ListMembers;
@@ -89,13 +105,16 @@ pub struct ListMembers;
 #[rtype(result = "()")]
 pub struct CloseRoom;
 
+/// A member of the room. `outbox` is `None` for members connected to other
+/// processes, which this actor only lists.
 struct MemberEntry {
     member: Member,
     session_id: String,
-    outbox: Recipient<SessionEvent>,
+    outbox: Option<Recipient<SessionEvent>>,
 }
 
-struct PendingChat {
+/// Who sent a message stored by this actor, to echo the `ref` back.
+struct Sender {
     session_id: String,
     reference: Option<String>,
 }
@@ -103,10 +122,22 @@ struct PendingChat {
 /// Why a member is being removed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Removal {
-    /// It asked to leave, or its socket closed.
+    /// It asked to leave, or its socket closed: record it in the store.
     Gone,
-    /// Its mailbox was full: it is closed as a slow consumer.
+    /// Its mailbox was full: close it as a slow consumer and record it.
     SlowConsumer,
+    /// The store no longer lists it (another process reaped it, or it left
+    /// elsewhere): only forget it here.
+    Forget,
+    /// This process's membership was lost while cut off from the cluster:
+    /// close the socket so the client rejoins.
+    Lost,
+}
+
+/// What a successful first join loads besides the membership.
+struct Snapshot {
+    history: Vec<Message>,
+    members: Vec<MemberRecord>,
 }
 
 /// One live room. See the module comment for the invariants.
@@ -116,18 +147,22 @@ pub struct RoomActor {
     store: SharedStore,
     config: Arc<RoomConfig>,
     manager: Addr<RoomManager>,
-    /// The room as the store last reported it (count included).
-    room: Option<Room>,
+    /// Members in join order, local and remote.
     members: Vec<MemberEntry>,
     /// The last `history_on_join` messages delivered, oldest first.
     history: VecDeque<Message>,
-    history_loaded: bool,
+    /// The id the next delivered message must have; `None` until the first
+    /// join loaded the room's state.
+    next_id: Option<MessageSeq>,
+    /// Messages that arrived ahead of `next_id`, with their local sender.
+    reorder: BTreeMap<MessageSeq, (Message, Option<Sender>)>,
+    gap_timer: Option<SpawnHandle>,
     /// Chats waiting for the batch in flight to finish.
-    pending_chats: Vec<PendingChat>,
+    pending_senders: Vec<Sender>,
     pending_messages: Vec<NewMessage>,
     /// A batch is being stored.
     writing: bool,
-    /// Leaves the store has not yet recorded (it was unavailable).
+    /// Leaves the store has not yet recorded.
     unsynced_leaves: usize,
 }
 
@@ -147,11 +182,12 @@ impl RoomActor {
             store,
             config,
             manager,
-            room: None,
             members: Vec::new(),
             history: VecDeque::new(),
-            history_loaded: false,
-            pending_chats: Vec::new(),
+            next_id: None,
+            reorder: BTreeMap::new(),
+            gap_timer: None,
+            pending_senders: Vec::new(),
             pending_messages: Vec::new(),
             writing: false,
             unsynced_leaves: 0,
@@ -162,65 +198,136 @@ impl RoomActor {
         self.members.iter().position(|m| m.session_id == session_id)
     }
 
-    /// Sends `frame` to every member but `except`; returns the members whose
-    /// mailbox refused it.
-    fn broadcast(&self, frame: &ByteString, except: Option<&str>) -> Vec<(String, Removal)> {
-        let frames: Arc<[ByteString]> = Arc::from(vec![frame.clone()]);
+    fn local(&self) -> impl Iterator<Item = (&MemberEntry, &Recipient<SessionEvent>)> {
         self.members
             .iter()
-            .filter(|m| Some(m.session_id.as_str()) != except)
-            .filter_map(|m| self.offer(m, frames.clone()))
-            .collect()
+            .filter_map(|m| m.outbox.as_ref().map(|o| (m, o)))
     }
 
-    /// Offers one batch of frames to a member without waiting.
-    fn offer(&self, m: &MemberEntry, frames: Arc<[ByteString]>) -> Option<(String, Removal)> {
+    fn publish(&self, event: RoomEvent) {
+        if let Some(bus) = &self.config.bus {
+            bus.do_send(Publish {
+                room_id: self.room_id,
+                event,
+            });
+        }
+    }
+
+    /// Offers one batch of frames to a local member without waiting;
+    /// returns the member if its mailbox refused.
+    fn offer(
+        &self,
+        session_id: &str,
+        outbox: &Recipient<SessionEvent>,
+        frames: Arc<[ByteString]>,
+    ) -> Option<(String, Removal)> {
         let event = SessionEvent::Frames {
             room_id: self.room_id,
             frames,
         };
-        match m.outbox.try_send(event) {
+        match outbox.try_send(event) {
             Ok(()) => None,
-            Err(SendError::Full(_)) => Some((m.session_id.clone(), Removal::SlowConsumer)),
-            Err(SendError::Closed(_)) => Some((m.session_id.clone(), Removal::Gone)),
+            Err(SendError::Full(_)) => Some((session_id.to_owned(), Removal::SlowConsumer)),
+            Err(SendError::Closed(_)) => Some((session_id.to_owned(), Removal::Gone)),
         }
     }
 
-    /// Removes members (and, through `memberLeft`, possibly more that turn
-    /// out to be gone), recording each leave in the store.
+    /// Sends `frame` to every local member; returns those whose mailbox
+    /// refused it.
+    fn broadcast(&self, frame: &ByteString) -> Vec<(String, Removal)> {
+        let frames: Arc<[ByteString]> = Arc::from(vec![frame.clone()]);
+        self.local()
+            .filter_map(|(m, outbox)| self.offer(&m.session_id, outbox, frames.clone()))
+            .collect()
+    }
+
+    /// Adds a member announced by the store or another process, replacing an
+    /// older membership of the same nickname (nicknames are unique in the
+    /// store, so a newer membership means the older one ended).
+    fn add_remote(&mut self, record: MemberRecord, ctx: &mut Context<Self>) {
+        if self.position(&record.socket_id).is_some() {
+            return;
+        }
+        let mut removals = Vec::new();
+        if let Some(old) = self
+            .members
+            .iter()
+            .find(|m| m.member.nickname == record.member.nickname && m.outbox.is_none())
+        {
+            removals.push((old.session_id.clone(), Removal::Forget));
+        }
+        self.remove_members(removals, ctx);
+        let frame = ServerFrame::MemberJoined {
+            room_id: self.room_id,
+            member: &record.member,
+        }
+        .to_text();
+        let refused = self.broadcast(&frame);
+        self.members.push(MemberEntry {
+            member: record.member,
+            session_id: record.socket_id,
+            outbox: None,
+        });
+        self.remove_members(refused, ctx);
+    }
+
+    /// Removes members, telling the local ones who is gone; removals that
+    /// turn up more (full or closed mailboxes) are handled in the same loop.
+    /// Callers that may have removed the last local member call
+    /// `stop_if_idle` afterwards (not here: a first join removes stale
+    /// remote entries before its own member is in the list).
     fn remove_members(&mut self, mut queue: Vec<(String, Removal)>, ctx: &mut Context<Self>) {
         while let Some((session_id, why)) = queue.pop() {
             let Some(index) = self.position(&session_id) else {
                 continue;
             };
             let gone = self.members.remove(index);
-            if why == Removal::SlowConsumer {
-                log::info!(
-                    "room {}: closing slow consumer {}",
-                    self.room_id,
-                    gone.session_id
-                );
-                gone.outbox.do_send(SessionEvent::Evicted {
-                    room_id: self.room_id,
-                });
+            if let Some(outbox) = &gone.outbox {
+                match why {
+                    Removal::SlowConsumer => {
+                        log::info!("room {}: closing slow consumer {session_id}", self.room_id);
+                        outbox.do_send(SessionEvent::Evicted {
+                            room_id: self.room_id,
+                            code: actix_web_actors::ws::CloseCode::Policy,
+                            reason: "slow consumer: not reading fast enough",
+                        });
+                    }
+                    Removal::Lost => outbox.do_send(SessionEvent::Evicted {
+                        room_id: self.room_id,
+                        code: actix_web_actors::ws::CloseCode::Restart,
+                        reason: "membership lost while the cluster was unreachable; rejoin",
+                    }),
+                    Removal::Gone | Removal::Forget => {}
+                }
             }
             let frame = ServerFrame::MemberLeft {
                 room_id: self.room_id,
                 nickname: &gone.member.nickname,
             }
             .to_text();
-            queue.extend(self.broadcast(&frame, None));
-            self.record_leave(gone.session_id, Duration::from_millis(100), ctx);
+            queue.extend(self.broadcast(&frame));
+            if gone.outbox.is_some() && matches!(why, Removal::Gone | Removal::SlowConsumer) {
+                self.record_leave(
+                    gone.session_id,
+                    gone.member.nickname,
+                    Duration::from_millis(100),
+                    ctx,
+                );
+            }
         }
-        self.stop_if_idle(ctx);
     }
 
     /// Records a leave in the store, holding the mailbox until it is done so
     /// a following join sees it; retried with backoff while the store is
     /// unavailable, because a lost leave would leave the count too high.
-    /// `unsynced_leaves` counts leaves not yet recorded, and keeps the actor
-    /// alive until they are.
-    fn record_leave(&mut self, session_id: String, backoff: Duration, ctx: &mut Context<Self>) {
+    /// `unsynced_leaves` keeps the actor alive until every leave is recorded.
+    fn record_leave(
+        &mut self,
+        session_id: String,
+        nickname: String,
+        backoff: Duration,
+        ctx: &mut Context<Self>,
+    ) {
         self.unsynced_leaves += 1;
         let store = self.store.clone();
         let room_id = self.room_id;
@@ -229,22 +336,22 @@ impl RoomActor {
         ctx.wait(fut.into_actor(self).map(move |res, act, ctx| {
             act.unsynced_leaves -= 1;
             match res {
-                Ok(LeaveOutcome::Left { remaining, .. }) => {
-                    if let Some(room) = act.room.as_mut() {
-                        room.member_count = remaining;
+                Ok(outcome) => {
+                    if matches!(outcome, LeaveOutcome::RoomDeleted { .. }) {
+                        log::info!("room {room_id}: last member left, room deleted");
                     }
+                    act.publish(RoomEvent::Left {
+                        socket: session_id,
+                        nickname,
+                    });
                 }
-                Ok(LeaveOutcome::RoomDeleted { .. }) => {
-                    log::info!("room {room_id}: last member left, room deleted");
-                    act.room = None;
-                }
-                Ok(LeaveOutcome::NotMember) => {}
                 Err(e) => {
                     log::warn!("room {room_id}: leave of {session_id} not recorded, retrying: {e}");
                     act.unsynced_leaves += 1;
                     ctx.run_later(backoff, move |act, ctx| {
                         act.unsynced_leaves -= 1;
-                        act.record_leave(session_id, (backoff * 2).min(MAX_LEAVE_RETRY), ctx);
+                        let next = (backoff * 2).min(MAX_LEAVE_RETRY);
+                        act.record_leave(session_id, nickname, next, ctx);
                     });
                 }
             }
@@ -252,13 +359,13 @@ impl RoomActor {
         }));
     }
 
-    /// Stops once nothing is left to do: no members, no batch in flight, no
-    /// leave waiting to be recorded. Joins queued behind this point see the
-    /// mailbox closed and ask the manager for a fresh actor.
+    /// Stops once nothing is left to do here: no local member, no batch in
+    /// flight, no leave waiting to be recorded. Joins queued behind this
+    /// point see the mailbox closed and ask the manager for a fresh actor.
     fn stop_if_idle(&mut self, ctx: &mut Context<Self>) {
-        if self.members.is_empty()
+        if self.local().next().is_none()
             && !self.writing
-            && self.pending_chats.is_empty()
+            && self.pending_messages.is_empty()
             && self.unsynced_leaves == 0
         {
             ctx.stop();
@@ -268,15 +375,14 @@ impl RoomActor {
     fn finish_join(
         &mut self,
         msg: Join,
-        result: Result<(Option<Vec<Message>>, crate::store::JoinOutcome), StoreError>,
+        result: Result<(Option<Snapshot>, JoinOutcome), StoreError>,
         ctx: &mut Context<Self>,
     ) {
         let reference = msg.reference.as_deref();
         let outcome = match result {
-            Ok((history, outcome)) => {
-                if let Some(history) = history {
-                    self.history = history.into();
-                    self.history_loaded = true;
+            Ok((snapshot, outcome)) => {
+                if let Some(snapshot) = snapshot {
+                    self.load(snapshot, ctx);
                 }
                 outcome
             }
@@ -295,11 +401,15 @@ impl RoomActor {
             member: &outcome.member,
         }
         .to_text();
-        let refused = self.broadcast(&announce, None);
+        let mut removals = self.broadcast(&announce);
         self.members.push(MemberEntry {
             member: outcome.member.clone(),
             session_id: msg.session_id.clone(),
-            outbox: msg.outbox.clone(),
+            outbox: Some(msg.outbox.clone()),
+        });
+        self.publish(RoomEvent::Joined {
+            socket: msg.session_id.clone(),
+            member: outcome.member.clone(),
         });
         let members: Vec<&Member> = self.members.iter().map(|m| &m.member).collect();
         let history: Vec<&Message> = self.history.iter().collect();
@@ -311,18 +421,30 @@ impl RoomActor {
             reference,
         }
         .to_text();
-        self.room = Some(outcome.room);
         let joined = SessionEvent::Joined {
             room_id: self.room_id,
             room: ctx.address(),
             frame,
         };
-        let mut removals = refused;
         if msg.outbox.try_send(joined).is_err() {
             removals.push((msg.session_id, Removal::Gone));
         }
-        if !removals.is_empty() {
-            self.remove_members(removals, ctx);
+        self.remove_members(removals, ctx);
+        self.stop_if_idle(ctx);
+    }
+
+    /// Takes in the state a first join read from the store: the recent
+    /// history (which also fixes the next expected id) and the members on
+    /// other processes.
+    fn load(&mut self, snapshot: Snapshot, ctx: &mut Context<Self>) {
+        self.next_id = Some(snapshot.history.last().map_or(1, |m| m.id + 1));
+        let keep = snapshot
+            .history
+            .len()
+            .saturating_sub(self.config.history_on_join);
+        self.history = snapshot.history.into_iter().skip(keep).collect();
+        for record in snapshot.members {
+            self.add_remote(record, ctx);
         }
     }
 
@@ -337,50 +459,122 @@ impl RoomActor {
         }
         let n = self.pending_messages.len().min(MAX_BATCH);
         let batch: Vec<NewMessage> = self.pending_messages.drain(..n).collect();
-        let senders: Vec<PendingChat> = self.pending_chats.drain(..n).collect();
+        let senders: Vec<Sender> = self.pending_senders.drain(..n).collect();
         self.writing = true;
         let store = self.store.clone();
         let room_id = self.room_id;
         let fut = async move { store.append_messages(room_id, &batch).await };
         ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
             act.writing = false;
-            act.deliver(senders, res, ctx);
+            match res {
+                Ok(messages) => {
+                    act.publish(RoomEvent::Messages {
+                        messages: messages.clone(),
+                    });
+                    let tagged = messages.into_iter().zip(senders.into_iter().map(Some));
+                    act.accept(tagged.collect(), ctx);
+                }
+                Err(e) => act.reject(senders, e, ctx),
+            }
             act.flush(ctx);
         }));
     }
 
-    /// Fans a stored batch out: each message serialized once and shared by
-    /// every member; only a sender that gave a `ref` gets its own copy of
-    /// its echo.
-    fn deliver(
-        &mut self,
-        senders: Vec<PendingChat>,
-        result: Result<Vec<Message>, StoreError>,
-        ctx: &mut Context<Self>,
-    ) {
-        let messages = match result {
-            Ok(messages) => messages,
-            Err(e) => {
-                let error = ChatError::from(e);
-                log::warn!(
-                    "room {}: {} chats not stored: {error}",
-                    self.room_id,
-                    senders.len()
-                );
-                let mut removals = Vec::new();
-                for s in &senders {
-                    if let Some(i) = self.position(&s.session_id) {
-                        let frames = Arc::from(vec![error_frame(&error, s.reference.as_deref())]);
-                        removals.extend(self.offer(&self.members[i], frames));
-                    }
-                }
-                self.remove_members(removals, ctx);
-                return;
+    /// Tells each sender of a batch the store refused why.
+    fn reject(&mut self, senders: Vec<Sender>, e: StoreError, ctx: &mut Context<Self>) {
+        let error = ChatError::from(e);
+        log::warn!(
+            "room {}: {} chats not stored: {error}",
+            self.room_id,
+            senders.len()
+        );
+        let mut removals = Vec::new();
+        for s in &senders {
+            if let Some(outbox) = self
+                .position(&s.session_id)
+                .and_then(|i| self.members[i].outbox.as_ref())
+            {
+                let frames = Arc::from(vec![error_frame(&error, s.reference.as_deref())]);
+                removals.extend(self.offer(&s.session_id, outbox, frames));
             }
+        }
+        self.remove_members(removals, ctx);
+        self.stop_if_idle(ctx);
+    }
+
+    /// The one entrance for messages to be delivered, from here or from
+    /// other processes: drops ids already delivered, holds ids ahead of a
+    /// gap, and delivers the run that starts at `next_id`.
+    fn accept(&mut self, messages: Vec<(Message, Option<Sender>)>, ctx: &mut Context<Self>) {
+        let Some(mut next) = self.next_id else {
+            return; // not loaded: no member here has seen anything yet
         };
-        let shared: Vec<ByteString> = messages
+        for (message, sender) in messages {
+            if message.id >= next {
+                self.reorder.entry(message.id).or_insert((message, sender));
+            }
+        }
+        let mut ready = Vec::new();
+        while let Some(entry) = self.reorder.remove(&next) {
+            ready.push(entry);
+            next += 1;
+        }
+        self.next_id = Some(next);
+        if !ready.is_empty() {
+            self.deliver(ready, ctx);
+        }
+        self.watch_gap(ctx);
+    }
+
+    /// While messages wait behind a missing id, arms a timer that reads the
+    /// missing ids from the store.
+    fn watch_gap(&mut self, ctx: &mut Context<Self>) {
+        if self.reorder.is_empty() {
+            if let Some(timer) = self.gap_timer.take() {
+                ctx.cancel_future(timer);
+            }
+            return;
+        }
+        if self.gap_timer.is_none() {
+            self.gap_timer = Some(ctx.run_later(self.config.gap_timeout, |act, ctx| {
+                act.gap_timer = None;
+                act.catch_up(ctx);
+            }));
+        }
+    }
+
+    /// Reads from the store every message after the last one delivered and
+    /// feeds it through `accept`; used for gaps and after a bus outage.
+    fn catch_up(&mut self, ctx: &mut Context<Self>) {
+        let Some(next) = self.next_id else {
+            return;
+        };
+        let store = self.store.clone();
+        let room_id = self.room_id;
+        let fut = async move { store.messages_after(room_id, next - 1, FILL_PAGE).await };
+        ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| match res {
+            Ok(messages) => {
+                let full_page = messages.len() == FILL_PAGE;
+                act.accept(messages.into_iter().map(|m| (m, None)).collect(), ctx);
+                if full_page {
+                    act.catch_up(ctx);
+                }
+            }
+            Err(StoreError::RoomNotFound(_)) => {}
+            Err(e) => {
+                log::warn!("room {room_id}: catching up failed, retrying: {e}");
+                act.watch_gap(ctx);
+            }
+        }));
+    }
+
+    /// Fans delivered messages out: each serialized once and shared by every
+    /// local member; only a sender that gave a `ref` gets its own copy of its
+    /// echo.
+    fn deliver(&mut self, ready: Vec<(Message, Option<Sender>)>, ctx: &mut Context<Self>) {
+        let shared: Vec<ByteString> = ready
             .iter()
-            .map(|message| {
+            .map(|(message, _)| {
                 ServerFrame::Message {
                     message,
                     reference: None,
@@ -389,8 +583,11 @@ impl RoomActor {
             })
             .collect();
         let mut personal: Vec<(&str, Vec<ByteString>)> = Vec::new();
-        for (i, (sender, message)) in senders.iter().zip(&messages).enumerate() {
-            let Some(reference) = sender.reference.as_deref() else {
+        for (i, (message, sender)) in ready.iter().enumerate() {
+            let Some((session, reference)) = sender
+                .as_ref()
+                .and_then(|s| Some((s.session_id.as_str(), s.reference.as_deref()?)))
+            else {
                 continue;
             };
             let own = ServerFrame::Message {
@@ -398,34 +595,96 @@ impl RoomActor {
                 reference: Some(reference),
             }
             .to_text();
-            match personal.iter_mut().find(|(s, _)| *s == sender.session_id) {
+            match personal.iter_mut().find(|(s, _)| *s == session) {
                 Some((_, frames)) => frames[i] = own,
                 None => {
                     let mut frames = shared.clone();
                     frames[i] = own;
-                    personal.push((&sender.session_id, frames));
+                    personal.push((session, frames));
                 }
             }
         }
         let shared: Arc<[ByteString]> = Arc::from(shared);
         let mut removals = Vec::new();
-        for m in &self.members {
+        for (m, outbox) in self.local() {
             let frames = match personal.iter().position(|(s, _)| *s == m.session_id) {
                 Some(p) => Arc::from(personal.swap_remove(p).1),
                 None => shared.clone(),
             };
-            removals.extend(self.offer(m, frames));
+            removals.extend(self.offer(&m.session_id, outbox, frames));
         }
-        for message in messages {
-            if self.history.len() >= self.config.history_on_join {
-                self.history.pop_front();
-            }
-            if self.config.history_on_join > 0 {
+        let keep = self.config.history_on_join;
+        for (message, _) in ready {
+            if keep > 0 {
+                if self.history.len() >= keep {
+                    self.history.pop_front();
+                }
                 self.history.push_back(message);
             }
         }
-        if !removals.is_empty() {
-            self.remove_members(removals, ctx);
+        self.remove_members(removals, ctx);
+        self.stop_if_idle(ctx);
+    }
+
+    /// After a bus outage: deliver what other processes stored meanwhile and
+    /// bring the member list in line with the store.
+    fn resync(&mut self, ctx: &mut Context<Self>) {
+        self.catch_up(ctx);
+        let store = self.store.clone();
+        let room_id = self.room_id;
+        let fut = async move { store.member_records(room_id).await };
+        ctx.wait(fut.into_actor(self).map(|res, act, ctx| {
+            let records = match res {
+                Ok(records) => records,
+                Err(StoreError::RoomNotFound(_)) => Vec::new(),
+                Err(e) => {
+                    log::warn!("room {}: member resync failed: {e}", act.room_id);
+                    return;
+                }
+            };
+            let gone: Vec<(String, Removal)> = act
+                .members
+                .iter()
+                .filter(|m| !records.iter().any(|r| r.socket_id == m.session_id))
+                .map(|m| {
+                    let why = if m.outbox.is_some() {
+                        Removal::Lost
+                    } else {
+                        Removal::Forget
+                    };
+                    (m.session_id.clone(), why)
+                })
+                .collect();
+            act.remove_members(gone, ctx);
+            for record in records {
+                act.add_remote(record, ctx);
+            }
+            act.stop_if_idle(ctx);
+        }));
+    }
+
+    fn on_remote(&mut self, event: RoomEvent, ctx: &mut Context<Self>) {
+        match event {
+            RoomEvent::Messages { messages } => {
+                self.accept(messages.into_iter().map(|m| (m, None)).collect(), ctx)
+            }
+            RoomEvent::Joined { socket, member } => self.add_remote(
+                MemberRecord {
+                    member,
+                    socket_id: socket,
+                },
+                ctx,
+            ),
+            RoomEvent::Left { socket, .. } => {
+                // A local membership announced as gone was reaped while this
+                // process was unreachable: the store no longer has it.
+                let why = match self.position(&socket) {
+                    Some(i) if self.members[i].outbox.is_some() => Removal::Lost,
+                    _ => Removal::Forget,
+                };
+                self.remove_members(vec![(socket, why)], ctx);
+                self.stop_if_idle(ctx);
+            }
         }
     }
 }
@@ -434,12 +693,17 @@ impl Actor for RoomActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        // Joins are answered from this mailbox; a burst of joins into a
-        // popular room must not be refused by actix's default of 16.
+        // Joins and bus events arrive here; a burst into a popular room must
+        // not be refused by actix's default mailbox of 16.
         ctx.set_mailbox_capacity(4096);
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
+        if let Some(bus) = &self.config.bus {
+            bus.do_send(Unsubscribe {
+                room_id: self.room_id,
+            });
+        }
         self.manager.do_send(RoomStopped {
             room_id: self.room_id,
             generation: self.generation,
@@ -456,7 +720,15 @@ impl Handler<Join> for RoomActor {
         }
         let store = self.store.clone();
         let room_id = self.room_id;
-        let history_wanted = (!self.history_loaded).then_some(self.config.history_on_join);
+        // The first join subscribes to the room's channel and only then
+        // reads the room's state, so no event can fall between the two: an
+        // event from before the read is a duplicate, one after it is news.
+        let first = self.next_id.is_none();
+        let subscribe = first
+            .then(|| self.config.bus.clone())
+            .flatten()
+            .map(|bus| (bus, ctx.address().recipient()));
+        let history_limit = self.config.history_on_join.max(1);
         let new_member = NewMember {
             nickname: msg.nickname.clone(),
             socket_id: msg.session_id.clone(),
@@ -464,12 +736,23 @@ impl Handler<Join> for RoomActor {
             joined_at: domain::now(),
         };
         let fut = async move {
-            let history = match history_wanted {
-                Some(limit) => Some(store.recent_messages(room_id, limit).await?),
-                None => None,
+            let clustered = subscribe.is_some();
+            if let Some((bus, room)) = subscribe {
+                let _ = bus.send(Subscribe { room_id, room }).await;
+            }
+            let snapshot = if first {
+                let history = store.recent_messages(room_id, history_limit).await?;
+                let members = if clustered {
+                    store.member_records(room_id).await?
+                } else {
+                    Vec::new() // alone: nobody else holds members
+                };
+                Some(Snapshot { history, members })
+            } else {
+                None
             };
             let outcome = store.add_member(room_id, &new_member).await?;
-            Ok((history, outcome))
+            Ok((snapshot, outcome))
         };
         ctx.wait(
             fut.into_actor(self)
@@ -493,7 +776,7 @@ impl Handler<Chat> for RoomActor {
             content: msg.content.into_string(),
             sent_at: domain::now(),
         });
-        self.pending_chats.push(PendingChat {
+        self.pending_senders.push(Sender {
             session_id: msg.session_id,
             reference: msg.reference,
         });
@@ -505,7 +788,13 @@ impl Handler<Leave> for RoomActor {
     type Result = ();
 
     fn handle(&mut self, msg: Leave, ctx: &mut Self::Context) {
-        self.remove_members(vec![(msg.session_id, Removal::Gone)], ctx);
+        let local = self
+            .position(&msg.session_id)
+            .is_some_and(|i| self.members[i].outbox.is_some());
+        if local {
+            self.remove_members(vec![(msg.session_id, Removal::Gone)], ctx);
+            self.stop_if_idle(ctx);
+        }
     }
 }
 
@@ -517,12 +806,28 @@ impl Handler<ListMembers> for RoomActor {
     }
 }
 
+impl Handler<BusSignal> for RoomActor {
+    type Result = ();
+
+    fn handle(&mut self, signal: BusSignal, ctx: &mut Self::Context) {
+        if self.next_id.is_none() {
+            return; // not loaded yet: the first join's read covers it
+        }
+        match signal {
+            BusSignal::Event(event) => self.on_remote(event, ctx),
+            BusSignal::Resync => self.resync(ctx),
+        }
+    }
+}
+
 impl Handler<CloseRoom> for RoomActor {
     type Result = ();
 
     fn handle(&mut self, _: CloseRoom, ctx: &mut Self::Context) {
         for m in self.members.drain(..) {
-            m.outbox.do_send(SessionEvent::ServerShutdown);
+            if let Some(outbox) = m.outbox {
+                outbox.do_send(SessionEvent::ServerShutdown);
+            }
         }
         ctx.stop();
     }

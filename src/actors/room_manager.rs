@@ -182,12 +182,10 @@ impl Handler<GetMembers> for RoomManager {
                     }
                 }
             }
-            // No live actor means no member on this process; the store
-            // tells whether the room exists at all.
-            match store.room(room_id).await? {
-                Some(_) => Ok(Vec::new()),
-                None => Err(ChatError::RoomNotFound(room_id)),
-            }
+            // No live actor: no member on this process, so no state here to
+            // answer from. The store has the members of other processes (and
+            // tells whether the room exists at all).
+            Ok(store.members(room_id).await?)
         })
     }
 }

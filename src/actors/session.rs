@@ -51,21 +51,21 @@ pub enum SessionEvent {
     },
     /// The join failed; `frame` is the `error` frame.
     JoinFailed { room_id: RoomId, frame: ByteString },
-    /// Removed from `room_id` for not reading fast enough.
-    Evicted { room_id: RoomId },
+    /// Removed from `room_id` by the room (too slow a reader, or the
+    /// membership was lost): close the socket with `code`.
+    Evicted {
+        room_id: RoomId,
+        code: CloseCode,
+        reason: &'static str,
+    },
     /// The server is shutting down.
     ServerShutdown,
 }
 
-enum State {
-    Lobby,
-    Joining {
-        room_id: RoomId,
-    },
-    InRoom {
-        room_id: RoomId,
-        room: Addr<RoomActor>,
-    },
+/// The room a connection is in.
+struct CurrentRoom {
+    room_id: RoomId,
+    room: Addr<RoomActor>,
 }
 
 /// One WebSocket connection.
@@ -73,7 +73,12 @@ pub struct ChatSession {
     id: String,
     app: Arc<AppState>,
     peer: Option<IpAddr>,
-    state: State,
+    /// The room this connection is in. A join keeps it until the new room
+    /// has accepted the member, so a failed join changes nothing.
+    current: Option<CurrentRoom>,
+    /// The room a `join`/`create` in flight is for (0 while the room of a
+    /// `create` is being made).
+    joining: Option<RoomId>,
     last_heard: Instant,
     rate: TokenBucket,
     /// Frames received while a join is in progress, replayed after it.
@@ -91,7 +96,8 @@ impl ChatSession {
             id,
             app,
             peer,
-            state: State::Lobby,
+            current: None,
+            joining: None,
             last_heard: Instant::now(),
             rate,
             queued: VecDeque::new(),
@@ -113,19 +119,25 @@ impl ChatSession {
 
     /// Handles one complete text message from the client.
     fn on_text(&mut self, text: &str, ctx: &mut WebsocketContext<Self>) {
+        let parsed = parse_client_frame(text, &self.app.settings.limits);
         if !self.rate.try_take() {
+            // The reply still carries the frame's `ref` when it has one.
+            let reference = match &parsed {
+                Ok(frame) => frame.reference.as_deref(),
+                Err(rejected) => rejected.reference.as_deref(),
+            };
             let e = ChatError::RateLimited("too many frames; slow down".into());
-            self.send_error(ctx, &e, None);
+            self.send_error(ctx, &e, reference);
             return;
         }
-        match parse_client_frame(text, &self.app.settings.limits) {
+        match parsed {
             Ok(frame) => self.on_frame(frame, ctx),
             Err(rejected) => self.send_error(ctx, &rejected.error, rejected.reference.as_deref()),
         }
     }
 
     fn on_frame(&mut self, frame: ClientFrame, ctx: &mut WebsocketContext<Self>) {
-        if matches!(self.state, State::Joining { .. }) && frame.command != ClientCommand::Ping {
+        if self.joining.is_some() && frame.command != ClientCommand::Ping {
             if self.queued.len() >= MAX_QUEUED_WHILE_JOINING {
                 let e = ChatError::RateLimited("too many frames while joining".into());
                 self.send_error(ctx, &e, frame.reference.as_deref());
@@ -142,26 +154,25 @@ impl ChatSession {
                 }
                 .to_text(),
             ),
-            ClientCommand::Chat { content } => match &self.state {
-                State::InRoom { room, .. } => room.do_send(Chat {
+            ClientCommand::Chat { content } => match &self.current {
+                Some(current) => current.room.do_send(Chat {
                     session_id: self.id.clone(),
                     content,
                     reference,
                 }),
-                _ => self.send_error(ctx, &ChatError::NotInRoom, reference.as_deref()),
-            },
-            ClientCommand::Leave => match self.leave_room() {
-                Some(room_id) => ctx.text(
-                    ServerFrame::Left {
-                        room_id,
-                        reference: reference.as_deref(),
-                    }
-                    .to_text(),
-                ),
                 None => self.send_error(ctx, &ChatError::NotInRoom, reference.as_deref()),
             },
+            ClientCommand::Leave => {
+                if !self.leave_current(reference.as_deref(), ctx) {
+                    self.send_error(ctx, &ChatError::NotInRoom, reference.as_deref());
+                }
+            }
             ClientCommand::Join { room_id, nickname } => {
-                self.switch_rooms(ctx);
+                // Rejoining the room you are in: leave first, or the join
+                // would collide with your own nickname.
+                if self.current.as_ref().is_some_and(|c| c.room_id == room_id) {
+                    self.leave_current(None, ctx);
+                }
                 self.begin_join(room_id, nickname, reference, 1, ctx);
             }
             ClientCommand::Create { title, nickname } => {
@@ -173,8 +184,7 @@ impl ChatSession {
                     self.send_error(ctx, &e, reference.as_deref());
                     return;
                 }
-                self.switch_rooms(ctx);
-                self.state = State::Joining { room_id: 0 };
+                self.joining = Some(0);
                 let store = self.app.store.clone();
                 let fut = async move { store.create_room(&title, domain::now()).await };
                 ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| match res {
@@ -185,32 +195,18 @@ impl ChatSession {
         }
     }
 
-    /// Leaves the current room without telling the client (it is about to
-    /// get `left` or `joined` for another room).
-    fn leave_room(&mut self) -> Option<RoomId> {
-        match std::mem::replace(&mut self.state, State::Lobby) {
-            State::InRoom { room_id, room } => {
-                room.do_send(Leave {
-                    session_id: self.id.clone(),
-                });
-                Some(room_id)
-            }
-            _ => None,
-        }
-    }
-
-    /// "Joining another room first leaves the current one": the client is
-    /// told with a `left` frame (no `ref`; the `ref` belongs to the join).
-    fn switch_rooms(&mut self, ctx: &mut WebsocketContext<Self>) {
-        if let Some(room_id) = self.leave_room() {
-            ctx.text(
-                ServerFrame::Left {
-                    room_id,
-                    reference: None,
-                }
-                .to_text(),
-            );
-        }
+    /// Leaves the current room and says so with `left` (carrying
+    /// `reference`: the `leave`'s own, or none when the leave is implied by
+    /// joining elsewhere). False when in no room.
+    fn leave_current(&mut self, reference: Option<&str>, ctx: &mut WebsocketContext<Self>) -> bool {
+        let Some(CurrentRoom { room_id, room }) = self.current.take() else {
+            return false;
+        };
+        room.do_send(Leave {
+            session_id: self.id.clone(),
+        });
+        ctx.text(ServerFrame::Left { room_id, reference }.to_text());
+        true
     }
 
     /// Asks the manager for the room's actor and the actor for a seat. If
@@ -224,7 +220,7 @@ impl ChatSession {
         attempt: u32,
         ctx: &mut WebsocketContext<Self>,
     ) {
-        self.state = State::Joining { room_id };
+        self.joining = Some(room_id);
         let manager = self.app.manager.clone();
         let join = Join {
             session_id: self.id.clone(),
@@ -256,14 +252,14 @@ impl ChatSession {
 
     fn join_failed(&mut self, frame: ByteString, ctx: &mut WebsocketContext<Self>) {
         ctx.text(frame);
-        self.state = State::Lobby;
+        self.joining = None;
         self.replay_queued(ctx);
     }
 
     /// Handles the frames that arrived while joining, in order, until one
     /// of them starts another join.
     fn replay_queued(&mut self, ctx: &mut WebsocketContext<Self>) {
-        while !matches!(self.state, State::Joining { .. }) {
+        while self.joining.is_none() {
             let Some(frame) = self.queued.pop_front() else {
                 break;
             };
@@ -331,8 +327,18 @@ impl Actor for ChatSession {
     fn stopping(&mut self, _: &mut Self::Context) -> Running {
         // A join still in flight is cleaned up by the room: its `Joined`
         // event finds this mailbox closed and the room removes the member.
-        self.leave_room();
+        if let Some(current) = self.current.take() {
+            current.room.do_send(Leave {
+                session_id: self.id.clone(),
+            });
+        }
         Running::Stop
+    }
+}
+
+impl ChatSession {
+    fn in_room(&self, room_id: RoomId) -> bool {
+        self.current.as_ref().is_some_and(|c| c.room_id == room_id)
     }
 }
 
@@ -342,7 +348,7 @@ impl Handler<SessionEvent> for ChatSession {
     fn handle(&mut self, event: SessionEvent, ctx: &mut Self::Context) {
         match event {
             SessionEvent::Frames { room_id, frames } => {
-                if matches!(self.state, State::InRoom { room_id: r, .. } if r == room_id) {
+                if self.in_room(room_id) {
                     for frame in frames.iter() {
                         ctx.text(frame.clone());
                     }
@@ -353,35 +359,38 @@ impl Handler<SessionEvent> for ChatSession {
                 room,
                 frame,
             } => {
-                if matches!(self.state, State::Joining { room_id: r } if r == room_id) {
+                if self.joining == Some(room_id) {
+                    // One room at a time: the old room is left only now
+                    // that the new one has accepted.
+                    self.leave_current(None, ctx);
                     ctx.text(frame);
-                    self.state = State::InRoom { room_id, room };
+                    self.current = Some(CurrentRoom { room_id, room });
+                    self.joining = None;
                     self.replay_queued(ctx);
                 } else {
-                    // The client moved on (or left) while this join was in
-                    // flight: give the seat back.
+                    // Stale: give the seat back.
                     room.do_send(Leave {
                         session_id: self.id.clone(),
                     });
                 }
             }
             SessionEvent::JoinFailed { room_id, frame } => {
-                if matches!(self.state, State::Joining { room_id: r } if r == room_id) {
+                if self.joining == Some(room_id) {
                     self.join_failed(frame, ctx);
                 }
             }
-            SessionEvent::Evicted { room_id } => {
-                if matches!(self.state, State::InRoom { room_id: r, .. } if r == room_id) {
-                    self.state = State::Lobby;
-                    self.close(
-                        ctx,
-                        CloseCode::Policy,
-                        "slow consumer: not reading fast enough",
-                    );
+            SessionEvent::Evicted {
+                room_id,
+                code,
+                reason,
+            } => {
+                if self.in_room(room_id) {
+                    self.current = None;
+                    self.close(ctx, code, reason);
                 }
             }
             SessionEvent::ServerShutdown => {
-                self.state = State::Lobby;
+                self.current = None;
                 self.close(ctx, CloseCode::Away, "server shutting down");
             }
         }

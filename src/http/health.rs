@@ -22,11 +22,20 @@ pub async fn health(app: web::Data<AppState>) -> HttpResponse {
     if !store_ok {
         failing.push(app.store.kind().as_str());
     }
+    let bus = match &app.bus_health {
+        None => "local",
+        Some(health) => {
+            if !health.is_up() {
+                failing.push("redis");
+            }
+            "redis"
+        }
+    };
     let body = json!({
         "status": if failing.is_empty() { "ok" } else { "degraded" },
         "instance": app.settings.instance_id,
         "store": app.store.kind().as_str(),
-        "bus": "local",
+        "bus": bus,
         "failing": failing,
     });
     if failing.is_empty() {

@@ -1,0 +1,520 @@
+//! `RedisBridge`: the cluster bus, one per process when `REDIS_URL` is set.
+//!
+//! - **Per-room channels.** Room events go to `<prefix>:room:<id>`. A process
+//!   subscribes to a room's channel only while it has a live room actor for
+//!   it (local members), so Redis traffic grows with interest, not with the
+//!   cluster's size. Subscriptions use one dedicated connection; publishes
+//!   use the deadpool pool.
+//! - **Order.** Publishes leave in the order they were asked for: one
+//!   pipeline in flight at a time, on one connection. Receivers still never
+//!   trust the bus for order: message ids are per-room sequences and each
+//!   room actor reorders and fills gaps from the store (see `room.rs`).
+//! - **Liveness.** Each process renews `<prefix>:instance:<id>` (TTL
+//!   `LIVENESS_TTL_SECS`) every `LIVENESS_REFRESH_MS`. Survivors look every
+//!   `REAP_INTERVAL_MS` for instances that hold members in the store but have
+//!   no key; one of them (a `SET NX` lock) removes those members, which
+//!   deletes rooms left empty, and announces each removal on the room's
+//!   channel. A survivor reaps only after being connected for a full TTL,
+//!   so instances that were merely cut off from Redis get time to renew.
+//! - **Outages.** When the subscription connection drops, the bridge
+//!   reconnects with backoff, re-subscribes every room and tells each room to
+//!   resynchronize from the store (messages after the last one delivered, the
+//!   member list). Publishes made while down are dropped: the store has the
+//!   data, and the resync brings it.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use deadpool_redis::redis::{self, aio::PubSubSink, AsyncCommands};
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{Member, Message, RoomId};
+use crate::store::SharedStore;
+
+/// Longest wait for a connection or a command before Redis counts as down.
+const REDIS_TIMEOUT: Duration = Duration::from_secs(3);
+/// Longest pause between reconnection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Publishes queued while one pipeline is in flight; beyond this they are
+/// dropped (receivers catch up from the store).
+const MAX_QUEUED_PUBLISHES: usize = 100_000;
+/// How long one survivor holds the right to reap a given dead instance.
+const REAP_LOCK: Duration = Duration::from_secs(30);
+
+/// What happens in a room, as other processes need to hear it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "camelCase")]
+pub enum RoomEvent {
+    /// Messages stored by the origin, ids consecutive.
+    Messages { messages: Vec<Message> },
+    /// A member joined on the origin; `socket` identifies the membership.
+    Joined { socket: String, member: Member },
+    /// A membership ended (left, disconnected or reaped).
+    Left { socket: String, nickname: String },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Envelope {
+    origin: String,
+    room: RoomId,
+    event: RoomEvent,
+}
+
+/// What the bridge tells a room actor.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub enum BusSignal {
+    /// An event from another process (or from this process's reaper).
+    Event(RoomEvent),
+    /// The bus was down: re-read messages and members from the store.
+    Resync,
+}
+
+/// Register a room actor for its room's channel. The reply comes once the
+/// subscription is in place (or immediately while Redis is down; a
+/// `Resync` follows the reconnection).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Subscribe {
+    pub room_id: RoomId,
+    pub room: Recipient<BusSignal>,
+}
+
+/// The room actor is stopping.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Unsubscribe {
+    pub room_id: RoomId,
+}
+
+/// Tell the other processes about `event` in `room_id`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Publish {
+    pub room_id: RoomId,
+    pub event: RoomEvent,
+}
+
+/// Fixed settings of the bridge.
+#[derive(Debug, Clone)]
+pub struct BridgeConfig {
+    pub url: String,
+    pub prefix: String,
+    pub instance_id: String,
+    pub liveness_ttl: Duration,
+    pub liveness_refresh: Duration,
+    pub reap_interval: Duration,
+}
+
+/// Whether the bus is up, readable from any thread (`/health`).
+#[derive(Debug, Clone, Default)]
+pub struct BusHealth(Arc<AtomicBool>);
+
+impl BusHealth {
+    /// True while subscribed and publishing.
+    pub fn is_up(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    fn set(&self, up: bool) {
+        self.0.store(up, Ordering::Relaxed);
+    }
+}
+
+/// The cluster bus actor. See the module comment.
+pub struct RedisBridge {
+    config: BridgeConfig,
+    client: Option<redis::Client>,
+    pool: deadpool_redis::Pool,
+    store: SharedStore,
+    health: BusHealth,
+    sink: Option<PubSubSink>,
+    stream: Option<SpawnHandle>,
+    connecting: bool,
+    connected_at: Option<Instant>,
+    backoff: Duration,
+    subscribers: HashMap<RoomId, Recipient<BusSignal>>,
+    queue: Vec<(String, String)>,
+    publishing: bool,
+}
+
+/// Why the bridge could not be built (a malformed URL).
+#[derive(Debug, thiserror::Error)]
+#[error("invalid REDIS_URL: {0}")]
+pub struct BridgeError(String);
+
+impl RedisBridge {
+    /// Validates the URL and prepares the pool; connecting happens in the
+    /// background once the actor runs, so a missing Redis delays nothing.
+    pub fn new(
+        config: BridgeConfig,
+        store: SharedStore,
+        health: BusHealth,
+    ) -> Result<Self, BridgeError> {
+        let client =
+            redis::Client::open(config.url.as_str()).map_err(|e| BridgeError(e.to_string()))?;
+        let mut pool_config = deadpool_redis::Config::from_url(config.url.clone());
+        pool_config.pool = Some(deadpool_redis::PoolConfig {
+            max_size: 4,
+            timeouts: deadpool_redis::Timeouts {
+                wait: Some(REDIS_TIMEOUT),
+                create: Some(REDIS_TIMEOUT),
+                recycle: Some(REDIS_TIMEOUT),
+            },
+            ..Default::default()
+        });
+        let pool = pool_config
+            .create_pool(Some(deadpool_redis::Runtime::Tokio1))
+            .map_err(|e| BridgeError(e.to_string()))?;
+        Ok(RedisBridge {
+            config,
+            client: Some(client),
+            pool,
+            store,
+            health,
+            sink: None,
+            stream: None,
+            connecting: false,
+            connected_at: None,
+            backoff: Duration::from_millis(100),
+            subscribers: HashMap::new(),
+            queue: Vec::new(),
+            publishing: false,
+        })
+    }
+
+    fn channel(&self, room_id: RoomId) -> String {
+        format!("{}:room:{room_id}", self.config.prefix)
+    }
+
+    fn instance_key(&self, instance: &str) -> String {
+        format!("{}:instance:{instance}", self.config.prefix)
+    }
+
+    fn room_of_channel(&self, channel: &str) -> Option<RoomId> {
+        channel
+            .strip_prefix(&self.config.prefix)?
+            .strip_prefix(":room:")?
+            .parse()
+            .ok()
+    }
+
+    /// Opens the subscription connection, subscribes every current room and
+    /// renews the liveness key; on failure, tries again after a backoff.
+    fn connect(&mut self, ctx: &mut Context<Self>) {
+        if self.connecting || self.sink.is_some() {
+            return;
+        }
+        let Some(client) = self.client.clone() else {
+            return;
+        };
+        self.connecting = true;
+        let channels: Vec<String> = self.subscribers.keys().map(|r| self.channel(*r)).collect();
+        let pool = self.pool.clone();
+        let key = self.instance_key(&self.config.instance_id);
+        let ttl = self.config.liveness_ttl;
+        let fut = async move {
+            tokio::time::timeout(REDIS_TIMEOUT, async move {
+                let (mut sink, stream) = client.get_async_pubsub().await?.split();
+                if !channels.is_empty() {
+                    sink.subscribe(&channels).await?;
+                }
+                let mut conn = pool
+                    .get()
+                    .await
+                    .map_err(|e| redis::RedisError::from(std::io::Error::other(e.to_string())))?;
+                let () = conn.pset_ex(&key, "alive", ttl.as_millis() as u64).await?;
+                Ok::<_, redis::RedisError>((sink, stream))
+            })
+            .await
+        };
+        ctx.spawn(fut.into_actor(self).map(|res, act, ctx| {
+            act.connecting = false;
+            match res {
+                Ok(Ok((sink, stream))) => {
+                    log::info!(
+                        "redis bus connected ({} rooms subscribed)",
+                        act.subscribers.len()
+                    );
+                    act.sink = Some(sink);
+                    act.stream = Some(ctx.add_stream(stream));
+                    act.connected_at = Some(Instant::now());
+                    act.backoff = Duration::from_millis(100);
+                    act.health.set(true);
+                    for room in act.subscribers.values() {
+                        room.do_send(BusSignal::Resync);
+                    }
+                    act.flush(ctx);
+                }
+                Ok(Err(e)) => act.retry_later(&e.to_string(), ctx),
+                Err(_) => act.retry_later("timed out", ctx),
+            }
+        }));
+    }
+
+    fn retry_later(&mut self, why: &str, ctx: &mut Context<Self>) {
+        log::warn!(
+            "redis bus unavailable ({why}); retrying in {:?}",
+            self.backoff
+        );
+        ctx.run_later(self.backoff, |act, ctx| act.connect(ctx));
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+    }
+
+    /// Forgets the connection and starts reconnecting.
+    fn disconnected(&mut self, why: &str, ctx: &mut Context<Self>) {
+        if self.connected_at.is_none() {
+            return; // already reconnecting
+        }
+        log::warn!("redis bus lost: {why}");
+        self.sink = None;
+        if let Some(handle) = self.stream.take() {
+            ctx.cancel_future(handle);
+        }
+        self.connected_at = None;
+        self.health.set(false);
+        self.queue.clear();
+        self.retry_later(why, ctx);
+    }
+
+    /// Sends everything queued as one pipeline, one pipeline at a time.
+    fn flush(&mut self, ctx: &mut Context<Self>) {
+        if self.publishing || self.queue.is_empty() || self.sink.is_none() {
+            return;
+        }
+        self.publishing = true;
+        let batch = std::mem::take(&mut self.queue);
+        let pool = self.pool.clone();
+        let fut = async move {
+            tokio::time::timeout(REDIS_TIMEOUT, async move {
+                let mut conn = pool.get().await.map_err(|e| e.to_string())?;
+                let mut pipe = redis::pipe();
+                for (channel, payload) in &batch {
+                    pipe.publish(channel, payload).ignore();
+                }
+                pipe.query_async::<()>(&mut conn)
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+            .await
+            .unwrap_or_else(|_| Err("publish timed out".into()))
+        };
+        ctx.spawn(fut.into_actor(self).map(|res, act, ctx| {
+            act.publishing = false;
+            match res {
+                Ok(()) => act.flush(ctx),
+                Err(e) => act.disconnected(&e, ctx),
+            }
+        }));
+    }
+
+    fn enqueue(&mut self, room_id: RoomId, event: RoomEvent, ctx: &mut Context<Self>) {
+        if self.sink.is_none() {
+            return; // receivers resync from the store after the outage
+        }
+        if self.queue.len() >= MAX_QUEUED_PUBLISHES {
+            log::warn!("redis publish queue full; dropping an event of room {room_id}");
+            return;
+        }
+        let envelope = Envelope {
+            origin: self.config.instance_id.clone(),
+            room: room_id,
+            event,
+        };
+        match serde_json::to_string(&envelope) {
+            Ok(payload) => {
+                self.queue.push((self.channel(room_id), payload));
+                self.flush(ctx);
+            }
+            Err(e) => log::error!("cannot encode bus event: {e}"),
+        }
+    }
+
+    fn refresh_liveness(&mut self, ctx: &mut Context<Self>) {
+        if self.sink.is_none() {
+            return;
+        }
+        let pool = self.pool.clone();
+        let key = self.instance_key(&self.config.instance_id);
+        let ttl = self.config.liveness_ttl.as_millis() as u64;
+        let fut = async move {
+            tokio::time::timeout(REDIS_TIMEOUT, async move {
+                let mut conn = pool.get().await.map_err(|e| e.to_string())?;
+                conn.pset_ex::<_, _, ()>(&key, "alive", ttl)
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+            .await
+            .unwrap_or_else(|_| Err("liveness refresh timed out".into()))
+        };
+        ctx.spawn(fut.into_actor(self).map(|res, act, ctx| {
+            if let Err(e) = res {
+                act.disconnected(&e, ctx);
+            }
+        }));
+    }
+
+    /// Finds instances that hold members but have no liveness key, and
+    /// removes their members (one survivor per dead instance, by lock).
+    fn reap(&mut self, ctx: &mut Context<Self>) {
+        let settled = self.connected_at.is_some_and(|t| {
+            t.elapsed() >= self.config.liveness_ttl + self.config.liveness_refresh
+        });
+        if !settled {
+            return;
+        }
+        let store = self.store.clone();
+        let pool = self.pool.clone();
+        let me = self.config.instance_id.clone();
+        let prefix = self.config.prefix.clone();
+        let fut = async move {
+            let mut reaped = Vec::new();
+            let instances = store
+                .instances_with_members()
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut conn = pool.get().await.map_err(|e| e.to_string())?;
+            for instance in instances.into_iter().filter(|i| *i != me) {
+                let alive: bool = conn
+                    .exists(format!("{prefix}:instance:{instance}"))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if alive {
+                    continue;
+                }
+                let lock: Option<String> = redis::cmd("SET")
+                    .arg(format!("{prefix}:reap:{instance}"))
+                    .arg(&me)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(REAP_LOCK.as_millis() as u64)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if lock.is_none() {
+                    continue; // another survivor is on it
+                }
+                let removed = store
+                    .remove_instance_members(&instance)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                log::warn!(
+                    "instance {instance} is gone: removed its {} members",
+                    removed.len()
+                );
+                reaped.extend(removed);
+            }
+            Ok::<_, String>(reaped)
+        };
+        ctx.spawn(fut.into_actor(self).map(|res, act, ctx| match res {
+            Ok(reaped) => {
+                for r in reaped {
+                    let event = RoomEvent::Left {
+                        socket: r.socket_id,
+                        nickname: r.nickname,
+                    };
+                    if let Some(room) = act.subscribers.get(&r.room_id) {
+                        room.do_send(BusSignal::Event(event.clone()));
+                    }
+                    act.enqueue(r.room_id, event, ctx);
+                }
+            }
+            Err(e) => log::warn!("reaper: {e}"),
+        }));
+    }
+}
+
+impl Actor for RedisBridge {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(64 * 1024);
+        self.connect(ctx);
+        ctx.run_interval(self.config.liveness_refresh, |act, ctx| {
+            act.refresh_liveness(ctx)
+        });
+        ctx.run_interval(self.config.reap_interval, |act, ctx| act.reap(ctx));
+    }
+}
+
+impl StreamHandler<redis::Msg> for RedisBridge {
+    fn handle(&mut self, msg: redis::Msg, _: &mut Self::Context) {
+        let Some(room_id) = self.room_of_channel(msg.get_channel_name()) else {
+            return;
+        };
+        let envelope: Envelope = match serde_json::from_slice(msg.get_payload_bytes()) {
+            Ok(e) => e,
+            Err(e) => {
+                log::warn!("ignoring undecodable bus message on room {room_id}: {e}");
+                return;
+            }
+        };
+        if envelope.origin == self.config.instance_id || envelope.room != room_id {
+            return;
+        }
+        if let Some(room) = self.subscribers.get(&room_id) {
+            room.do_send(BusSignal::Event(envelope.event));
+        }
+    }
+
+    fn finished(&mut self, ctx: &mut Self::Context) {
+        // The subscription connection closed: Redis went away.
+        self.stream = None;
+        self.disconnected("subscription connection closed", ctx);
+    }
+}
+
+impl Handler<Subscribe> for RedisBridge {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, msg: Subscribe, _: &mut Self::Context) -> Self::Result {
+        let channel = self.channel(msg.room_id);
+        self.subscribers.insert(msg.room_id, msg.room);
+        let sink = self.sink.clone();
+        Box::pin(
+            async move {
+                if let Some(mut sink) = sink {
+                    tokio::time::timeout(REDIS_TIMEOUT, sink.subscribe(&channel))
+                        .await
+                        .map_err(|_| "subscribe timed out".to_string())?
+                        .map_err(|e| e.to_string())?;
+                }
+                Ok::<(), String>(())
+            }
+            .into_actor(self)
+            .map(|res, act, ctx| {
+                if let Err(e) = res {
+                    act.disconnected(&e, ctx);
+                }
+            }),
+        )
+    }
+}
+
+impl Handler<Unsubscribe> for RedisBridge {
+    type Result = ();
+
+    fn handle(&mut self, msg: Unsubscribe, ctx: &mut Self::Context) {
+        self.subscribers.remove(&msg.room_id);
+        if let Some(mut sink) = self.sink.clone() {
+            let channel = self.channel(msg.room_id);
+            ctx.spawn(
+                async move {
+                    let _ = tokio::time::timeout(REDIS_TIMEOUT, sink.unsubscribe(&channel)).await;
+                }
+                .into_actor(self),
+            );
+        }
+    }
+}
+
+impl Handler<Publish> for RedisBridge {
+    type Result = ();
+
+    fn handle(&mut self, msg: Publish, ctx: &mut Self::Context) {
+        self.enqueue(msg.room_id, msg.event, ctx);
+    }
+}

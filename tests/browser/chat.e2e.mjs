@@ -1,0 +1,625 @@
+#!/usr/bin/env node
+// End-to-end test of the browser chat page (/chat) in real headless Chromium.
+//
+// It starts the server binary itself on a free port, drives several browser
+// contexts (separate users) through the page, and checks what a person
+// would see: rooms, members, messages, errors, a phone-sized layout, and a
+// reconnect that catches up on missed messages exactly once. It also saves
+// two screenshots to docs/.
+//
+//   cargo build && (cd tests/browser && npm install && node chat.e2e.mjs)
+//
+// Environment:
+//   CHAT_SERVER_BIN         server binary (default target/debug/chat-server,
+//                           relative to the repository root)
+//   CHROMIUM_PATH           browser executable (default /usr/bin/chromium)
+//   BROWSER_TEST_MYSQL_URL  when set, passed to the server as MYSQL_URL
+//                           (the caller creates and drops that database)
+//   BROWSER_TEST_TIMEOUT_MS global time limit (default 120000)
+//   BROWSER_TEST_SCREENSHOTS=0  skip writing docs/screenshot-*.png
+
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const repoRoot = path.resolve(here, '..', '..');
+const serverBin = path.resolve(repoRoot, process.env.CHAT_SERVER_BIN || 'target/debug/chat-server');
+const chromiumPath = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
+const globalTimeoutMs = Number(process.env.BROWSER_TEST_TIMEOUT_MS) || 120_000;
+const writeScreenshots = process.env.BROWSER_TEST_SCREENSHOTS !== '0';
+const docsDir = path.join(repoRoot, 'docs');
+
+const HOSTILE_NICK = '<img src=x onerror=window.__xss=1>';
+const HOSTILE_MSG = '<img src=x onerror=window.__xss=1><script>window.__xss=2</script>';
+const ROOM = 'Weekend hike ⛰️';
+
+const DESKTOP = { width: 1280, height: 800 };
+const PHONE = { width: 390, height: 844 };
+
+// ------------------------------------------------------------- plumbing --
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+class AssertionError extends Error {}
+
+function assert(cond, message) {
+  if (!cond) throw new AssertionError(message);
+}
+
+function assertEqual(actual, expected, what) {
+  if (actual !== expected) {
+    throw new AssertionError(`${what}: expected ${JSON.stringify(expected)}, got ${JSON.stringify(actual)}`);
+  }
+}
+
+/** Polls `probe` until it returns a truthy value; fails with `what` and the
+ * last value or error seen. */
+async function eventually(what, probe, timeoutMs = 10_000) {
+  const deadline = Date.now() + timeoutMs;
+  let last;
+  for (;;) {
+    try {
+      const v = await probe();
+      if (v) return v;
+      last = v;
+    } catch (e) {
+      last = e instanceof Error ? e.message : e;
+    }
+    if (Date.now() > deadline) {
+      throw new AssertionError(`timed out after ${timeoutMs} ms waiting until ${what} (last: ${JSON.stringify(last)})`);
+    }
+    await sleep(100);
+  }
+}
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.unref();
+    srv.on('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address();
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+let server = null;
+let serverExit = null;
+const serverLog = [];
+let browser = null;
+const users = [];
+const pageErrors = [];
+const injectedRequests = [];
+let passed = 0;
+let currentStep = '(start-up)';
+
+function keepLog(chunk) {
+  for (const line of chunk.toString().split('\n')) {
+    if (!line) continue;
+    serverLog.push(line);
+    if (serverLog.length > 200) serverLog.shift();
+  }
+}
+
+async function startServer() {
+  if (!fs.existsSync(serverBin)) {
+    throw new AssertionError(`server binary not found at ${serverBin} (run \`cargo build\`, or set CHAT_SERVER_BIN)`);
+  }
+  const port = await freePort();
+  const env = { ...process.env };
+  delete env.MYSQL_URL;
+  delete env.REDIS_URL;
+  Object.assign(env, {
+    PORT: String(port),
+    HOST: '127.0.0.1',
+    STATIC_DIR: path.join(repoRoot, 'static'),
+    TEMPLATES_DIR: path.join(repoRoot, 'templates'),
+    RUST_LOG: process.env.RUST_LOG || 'info',
+  });
+  if (process.env.BROWSER_TEST_MYSQL_URL) env.MYSQL_URL = process.env.BROWSER_TEST_MYSQL_URL;
+  server = spawn(serverBin, [], { cwd: repoRoot, env, stdio: ['ignore', 'pipe', 'pipe'] });
+  server.stdout.on('data', keepLog);
+  server.stderr.on('data', keepLog);
+  serverExit = once(server, 'exit');
+  server.on('exit', (code, signal) => keepLog(`[server exited: code ${code}, signal ${signal}]`));
+
+  const base = `http://127.0.0.1:${port}`;
+  const deadline = Date.now() + 30_000;
+  let last = 'no answer';
+  while (Date.now() < deadline) {
+    if (server.exitCode !== null || server.signalCode !== null) {
+      throw new AssertionError(`server exited during start-up (${server.exitCode ?? server.signalCode})`);
+    }
+    try {
+      const res = await fetch(`${base}/health`, { signal: AbortSignal.timeout(2000) });
+      if (res.status === 200) return base;
+      last = `HTTP ${res.status}: ${(await res.text()).slice(0, 200)}`;
+    } catch (e) {
+      last = e.message;
+    }
+    await sleep(200);
+  }
+  throw new AssertionError(`GET /health did not answer 200 within 30 s (last: ${last})`);
+}
+
+async function stopServer() {
+  if (!server || server.exitCode !== null || server.signalCode !== null) return;
+  server.kill('SIGTERM');
+  const exited = await Promise.race([serverExit.then(() => true), sleep(5000).then(() => false)]);
+  if (!exited) {
+    server.kill('SIGKILL');
+    await Promise.race([serverExit, sleep(2000)]);
+  }
+}
+
+let cleaning = null;
+function cleanup() {
+  if (!cleaning) {
+    cleaning = (async () => {
+      if (browser) await Promise.race([browser.close().catch(() => {}), sleep(5000)]);
+      await stopServer();
+    })();
+  }
+  return cleaning;
+}
+
+process.on('exit', () => {
+  // Last resort: never leave the server behind.
+  if (server && server.exitCode === null && server.signalCode === null) {
+    try { server.kill('SIGKILL'); } catch (_) { /* gone */ }
+  }
+});
+
+for (const sig of ['SIGINT', 'SIGTERM']) {
+  process.on(sig, async () => {
+    console.error(`\ninterrupted by ${sig}`);
+    await cleanup();
+    process.exit(130);
+  });
+}
+
+let failing = false;
+async function fail(err) {
+  if (failing) return; // a step interrupted by the first failure
+  failing = true;
+  // Whatever happens below, do not hang: the exit handler kills the server.
+  setTimeout(() => process.exit(1), 20_000).unref();
+  const msg = err instanceof AssertionError ? err.message : (err && err.stack) || String(err);
+  console.error(`\n✗ FAILED in step "${currentStep}":\n  ${msg}`);
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'chat-e2e-'));
+  for (const u of users) {
+    try {
+      const file = path.join(dir, `${u.name}.png`);
+      await Promise.race([u.page.screenshot({ path: file }), sleep(3000)]);
+      console.error(`  screenshot of ${u.name}'s page: ${file}`);
+    } catch (_) { /* page gone */ }
+  }
+  if (pageErrors.length) console.error(`  page errors:\n    ${pageErrors.join('\n    ')}`);
+  if (serverLog.length) console.error(`  last server log lines:\n    ${serverLog.slice(-30).join('\n    ')}`);
+  await cleanup();
+  console.error(`\nbrowser e2e: ${passed} passed, 1 failed`);
+  process.exit(1);
+}
+
+const globalTimer = setTimeout(() => {
+  fail(new AssertionError(`global timeout: the test took longer than ${globalTimeoutMs / 1000} s`));
+}, globalTimeoutMs);
+
+async function step(name, fn) {
+  currentStep = name;
+  const t0 = Date.now();
+  await fn();
+  passed += 1;
+  console.log(`  ✓ ${name} (${Date.now() - t0} ms)`);
+}
+
+// ------------------------------------------------------- browser helpers --
+
+// Runs in every page before its scripts: wraps WebSocket so the test can
+// cut a page's connection and keep it from reconnecting for a while,
+// without touching the application code.
+function installSocketHook() {
+  const Native = window.WebSocket;
+  const sockets = [];
+  let blocked = false;
+  class HookedWebSocket extends Native {
+    constructor(url, protocols) {
+      super(blocked ? 'ws://127.0.0.1:9/blocked-by-test' : url, protocols);
+      sockets.push(this);
+    }
+  }
+  window.WebSocket = HookedWebSocket;
+  Object.defineProperty(window, '__chatTest', {
+    value: Object.freeze({
+      cut() {
+        blocked = true;
+        for (const s of sockets) if (s.readyState <= 1) s.close();
+      },
+      restore() { blocked = false; },
+      openSockets() { return sockets.filter((s) => s.readyState === 1).length; },
+    }),
+  });
+}
+
+async function newUser(name, base, options = {}) {
+  const context = await browser.newContext({
+    viewport: options.viewport || DESKTOP,
+    deviceScaleFactor: options.deviceScaleFactor || 1,
+    isMobile: Boolean(options.isMobile),
+    hasTouch: Boolean(options.isMobile),
+    locale: 'en-US',
+    timezoneId: 'Europe/Berlin',
+    colorScheme: 'light',
+  });
+  await context.addInitScript(installSocketHook);
+  const page = await context.newPage();
+  page.setDefaultTimeout(10_000);
+  page.on('pageerror', (e) => pageErrors.push(`${name}: ${e.message}`));
+  page.on('dialog', (d) => {
+    pageErrors.push(`${name}: unexpected dialog "${d.message()}"`);
+    d.dismiss().catch(() => {});
+  });
+  page.on('request', (r) => {
+    // The hostile strings reference an image "x": fetching it would mean
+    // the page turned user text into HTML.
+    const p = new URL(r.url()).pathname;
+    if (p === '/x' || p.endsWith('/x')) injectedRequests.push(`${name}: ${r.url()}`);
+  });
+  const user = { name, context, page };
+  users.push(user);
+  const res = await page.goto(`${base}/chat`);
+  assertEqual(res.status(), 200, `${name}: GET /chat status`);
+  await eventually(`${name}'s page is connected`,
+    async () => (await page.getByTestId('conn-status').getAttribute('data-state')) === 'online');
+  return user;
+}
+
+const tid = (page, id) => page.getByTestId(id);
+
+async function memberNames(page) {
+  return page.getByTestId('member-list').getByTestId('member-name').allTextContents();
+}
+
+async function messageContents(page) {
+  return page.getByTestId('message-list').getByTestId('message-content').allTextContents();
+}
+
+async function messageIds(page) {
+  return page.$$eval('[data-testid="message-list"] > [data-testid="message"]',
+    (els) => els.map((e) => Number(e.dataset.id)));
+}
+
+async function sendMessage(page, text) {
+  const input = tid(page, 'message-input');
+  await input.fill(text);
+  await input.press('Enter');
+  await eventually(`the composer clears after sending ${JSON.stringify(text.slice(0, 30))}`,
+    async () => (await input.inputValue()) === '');
+}
+
+async function waitForMessage(user, text) {
+  await eventually(`${user.name} sees the message ${JSON.stringify(text.slice(0, 40))}`,
+    async () => (await messageContents(user.page)).includes(text));
+}
+
+async function joinFromList(user, roomTitle, nickname) {
+  const item = tid(user.page, 'room-item').filter({ hasText: roomTitle });
+  await item.waitFor({ state: 'visible' });
+  await tid(user.page, 'nickname-input').fill(nickname);
+  await item.click();
+}
+
+async function waitInRoom(user, roomTitle) {
+  await tid(user.page, 'room-view').waitFor({ state: 'visible' });
+  await eventually(`${user.name} shows the room title`,
+    async () => (await tid(user.page, 'current-room-title').textContent()) === roomTitle);
+}
+
+async function roomIdOf(page) {
+  const m = /#room=(\d+)$/.exec(page.url());
+  assert(m, `the page URL carries the room id (url: ${page.url()})`);
+  return Number(m[1]);
+}
+
+async function xssFlag(page) {
+  return page.evaluate(() => typeof window.__xss === 'undefined' ? 'undefined' : String(window.__xss));
+}
+
+// ------------------------------------------------------------------ test --
+
+async function main() {
+  console.log(`browser e2e: server ${path.relative(repoRoot, serverBin) || serverBin}, chromium ${chromiumPath}`);
+  const base = await startServer();
+  console.log(`  server is up at ${base}`);
+
+  await step('GET /health reports the expected store', async () => {
+    const health = await (await fetch(`${base}/health`)).json();
+    const want = process.env.BROWSER_TEST_MYSQL_URL ? 'mysql' : 'memory';
+    assertEqual(health.store, want, 'GET /health store');
+    assertEqual(health.status, 'ok', 'GET /health status');
+  });
+
+  await step('GET /chat renders the page with the limits and assets', async () => {
+    const res = await fetch(`${base}/chat`);
+    assertEqual(res.status, 200, 'GET /chat status');
+    assert((res.headers.get('content-type') || '').includes('text/html'), 'GET /chat is HTML');
+    const html = await res.text();
+    for (const needle of ['name="viewport"', '/static/chat.css', '/static/chat.js',
+      'data-max-title="50"', 'data-max-nickname="50"', 'data-max-content="1000"']) {
+      assert(html.includes(needle), `the page contains ${needle}`);
+    }
+    for (const asset of ['/static/chat.js', '/static/chat.css', '/static/favicon.svg']) {
+      const r = await fetch(`${base}${asset}`);
+      assertEqual(r.status, 200, `GET ${asset} status`);
+    }
+  });
+
+  browser = await chromium.launch({
+    executablePath: chromiumPath,
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+  });
+
+  const alice = await newUser('alice', base);
+
+  await step('the page checks input before sending (empty nickname)', async () => {
+    await tid(alice.page, 'room-title-input').fill(ROOM);
+    await tid(alice.page, 'create-button').click();
+    const err = tid(alice.page, 'nickname-error');
+    await err.waitFor({ state: 'visible' });
+    assertEqual(await err.getAttribute('data-code'), 'invalid_nickname', 'nickname error code');
+    assert((await err.textContent()).trim().length > 0, 'the nickname error has a message');
+    assert(await tid(alice.page, 'room-view').isHidden(), 'no room was entered');
+  });
+
+  await step('alice creates a room', async () => {
+    await tid(alice.page, 'nickname-input').fill('alice');
+    await tid(alice.page, 'create-button').click();
+    await waitInRoom(alice, ROOM);
+    await eventually('alice sees herself as a member',
+      async () => JSON.stringify(await memberNames(alice.page)) === JSON.stringify(['alice']));
+    assert(await tid(alice.page, 'nickname-error').isHidden(), 'the nickname error went away');
+  });
+  const roomId = await roomIdOf(alice.page);
+
+  const bob = await newUser('bob', base);
+
+  await step('a second user sees the room in the list and joins with a hostile nickname', async () => {
+    const item = tid(bob.page, 'room-item').filter({ hasText: ROOM });
+    await item.waitFor({ state: 'visible' });
+    await eventually('the room list shows 1 member',
+      async () => (await item.getByTestId('room-members').textContent()) === '1', 8000);
+    await joinFromList(bob, ROOM, HOSTILE_NICK);
+    await waitInRoom(bob, ROOM);
+  });
+
+  await step('both users see each other in the members panel', async () => {
+    await eventually('alice sees the second user (as literal text)', async () => {
+      const names = await memberNames(alice.page);
+      return names.length === 2 && names[0] === 'alice' && names[1] === HOSTILE_NICK;
+    });
+    await eventually('the second user sees alice and themself', async () => {
+      const names = await memberNames(bob.page);
+      return names.length === 2 && names[0] === 'alice' && names[1] === HOSTILE_NICK;
+    });
+    assert(await tid(alice.page, 'members-panel').isVisible(), 'members panel visible on desktop');
+    assertEqual(await alice.page.locator('[data-testid="member-list"] img').count(), 0, 'img elements in the member list');
+  });
+
+  await step('alice sends a message and the other user receives it', async () => {
+    await sendMessage(alice.page, 'Hi there! 👋 Who is in for Saturday?');
+    await waitForMessage(bob, 'Hi there! 👋 Who is in for Saturday?');
+    await waitForMessage(alice, 'Hi there! 👋 Who is in for Saturday?');
+    const own = alice.page.getByTestId('message').filter({ hasText: 'Who is in for Saturday' });
+    assertEqual(await own.getAttribute('data-own'), 'true', 'alice\'s own message is marked as own');
+    const theirs = bob.page.getByTestId('message').filter({ hasText: 'Who is in for Saturday' });
+    assertEqual(await theirs.getAttribute('data-own'), 'false', 'the other user sees it as someone else\'s');
+    assertEqual(await theirs.getByTestId('message-author').textContent(), 'alice', 'author shown');
+    const time = await theirs.getByTestId('message-time').textContent();
+    assert(/\d{1,2}:\d{2}/.test(time), `a local time is shown (got ${JSON.stringify(time)})`);
+  });
+
+  await step('Shift+Enter keeps a line break and the message is shown on two lines', async () => {
+    const input = tid(alice.page, 'message-input');
+    await input.click();
+    await alice.page.keyboard.type('Meet at 8:00');
+    await alice.page.keyboard.press('Shift+Enter');
+    await alice.page.keyboard.type('bring water');
+    assertEqual(await input.inputValue(), 'Meet at 8:00\nbring water', 'composer value after Shift+Enter');
+    await alice.page.keyboard.press('Enter');
+    await waitForMessage(bob, 'Meet at 8:00\nbring water');
+    const ws = await bob.page.getByTestId('message-content').last()
+      .evaluate((el) => getComputedStyle(el).whiteSpace);
+    assertEqual(ws, 'pre-wrap', 'message white-space');
+  });
+
+  await step('hostile message content is shown as literal text, never as HTML', async () => {
+    await sendMessage(bob.page, HOSTILE_MSG);
+    await waitForMessage(alice, HOSTILE_MSG);
+    await waitForMessage(bob, HOSTILE_MSG);
+    await sleep(500); // give an injected <img onerror> time to fire, if there were one
+    for (const u of [alice, bob]) {
+      const last = u.page.getByTestId('message-content').last();
+      assertEqual(await last.textContent(), HOSTILE_MSG, `${u.name}: text of the last message`);
+      assertEqual(await u.page.locator('[data-testid="message-list"] img').count(), 0, `${u.name}: img elements in the message list`);
+      assertEqual(await u.page.locator('[data-testid="message-list"] script').count(), 0, `${u.name}: script elements in the message list`);
+      assertEqual(await xssFlag(u.page), 'undefined', `${u.name}: window.__xss`);
+    }
+    assertEqual(injectedRequests.length, 0, `requests for the injected image (${injectedRequests.join(', ')})`);
+  });
+
+  await step('nickname_taken is shown next to the nickname when a third user picks "alice"', async () => {
+    const mallory = await newUser('mallory', base);
+    await joinFromList(mallory, ROOM, 'alice');
+    const err = tid(mallory.page, 'nickname-error');
+    await err.waitFor({ state: 'visible' });
+    assertEqual(await err.getAttribute('data-code'), 'nickname_taken', 'nickname error code');
+    assert(/taken|already/i.test(await err.textContent()), 'the message says the nickname is taken');
+    assert(await tid(mallory.page, 'room-view').isHidden(), 'the third user stays in the lobby');
+
+    // From inside another room, a failed switch keeps the user where they were.
+    await tid(mallory.page, 'nickname-input').fill('mallory');
+    await tid(mallory.page, 'room-title-input').fill('side room');
+    await tid(mallory.page, 'create-button').click();
+    await waitInRoom(mallory, 'side room');
+    await tid(mallory.page, 'nickname-input').fill('alice');
+    await tid(mallory.page, 'room-item').filter({ hasText: ROOM }).click();
+    await err.waitFor({ state: 'visible' });
+    assertEqual(await err.getAttribute('data-code'), 'nickname_taken', 'nickname error code when switching');
+    await sleep(300);
+    assertEqual(await tid(mallory.page, 'current-room-title').textContent(), 'side room', 'still in the first room');
+    await sendMessage(mallory.page, 'still here');
+    await waitForMessage(mallory, 'still here');
+    await mallory.context.close();
+    users.splice(users.indexOf(mallory), 1);
+  });
+
+  const carol = await newUser('carol', base, { viewport: PHONE, isMobile: true, deviceScaleFactor: 2 });
+
+  await step('phone-sized viewport (390x844): lobby, join, composer visible', async () => {
+    const { page } = carol;
+    assert(await tid(page, 'sidebar').isVisible(), 'the room list is shown in the lobby');
+    assert(await tid(page, 'welcome').isHidden(), 'the desktop welcome panel is hidden on a phone');
+    await joinFromList(carol, ROOM, 'carol');
+    await waitInRoom(carol, ROOM);
+    assert(await tid(page, 'sidebar').isHidden(), 'the sidebar makes room for the conversation');
+    const input = tid(page, 'message-input');
+    assert(await input.isVisible(), 'the message input is visible');
+    const box = await input.boundingBox();
+    assert(box && box.x >= 0 && box.y >= 0 && box.x + box.width <= PHONE.width + 0.5
+      && box.y + box.height <= PHONE.height + 0.5, `the message input is inside the viewport (${JSON.stringify(box)})`);
+    assert(box.width >= 200, `the message input is wide enough (${box.width}px)`);
+    const send = await tid(page, 'send-button').boundingBox();
+    assert(send && send.x + send.width <= PHONE.width + 0.5, 'the send button is inside the viewport');
+    const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+    assert(overflow <= 0, `no horizontal scrolling (${overflow}px too wide)`);
+    await eventually('carol sees the history (3 messages)', async () => (await messageContents(page)).length === 3);
+
+    // The members panel is a drawer here.
+    await tid(page, 'members-toggle').click();
+    await eventually('the members drawer slides in', async () => {
+      const b = await tid(page, 'members-panel').boundingBox();
+      return b && b.x >= 0 && b.x + b.width <= PHONE.width + 0.5;
+    });
+    await eventually('the drawer lists three members', async () => (await memberNames(page)).length === 3);
+    await tid(page, 'members-close').click();
+    await eventually('the drawer closes', async () => {
+      const b = await tid(page, 'members-panel').boundingBox();
+      return !b || b.x >= PHONE.width - 0.5;
+    });
+
+    await input.tap();
+    await sendMessage(page, 'Count me in! Leaving the city at 7 🚲');
+    await waitForMessage(alice, 'Count me in! Leaving the city at 7 🚲');
+  });
+
+  await step('B leaves and A sees B disappear from the members panel', async () => {
+    await tid(bob.page, 'leave-button').click();
+    await tid(bob.page, 'room-view').waitFor({ state: 'hidden' });
+    await tid(bob.page, 'welcome').waitFor({ state: 'visible' });
+    await eventually('alice no longer lists the user who left', async () => {
+      const names = await memberNames(alice.page);
+      return !names.includes(HOSTILE_NICK) && names.includes('alice') && names.includes('carol');
+    });
+  });
+
+  if (writeScreenshots) {
+    await step('phone screenshot saved', async () => {
+      fs.mkdirSync(docsDir, { recursive: true });
+      await carol.page.mouse.move(0, 0);
+      await carol.page.screenshot({ path: path.join(docsDir, 'screenshot-phone.png') });
+    });
+  }
+
+  const missed = 'Did you catch this while you were offline?';
+
+  await step('reconnect: A loses its socket, C talks, A comes back and shows the missed message once', async () => {
+    await alice.page.evaluate(() => window.__chatTest.cut());
+    await eventually('alice\'s page shows it is not connected', async () =>
+      (await tid(alice.page, 'conn-status').getAttribute('data-state')) !== 'online');
+    await tid(alice.page, 'room-notice').waitFor({ state: 'visible' });
+    await eventually('the server dropped alice from the room (as carol sees it)', async () =>
+      !(await memberNames(carol.page)).includes('alice'));
+
+    await sendMessage(carol.page, missed);
+    await waitForMessage(carol, missed);
+    assert(!(await messageContents(alice.page)).includes(missed), 'alice cannot have the message yet');
+
+    await alice.page.evaluate(() => window.__chatTest.restore());
+    await eventually('alice\'s page is connected again', async () =>
+      (await tid(alice.page, 'conn-status').getAttribute('data-state')) === 'online', 20_000);
+    await waitForMessage(alice, missed);
+    await eventually('carol sees alice back in the room', async () =>
+      (await memberNames(carol.page)).includes('alice'));
+    await sleep(800); // let the REST catch-up settle: it must not add duplicates
+
+    const contents = await messageContents(alice.page);
+    assertEqual(contents.filter((c) => c === missed).length, 1, 'copies of the missed message on alice\'s page');
+    const ids = await messageIds(alice.page);
+    assertEqual(new Set(ids).size, ids.length, `duplicate message ids on alice's page (${ids})`);
+    assert(ids.every((id, i) => i === 0 || ids[i - 1] < id), `messages in ascending id order (${ids})`);
+    const rest = await (await fetch(`${base}/api/rooms/${roomId}/messages?after=0&limit=500`)).json();
+    assertEqual(JSON.stringify(ids), JSON.stringify(rest.map((m) => m.id)),
+      'alice\'s messages, compared with GET /api/rooms/{id}/messages');
+
+    await sendMessage(alice.page, 'Sorry, my train went through a tunnel 🚆');
+    await waitForMessage(carol, 'Sorry, my train went through a tunnel 🚆');
+    await eventually('the reconnect notice goes away', async () => tid(alice.page, 'room-notice').isHidden(), 6000);
+  });
+
+  if (writeScreenshots) {
+    await step('desktop screenshot of two users chatting saved', async () => {
+      // A fresh, friendly room for the picture.
+      await tid(alice.page, 'leave-button').click();
+      await tid(alice.page, 'welcome').waitFor({ state: 'visible' });
+      await tid(alice.page, 'room-title-input').fill('design-review');
+      await tid(alice.page, 'create-button').click();
+      await waitInRoom(alice, 'design-review');
+      await bob.page.reload();
+      await eventually('bob is connected', async () =>
+        (await tid(bob.page, 'conn-status').getAttribute('data-state')) === 'online');
+      await joinFromList(bob, 'design-review', 'bob');
+      await waitInRoom(bob, 'design-review');
+      const lines = [
+        [alice, 'Morning! I pushed the new onboarding mockups 🎨'],
+        [bob, 'Nice, looking now.'],
+        [bob, 'The empty state is so much calmer than before.'],
+        [alice, 'Thanks! Two open questions:\n1. keep the progress dots?\n2. a skip button on step 1?'],
+        [bob, 'Dots yes, skip no. People who skip never come back 😅'],
+        [alice, 'Fair. I\'ll update the file and we ship it on Thursday 🚀'],
+      ];
+      for (const [u, text] of lines) {
+        await sendMessage(u.page, text);
+        await waitForMessage(alice, text);
+      }
+      await eventually('the room list shows 2 members in design-review', async () => {
+        const item = tid(alice.page, 'room-item').filter({ hasText: 'design-review' });
+        return (await item.getByTestId('room-members').textContent()) === '2';
+      }, 8000);
+      await tid(alice.page, 'message-input').fill('Sounds good');
+      await alice.page.mouse.move(640, 790);
+      await alice.page.screenshot({ path: path.join(docsDir, 'screenshot-chat.png') });
+      await tid(alice.page, 'message-input').fill('');
+    });
+  }
+
+  await step('no script errors in any page, no injected HTML ran', async () => {
+    assertEqual(pageErrors.length, 0, `page errors (${pageErrors.join(' | ')})`);
+    for (const u of users) assertEqual(await xssFlag(u.page), 'undefined', `${u.name}: window.__xss`);
+    assertEqual(injectedRequests.length, 0, 'requests for the injected image');
+  });
+
+  await cleanup();
+  clearTimeout(globalTimer);
+  console.log(`\nbrowser e2e: ${passed} passed, 0 failed`);
+  process.exit(0);
+}
+
+main().catch(fail);

@@ -209,13 +209,7 @@ impl TestApp {
 
     /// Opens a WebSocket to `/ws`.
     pub async fn ws(&self) -> WsClient {
-        let (_resp, framed) = awc::Client::new()
-            .ws(format!("ws://127.0.0.1:{}/ws", self.port))
-            .max_frame_size(1 << 22)
-            .connect()
-            .await
-            .unwrap_or_else(|e| panic!("ws connect: {e}"));
-        WsClient { framed }
+        WsClient::connect(self.port).await
     }
 
     /// Opens a socket and joins `room_id` as `nickname`, returning the
@@ -267,6 +261,17 @@ pub enum Incoming {
 }
 
 impl WsClient {
+    /// Opens a WebSocket to `/ws` on a loopback port.
+    pub async fn connect(port: u16) -> WsClient {
+        let (_resp, framed) = awc::Client::new()
+            .ws(format!("ws://127.0.0.1:{port}/ws"))
+            .max_frame_size(1 << 22)
+            .connect()
+            .await
+            .unwrap_or_else(|e| panic!("ws connect to port {port}: {e}"));
+        WsClient { framed }
+    }
+
     /// Sends a JSON value as one text frame.
     pub async fn send(&mut self, value: Value) {
         self.send_text(value.to_string()).await;

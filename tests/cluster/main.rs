@@ -1,0 +1,9 @@
+//! Cluster tests: several real `chat-server` processes, one real MariaDB
+//! database, one real Redis. Each test is named after the guarantee it
+//! checks (PROTOCOL.md, "Guarantees").
+
+#[path = "../api/helpers.rs"]
+mod helpers;
+mod procs;
+
+mod cross_process;

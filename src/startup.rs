@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use actix_web::{dev::ServerHandle, web, App, HttpServer};
+use actix_web::{dev::ServerHandle, middleware::DefaultHeaders, web, App, HttpServer};
 use handlebars::Handlebars;
 
-use crate::actors::redis_bridge::{BridgeConfig, BusHealth, RedisBridge};
+use crate::actors::redis_bridge::{AnnounceRemoved, BridgeConfig, BusHealth, RedisBridge};
 use crate::actors::room::RoomConfig;
 use crate::actors::room_manager::{RoomManager, Shutdown};
 use crate::config::Settings;
@@ -64,18 +64,6 @@ impl Application {
         let store = connect_store(&settings).await?;
         let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
 
-        if settings.redis_url.is_none() {
-            // Alone: any membership the store still holds belongs to an
-            // earlier run of this service that died without cleaning up.
-            match store.remove_all_members().await {
-                Ok(removed) if !removed.is_empty() => {
-                    log::info!("removed {} stale members of an earlier run", removed.len())
-                }
-                Ok(_) => {}
-                Err(e) => log::warn!("could not clear stale members: {e}"),
-            }
-        }
-
         let bus_health = BusHealth::default();
         let bus = match settings.redis_url.as_deref() {
             None => None,
@@ -93,6 +81,24 @@ impl Application {
                 Some(bridge.start())
             }
         };
+
+        // Memberships the store holds for this process from an earlier life
+        // (a crash, or a restart quicker than the liveness TTL) are stale:
+        // no socket of this process exists yet. Alone, every membership is.
+        let stale = match &bus {
+            Some(_) => store.remove_instance_members(&settings.instance_id).await,
+            None => store.remove_all_members().await,
+        };
+        match stale {
+            Ok(removed) if !removed.is_empty() => {
+                log::info!("removed {} stale members of an earlier run", removed.len());
+                if let Some(bus) = &bus {
+                    bus.do_send(AnnounceRemoved(removed));
+                }
+            }
+            Ok(_) => {}
+            Err(e) => log::warn!("could not clear stale members: {e}"),
+        }
 
         let manager = RoomManager::new(
             store.clone(),
@@ -135,9 +141,12 @@ impl Application {
             .port();
         let data = web::Data::from(state.clone());
         let static_dir = settings.static_dir.clone();
+        let instance = settings.instance_id.clone();
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(data.clone())
+                // Which process answered: for operators behind a balancer.
+                .wrap(DefaultHeaders::new().add(("X-Chat-Instance", instance.as_str())))
                 .configure(|cfg| crate::http::configure(cfg, &static_dir))
         })
         .workers(settings.workers.unwrap_or(cpus))

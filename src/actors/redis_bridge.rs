@@ -98,6 +98,21 @@ pub struct Publish {
     pub event: RoomEvent,
 }
 
+/// Memberships this process removed without a room actor to announce them
+/// (its own stale members, found at start-up): announced once connected.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct AnnounceRemoved(pub Vec<crate::store::RemovedMember>);
+
+/// Resolves once everything queued so far has been published (or Redis is
+/// down, or `timeout` passed): lets a clean shutdown announce its departures
+/// before the process exits.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Drain {
+    pub timeout: Duration,
+}
+
 /// Fixed settings of the bridge.
 #[derive(Debug, Clone)]
 pub struct BridgeConfig {
@@ -139,6 +154,10 @@ pub struct RedisBridge {
     subscribers: HashMap<RoomId, Recipient<BusSignal>>,
     queue: Vec<(String, String)>,
     publishing: bool,
+    /// Removals waiting for a connection to be announced.
+    unannounced: Vec<crate::store::RemovedMember>,
+    /// `Drain` requests waiting for the queue to empty.
+    drain_waiters: Vec<tokio::sync::oneshot::Sender<()>>,
 }
 
 /// Why the bridge could not be built (a malformed URL).
@@ -183,6 +202,8 @@ impl RedisBridge {
             subscribers: HashMap::new(),
             queue: Vec::new(),
             publishing: false,
+            unannounced: Vec::new(),
+            drain_waiters: Vec::new(),
         })
     }
 
@@ -247,6 +268,8 @@ impl RedisBridge {
                     for room in act.subscribers.values() {
                         room.do_send(BusSignal::Resync);
                     }
+                    let removed = std::mem::take(&mut act.unannounced);
+                    act.announce(removed, ctx);
                     act.flush(ctx);
                 }
                 Ok(Err(e)) => act.retry_later(&e.to_string(), ctx),
@@ -277,12 +300,25 @@ impl RedisBridge {
         self.connected_at = None;
         self.health.set(false);
         self.queue.clear();
+        self.wake_drained();
         self.retry_later(why, ctx);
+    }
+
+    /// Answers `Drain` requests once nothing is queued or in flight (or
+    /// nothing can be: Redis is down).
+    fn wake_drained(&mut self) {
+        let idle = self.sink.is_none() || (!self.publishing && self.queue.is_empty());
+        if idle {
+            for waiter in self.drain_waiters.drain(..) {
+                let _ = waiter.send(());
+            }
+        }
     }
 
     /// Sends everything queued as one pipeline, one pipeline at a time.
     fn flush(&mut self, ctx: &mut Context<Self>) {
         if self.publishing || self.queue.is_empty() || self.sink.is_none() {
+            self.wake_drained();
             return;
         }
         self.publishing = true;
@@ -330,6 +366,25 @@ impl RedisBridge {
                 self.flush(ctx);
             }
             Err(e) => log::error!("cannot encode bus event: {e}"),
+        }
+    }
+
+    /// Tells every process (this one included) that these memberships are
+    /// gone.
+    fn announce(&mut self, removed: Vec<crate::store::RemovedMember>, ctx: &mut Context<Self>) {
+        if self.sink.is_none() {
+            self.unannounced.extend(removed);
+            return;
+        }
+        for r in removed {
+            let event = RoomEvent::Left {
+                socket: r.socket_id,
+                nickname: r.nickname,
+            };
+            if let Some(room) = self.subscribers.get(&r.room_id) {
+                room.do_send(BusSignal::Event(event.clone()));
+            }
+            self.enqueue(r.room_id, event, ctx);
         }
     }
 
@@ -410,18 +465,7 @@ impl RedisBridge {
             Ok::<_, String>(reaped)
         };
         ctx.spawn(fut.into_actor(self).map(|res, act, ctx| match res {
-            Ok(reaped) => {
-                for r in reaped {
-                    let event = RoomEvent::Left {
-                        socket: r.socket_id,
-                        nickname: r.nickname,
-                    };
-                    if let Some(room) = act.subscribers.get(&r.room_id) {
-                        room.do_send(BusSignal::Event(event.clone()));
-                    }
-                    act.enqueue(r.room_id, event, ctx);
-                }
-            }
+            Ok(reaped) => act.announce(reaped, ctx),
             Err(e) => log::warn!("reaper: {e}"),
         }));
     }
@@ -508,6 +552,27 @@ impl Handler<Unsubscribe> for RedisBridge {
                 .into_actor(self),
             );
         }
+    }
+}
+
+impl Handler<AnnounceRemoved> for RedisBridge {
+    type Result = ();
+
+    fn handle(&mut self, msg: AnnounceRemoved, ctx: &mut Self::Context) {
+        self.announce(msg.0, ctx);
+    }
+}
+
+impl Handler<Drain> for RedisBridge {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, msg: Drain, _: &mut Self::Context) -> Self::Result {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        self.drain_waiters.push(done);
+        self.wake_drained();
+        Box::pin(async move {
+            let _ = tokio::time::timeout(msg.timeout, wait).await;
+        })
     }
 }
 

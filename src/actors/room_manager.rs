@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 
+use super::redis_bridge::{AnnounceRemoved, Drain};
 use super::room::{CloseRoom, ListMembers, RoomActor, RoomConfig};
 use crate::domain::{self, Member, RoomId};
 use crate::error::ChatError;
@@ -199,9 +200,21 @@ impl Handler<Shutdown> for RoomManager {
         }
         let store = self.store.clone();
         let instance = self.config.instance_id.clone();
+        let bus = self.config.bus.clone();
         Box::pin(async move {
             match store.remove_instance_members(&instance).await {
-                Ok(removed) => log::info!("shutdown: removed {} members", removed.len()),
+                Ok(removed) => {
+                    log::info!("shutdown: removed {} members", removed.len());
+                    // Tell the other processes before this one goes away.
+                    if let Some(bus) = bus {
+                        let _ = bus.send(AnnounceRemoved(removed)).await;
+                        let _ = bus
+                            .send(Drain {
+                                timeout: Duration::from_secs(2),
+                            })
+                            .await;
+                    }
+                }
                 Err(e) => log::warn!("shutdown: could not remove this instance's members: {e}"),
             }
         })

@@ -261,6 +261,23 @@ pub enum Incoming {
 }
 
 impl WsClient {
+    /// Opens a WebSocket at `url`; also returns the `X-Chat-Instance`
+    /// header of the upgrade response (which process took the socket).
+    pub async fn connect_url(url: &str) -> (WsClient, Option<String>) {
+        let (resp, framed) = awc::Client::new()
+            .ws(url)
+            .max_frame_size(1 << 22)
+            .connect()
+            .await
+            .unwrap_or_else(|e| panic!("ws connect to {url}: {e}"));
+        let instance = resp
+            .headers()
+            .get("x-chat-instance")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        (WsClient { framed }, instance)
+    }
+
     /// Opens a WebSocket to `/ws` on a loopback port.
     pub async fn connect(port: u16) -> WsClient {
         let (_resp, framed) = awc::Client::new()

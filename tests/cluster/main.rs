@@ -7,3 +7,5 @@ mod helpers;
 mod procs;
 
 mod cross_process;
+mod ops;
+mod order;

@@ -1,0 +1,310 @@
+//! The operator's setup, run for real: the cluster ecosystem file under
+//! pm2, nginx in front (the repository's site config, rendered with test
+//! ports), chat through nginx with clients on different instances, and
+//! `pm2 restart` of one instance. `scripts/test.sh` installs pm2 (npm) and
+//! nginx (apt) when missing; without them this test fails, it never skips.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::helpers::{nicknames, TestDatabase, WsClient};
+use crate::procs::{eventually, free_port, redis_url};
+
+const INSTANCES: u16 = 3;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn require(tool: &str) {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        found,
+        "{tool} is not installed: run `bash scripts/test.sh`, which installs it"
+    );
+}
+
+/// A base port with `INSTANCES` free ports after it.
+fn free_port_run() -> u16 {
+    for _ in 0..200 {
+        let base = free_port();
+        if base < 65000
+            && (1..INSTANCES).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok())
+        {
+            return base;
+        }
+    }
+    panic!("no run of {INSTANCES} free ports");
+}
+
+/// pm2 with its own home, so the test never touches a user's pm2.
+struct Pm2 {
+    home: PathBuf,
+    envs: Vec<(String, String)>,
+}
+
+impl Pm2 {
+    fn run(&self, args: &[&str]) -> String {
+        let out = Command::new("pm2")
+            .args(args)
+            .env("PM2_HOME", &self.home)
+            .envs(self.envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .current_dir(repo())
+            .output()
+            .unwrap_or_else(|e| panic!("pm2 {args:?}: {e}"));
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "pm2 {args:?} failed:\n{text}");
+        text
+    }
+}
+
+impl Drop for Pm2 {
+    fn drop(&mut self) {
+        let _ = Command::new("pm2")
+            .arg("kill")
+            .env("PM2_HOME", &self.home)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = std::fs::remove_dir_all(&self.home);
+    }
+}
+
+/// nginx running the repository's site config in the foreground.
+struct Nginx {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Nginx {
+    fn start(dir: &Path, listen: u16, base: u16) -> Nginx {
+        std::fs::create_dir_all(dir.join("logs")).unwrap();
+        let site = std::fs::read_to_string(repo().join("nginx/chat.conf")).unwrap();
+        let mut site = site
+            .replace(
+                "listen 127.0.0.1:8080;",
+                &format!("listen 127.0.0.1:{listen};"),
+            )
+            .replace(
+                "/opt/chat-server/static/",
+                &format!("{}/", repo().join("static").display()),
+            );
+        for i in 0..INSTANCES {
+            site = site.replace(
+                &format!("server 127.0.0.1:{};", 3001 + i),
+                &format!("server 127.0.0.1:{};", base + i),
+            );
+            site = site.replace(
+                &format!("server 127.0.0.1:{} ", 3001 + i),
+                &format!("server 127.0.0.1:{} ", base + i),
+            );
+        }
+        std::fs::write(dir.join("chat.conf"), site).unwrap();
+        let d = dir.display();
+        let main = format!(
+            "daemon off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/logs/error.log warn;\n\
+             events {{ worker_connections 512; }}\n\
+             http {{\n  include /etc/nginx/mime.types;\n  access_log off;\n\
+               client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+               fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+               include {d}/chat.conf;\n}}\n"
+        );
+        std::fs::write(dir.join("nginx.conf"), main).unwrap();
+        // Workers run as an unprivileged user when started by root.
+        let _ = Command::new("chmod")
+            .args(["-R", "a+rwX"])
+            .arg(dir)
+            .status();
+        let check = Command::new("nginx")
+            .arg("-t")
+            .arg("-p")
+            .arg(dir)
+            .arg("-c")
+            .arg(dir.join("nginx.conf"))
+            .output()
+            .unwrap();
+        assert!(
+            check.status.success(),
+            "nginx -t rejected the site config:\n{}",
+            String::from_utf8_lossy(&check.stderr)
+        );
+        let child = Command::new("nginx")
+            .arg("-p")
+            .arg(dir)
+            .arg("-c")
+            .arg(dir.join("nginx.conf"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start nginx: {e}"));
+        Nginx {
+            child,
+            dir: dir.to_path_buf(),
+        }
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn get(url: &str) -> (u16, Option<String>, String) {
+    let client = awc::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .finish();
+    match client.get(url).send().await {
+        Ok(mut res) => {
+            let instance = res
+                .headers()
+                .get("x-chat-instance")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let body = res.body().limit(1 << 20).await.unwrap_or_default();
+            (
+                res.status().as_u16(),
+                instance,
+                String::from_utf8_lossy(&body).into_owned(),
+            )
+        }
+        Err(_) => (0, None, String::new()),
+    }
+}
+
+#[actix_rt::test]
+async fn three_instances_under_pm2_behind_nginx_act_as_one_and_survive_a_restart() {
+    require("pm2");
+    require("nginx");
+    let database = TestDatabase::new();
+    let base = free_port_run();
+    let listen = free_port();
+    let app = format!("chatops{}", std::process::id());
+    let tmp = std::env::temp_dir().join(format!("{app}-{base}"));
+    let pm2 = Pm2 {
+        home: tmp.join("pm2"),
+        envs: vec![
+            ("CHAT_BIN".into(), env!("CARGO_BIN_EXE_chat-server").into()),
+            ("CHAT_INSTANCES".into(), INSTANCES.to_string()),
+            ("CHAT_BASE_PORT".into(), base.to_string()),
+            ("CHAT_APP_NAME".into(), app.clone()),
+            ("MYSQL_URL".into(), database.url.clone()),
+            ("REDIS_URL".into(), redis_url()),
+            ("REDIS_PREFIX".into(), format!("chattest-{}", database.name)),
+            ("WORKERS".into(), "1".into()),
+            ("ROOM_THREADS".into(), "1".into()),
+            ("LIVENESS_TTL_SECS".into(), "3".into()),
+            ("LIVENESS_REFRESH_MS".into(), "500".into()),
+        ],
+    };
+    pm2.run(&["start", "pm2/ecosystem.cluster.config.js"]);
+    for i in 0..INSTANCES {
+        let url = format!("http://127.0.0.1:{}/health", base + i);
+        eventually(
+            Duration::from_secs(30),
+            &format!("instance {i} healthy"),
+            || {
+                let url = url.clone();
+                async move { get(&url).await.0 == 200 }
+            },
+        )
+        .await;
+    }
+    let nginx = Nginx::start(&tmp.join("nginx"), listen, base);
+    let front = format!("127.0.0.1:{listen}");
+    eventually(Duration::from_secs(10), "nginx answering", || {
+        let url = format!("http://{front}/health");
+        async move { get(&url).await.0 == 200 }
+    })
+    .await;
+
+    // nginx serves the page's files itself, and proxies the page.
+    let (status, instance, body) = get(&format!("http://{front}/static/chat.js")).await;
+    assert_eq!(status, 200);
+    assert!(
+        instance.is_none(),
+        "static files must come from nginx, not an instance"
+    );
+    assert!(!body.is_empty());
+    let (status, _, body) = get(&format!("http://{front}/chat")).await;
+    assert_eq!(status, 200);
+    assert!(body.contains("<html") || body.contains("<!DOCTYPE") || body.contains("<!doctype"));
+
+    // Sockets through nginx land on different instances (least_conn).
+    let mut clients: Vec<(WsClient, String)> = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..9 {
+        let (c, instance) = WsClient::connect_url(&format!("ws://{front}/ws")).await;
+        let instance = instance.expect("upgrade response names its instance");
+        if seen.insert(instance.clone()) {
+            clients.push((c, instance));
+        }
+        if seen.len() == INSTANCES as usize {
+            break;
+        }
+    }
+    assert_eq!(
+        seen.len(),
+        INSTANCES as usize,
+        "sockets did not spread: {seen:?}"
+    );
+
+    let joined = clients[0].0.create("ops", "n0").await;
+    let room = joined["room"]["id"].as_u64().unwrap();
+    for (i, (c, _)) in clients.iter_mut().enumerate().skip(1) {
+        c.join(room, &format!("n{i}")).await;
+    }
+    let sent = clients[2].0.chat("through nginx").await;
+    for (c, _) in clients.iter_mut().take(2) {
+        assert_eq!(c.recv_type("message").await["message"], sent["message"]);
+    }
+    let (_, _, members) = get(&format!("http://{front}/api/rooms/{room}/members")).await;
+    let members: serde_json::Value = serde_json::from_str(&members).unwrap();
+    assert_eq!(nicknames(&members), ["n0", "n1", "n2"]);
+
+    // Restart the instance that holds n1: its socket is closed cleanly
+    // (1001), the others see n1 leave, and n1 comes back through nginx.
+    let victim = clients[1].1.clone();
+    pm2.run(&["restart", &victim]);
+    assert_eq!(clients[1].0.close_code().await, Some(1001));
+    assert_eq!(clients[0].0.recv_type("memberLeft").await["nickname"], "n1");
+    assert_eq!(clients[2].0.recv_type("memberLeft").await["nickname"], "n1");
+    let mut back = None;
+    for _ in 0..20 {
+        let (mut c, _) = WsClient::connect_url(&format!("ws://{front}/ws")).await;
+        c.send(serde_json::json!({"type":"join","roomId":room,"nickname":"n1","ref":"r"}))
+            .await;
+        let reply = c.reply_or_error("r").await;
+        if reply["type"] == "joined" {
+            back = Some(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let mut back = back.expect("n1 could rejoin through nginx after the restart");
+    let again = clients[0].0.chat("welcome back").await;
+    assert_eq!(back.recv_type("message").await["message"], again["message"]);
+    assert_eq!(
+        clients[2].0.recv_type("message").await["message"],
+        again["message"]
+    );
+    let restarted = format!("http://127.0.0.1:{}/health", base + 1);
+    assert_eq!(
+        get(&restarted).await.0,
+        200,
+        "the restarted instance serves again"
+    );
+    drop(nginx);
+    drop(pm2);
+}

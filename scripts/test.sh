@@ -1,22 +1,30 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it (.ci/run calls this):
-#   formatting and lints, unit tests, the store contract suite and the
-#   integration tests against a real MariaDB, then the browser test in a
-#   real headless Chromium.
-# Whatever is missing (MariaDB, Chromium, Node packages) is installed or
-# started first. Every test database is uniquely named and dropped.
+#   formatting and lints, unit tests, the store contract suite, the
+#   integration tests against a real MariaDB, the multi-process cluster tests
+#   against real Redis, pm2 and nginx, then the browser test in a real
+#   headless Chromium.
+# Whatever is missing (MariaDB, Redis, nginx, pm2, Chromium, Node packages)
+# is installed or started first. Every test database is uniquely named and dropped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/ensure.sh
 
+command -v cargo >/dev/null 2>&1 \
+  || die "cargo not found: install Rust with rustup (https://rustup.rs), then rerun"
+cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt
+cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
+
 ensure_mariadb
+ensure_redis
+ensure_nginx_pm2
 
 log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy"
 cargo clippy --all-targets --quiet -- -D warnings
 
-log "cargo test (unit, store contract, integration)"
+log "cargo test (unit, store contract, integration, cluster, pm2 + nginx)"
 cargo test --all-targets --quiet
 
 log "browser test"

@@ -91,3 +91,30 @@ ensure_node_deps() {
     (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
   fi
 }
+
+# Redis on 127.0.0.1:6379 (the cluster tests also start private
+# redis-server processes, so the binary must exist). Exports TEST_REDIS_URL.
+ensure_redis() {
+  if [ -n "${TEST_REDIS_URL:-}" ]; then log "using TEST_REDIS_URL=$TEST_REDIS_URL"; return; fi
+  command -v redis-server >/dev/null 2>&1 || apt_install redis-server
+  if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
+    log "starting Redis"
+    redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no \
+      || die "could not start Redis"
+    wait_for "redis-cli -h 127.0.0.1 -p 6379 ping" 20 || die "Redis did not come up"
+  fi
+  export TEST_REDIS_URL="redis://127.0.0.1:6379"
+  log "Redis ready: $TEST_REDIS_URL"
+}
+
+# nginx and pm2, which the operations test runs for real.
+ensure_nginx_pm2() {
+  command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || apt_install nginx
+  export PATH="$PATH:/usr/sbin"
+  command -v npm >/dev/null 2>&1 || apt_install nodejs npm
+  if ! command -v pm2 >/dev/null 2>&1; then
+    log "npm install -g pm2"
+    as_root npm install -g pm2 --no-audit --no-fund --loglevel=error >/dev/null \
+      || die "could not install pm2"
+  fi
+}

@@ -134,8 +134,14 @@ impl Handler<GetRoom> for RoomManager {
         }
         self.next_generation += 1;
         let generation = self.next_generation;
-        let arbiter = &self.arbiters[self.next_arbiter % self.arbiters.len()];
+        let slot = self.next_arbiter % self.arbiters.len();
         self.next_arbiter = self.next_arbiter.wrapping_add(1);
+        if !self.arbiters[slot].spawn(async {}) {
+            // The thread is gone; rooms must not be started into the void.
+            log::error!("room thread {slot} stopped; starting a new one");
+            self.arbiters[slot] = Arbiter::new().handle();
+        }
+        let arbiter = &self.arbiters[slot];
         let (store, config, manager) = (self.store.clone(), self.config.clone(), ctx.address());
         let room_id = msg.room_id;
         let addr = RoomActor::start_in_arbiter(arbiter, move |_| {

@@ -155,11 +155,29 @@ impl ChatSession {
                 .to_text(),
             ),
             ClientCommand::Chat { content } => match &self.current {
-                Some(current) => current.room.do_send(Chat {
+                Some(current) if current.room.connected() => current.room.do_send(Chat {
                     session_id: self.id.clone(),
                     content,
                     reference,
                 }),
+                Some(current) => {
+                    // The room's actor failed (a panic ends only that actor;
+                    // the manager starts a fresh one on the next join). This
+                    // connection is no longer in a room: say so.
+                    let room_id = current.room_id;
+                    log::error!("session {}: room {room_id} actor is gone", self.id);
+                    self.current = None;
+                    self.remove_membership_directly(room_id);
+                    ctx.text(
+                        ServerFrame::Left {
+                            room_id,
+                            reference: None,
+                        }
+                        .to_text(),
+                    );
+                    let e = ChatError::Unavailable(format!("room {room_id} failed"));
+                    self.send_error(ctx, &e, reference.as_deref());
+                }
                 None => self.send_error(ctx, &ChatError::NotInRoom, reference.as_deref()),
             },
             ClientCommand::Leave => {
@@ -328,15 +346,31 @@ impl Actor for ChatSession {
         // A join still in flight is cleaned up by the room: its `Joined`
         // event finds this mailbox closed and the room removes the member.
         if let Some(current) = self.current.take() {
-            current.room.do_send(Leave {
-                session_id: self.id.clone(),
-            });
+            if current.room.connected() {
+                current.room.do_send(Leave {
+                    session_id: self.id.clone(),
+                });
+            } else {
+                self.remove_membership_directly(current.room_id);
+            }
         }
         Running::Stop
     }
 }
 
 impl ChatSession {
+    /// With its room actor gone, nobody else will record this leave: do it
+    /// here so counts stay right (the next actor reads the store).
+    fn remove_membership_directly(&self, room_id: RoomId) {
+        let store = self.app.store.clone();
+        let id = self.id.clone();
+        actix_web::rt::spawn(async move {
+            if let Err(e) = store.remove_member(room_id, &id).await {
+                log::warn!("could not remove {id} from failed room {room_id}: {e}");
+            }
+        });
+    }
+
     fn in_room(&self, room_id: RoomId) -> bool {
         self.current.as_ref().is_some_and(|c| c.room_id == room_id)
     }

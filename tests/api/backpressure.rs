@@ -136,8 +136,8 @@ both_stores_with!(
         // 2000 messages of 1000 four-byte characters: 8 MB for each member,
         // more than the kernel buffers of a loopback socket can hold, so a
         // member that never reads must back up into the server.
-        const TOTAL: usize = 2000;
-        let content = "😀".repeat(1000);
+        const TOTAL: usize = 3000;
+        let content = "x".repeat(900);
         let id = app.create_room("firehose").await["id"].as_u64().unwrap();
         let port = app.port;
 

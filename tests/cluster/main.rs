@@ -7,5 +7,6 @@ mod helpers;
 mod procs;
 
 mod cross_process;
+mod lifecycle;
 mod ops;
 mod order;

@@ -7,11 +7,15 @@
 
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::helpers::{TestDatabase, WsClient};
+use serde_json::{json, Value};
+
+use crate::helpers::{nicknames, TestDatabase, WsClient};
 
 /// The local Redis the suite uses unless `TEST_REDIS_URL` says otherwise.
 pub fn redis_url() -> String {
@@ -32,6 +36,8 @@ pub struct Node {
     pub instance: String,
     child: Option<Child>,
     env: Vec<(String, String)>,
+    /// The node's log lines, over all its runs, when captured.
+    logs: Option<Arc<Mutex<Vec<String>>>>,
 }
 
 /// N processes of the binary on one database and one Redis prefix.
@@ -51,6 +57,17 @@ impl Cluster {
 
     /// Starts `n` processes on `redis`, with extra environment `extra`.
     pub async fn start_with(n: usize, redis: &str, extra: &[(&str, &str)]) -> Cluster {
+        Self::start_inner(n, redis, extra, false).await
+    }
+
+    /// Like `start_with`, but every node's log (stderr) is also kept in
+    /// memory for `logs`, `count_in_logs` and `assert_no_errors` (and still
+    /// printed when `CLUSTER_LOGS` is set).
+    pub async fn start_logged(n: usize, redis: &str, extra: &[(&str, &str)]) -> Cluster {
+        Self::start_inner(n, redis, extra, true).await
+    }
+
+    async fn start_inner(n: usize, redis: &str, extra: &[(&str, &str)], capture: bool) -> Cluster {
         let database = TestDatabase::new();
         let prefix = format!("chattest-{}", database.name);
         let mut cluster = Cluster {
@@ -86,6 +103,7 @@ impl Cluster {
                 instance,
                 child: None,
                 env,
+                logs: capture.then(Default::default),
             };
             node.spawn();
             cluster.nodes.push(node);
@@ -158,19 +176,35 @@ impl Node {
         if self.port == 0 {
             self.port = free_port();
         }
-        let child = Command::new(env!("CARGO_BIN_EXE_chat-server"))
+        let print = std::env::var("CLUSTER_LOGS").is_ok();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_chat-server"))
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("PORT", self.port.to_string())
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(if std::env::var("CLUSTER_LOGS").is_ok() {
+            .stderr(if self.logs.is_some() {
+                Stdio::piped()
+            } else if print {
                 Stdio::inherit()
             } else {
                 Stdio::null()
             })
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start chat-server: {e}"));
+        if let (Some(logs), Some(stderr)) = (self.logs.clone(), child.stderr.take()) {
+            // Ends by itself at EOF, when the process exits.
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if print {
+                        eprintln!("{line}");
+                    }
+                    if let Ok(mut logs) = logs.lock() {
+                        logs.push(line);
+                    }
+                }
+            });
+        }
         self.child = Some(child);
     }
 
@@ -198,5 +232,212 @@ where
     while !check().await {
         assert!(Instant::now() < deadline, "not within {within:?}: {what}");
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Additions for the guarantee modules (order, lifecycle, crash, redis_outage,
+// member_lists). Existing helpers above behave as before.
+// ---------------------------------------------------------------------------
+
+/// Serializes the timing-sensitive tests of this binary (they measure or
+/// race against the liveness timings), so they do not compete for the two
+/// cores with each other. Hold the guard for the whole test.
+pub async fn heavy_test_lock() -> tokio::sync::MutexGuard<'static, ()> {
+    static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    HEAVY.lock().await
+}
+
+/// Runs a whole test body under a time limit, so no test can hang the suite.
+pub async fn bounded<T>(limit: Duration, fut: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(limit, fut)
+        .await
+        .unwrap_or_else(|_| panic!("test did not finish within {limit:?}"))
+}
+
+impl Cluster {
+    /// POST a JSON body to node `i`: status and JSON body.
+    pub async fn post(&self, i: usize, path: &str, body: &Value) -> (u16, Value) {
+        match self
+            .http
+            .post(format!("{}{path}", self.base(i)))
+            .insert_header(("content-type", "application/json"))
+            .send_body(body.to_string())
+            .await
+        {
+            Ok(mut res) => {
+                let body = res.body().limit(1 << 24).await.unwrap_or_default();
+                (
+                    res.status().as_u16(),
+                    serde_json::from_slice(&body).unwrap_or(Value::Null),
+                )
+            }
+            Err(_) => (0, Value::Null),
+        }
+    }
+
+    /// Creates a room over REST on node `i` (nobody joins it); its id.
+    pub async fn create_room(&self, i: usize, title: &str) -> u64 {
+        let (status, body) = self.post(i, "/api/rooms", &json!({ "title": title })).await;
+        assert_eq!(status, 201, "create room on node {i}: {body}");
+        body["id"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no id in {body}"))
+    }
+
+    /// Node `i`'s member list of `room` as nicknames; `None` unless 200.
+    pub async fn member_names(&self, i: usize, room: u64) -> Option<Vec<String>> {
+        let (status, body) = self.get(i, &format!("/api/rooms/{room}/members")).await;
+        (status == 200).then(|| nicknames(&body))
+    }
+
+    /// Node `i`'s `memberCount` of `room`; `None` unless 200.
+    pub async fn member_count(&self, i: usize, room: u64) -> Option<u64> {
+        let (status, body) = self.get(i, &format!("/api/rooms/{room}")).await;
+        (status == 200)
+            .then(|| body["memberCount"].as_u64())
+            .flatten()
+    }
+
+    /// Whether `GET /api/rooms/{room}` is 404 `room_not_found` on node `i`.
+    pub async fn room_gone(&self, i: usize, room: u64) -> bool {
+        let (status, body) = self.get(i, &format!("/api/rooms/{room}")).await;
+        status == 404 && body["error"]["code"] == "room_not_found"
+    }
+
+    /// The stored messages of `room` as node `i` serves them (up to 500).
+    pub async fn stored_messages(&self, i: usize, room: u64) -> Vec<Value> {
+        let (status, body) = self
+            .get(i, &format!("/api/rooms/{room}/messages?limit=500"))
+            .await;
+        assert_eq!(status, 200, "messages of room {room} on node {i}: {body}");
+        body.as_array()
+            .unwrap_or_else(|| panic!("messages not an array: {body}"))
+            .clone()
+    }
+
+    /// Asserts every node whose process was not killed is still running.
+    pub fn assert_running(&mut self) {
+        for (i, node) in self.nodes.iter_mut().enumerate() {
+            if let Some(child) = node.child.as_mut() {
+                let status = child.try_wait().ok().flatten();
+                assert!(status.is_none(), "node {i} exited: {status:?}");
+            }
+        }
+    }
+
+    /// Node `i`'s captured log lines (`start_logged` only).
+    pub fn logs(&self, i: usize) -> Vec<String> {
+        let logs = self.nodes[i]
+            .logs
+            .as_ref()
+            .unwrap_or_else(|| panic!("node {i}: logs are captured only by start_logged"));
+        logs.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// How many captured log lines, over every node, contain `needle`.
+    pub fn count_in_logs(&self, needle: &str) -> usize {
+        (0..self.nodes.len())
+            .map(|i| self.logs(i).iter().filter(|l| l.contains(needle)).count())
+            .sum()
+    }
+
+    /// Asserts no node logged an error or a panic.
+    pub fn assert_no_errors(&self) {
+        for i in 0..self.nodes.len() {
+            let bad: Vec<String> = self
+                .logs(i)
+                .into_iter()
+                .filter(|l| l.contains(" ERROR ") || l.contains("panicked"))
+                .collect();
+            assert!(
+                bad.is_empty(),
+                "node {i} logged errors:\n{}",
+                bad.join("\n")
+            );
+        }
+    }
+}
+
+impl Cluster {
+    /// Polls until every node in `nodes` lists exactly `expected` (in that
+    /// order) as the members of `room` and reports the same `memberCount`,
+    /// both in `GET /api/rooms/{id}` and in `GET /api/rooms`; returns how
+    /// long that took. Panics after `within` with what each node showed.
+    pub async fn wait_members_agree(
+        &self,
+        nodes: &[usize],
+        room: u64,
+        expected: &[&str],
+        within: Duration,
+    ) -> Duration {
+        let start = Instant::now();
+        let count = expected.len() as u64;
+        loop {
+            let mut seen = Vec::new();
+            for &i in nodes {
+                let names = self.member_names(i, room).await;
+                let single = self.member_count(i, room).await;
+                let (_, list) = self.get(i, "/api/rooms").await;
+                let listed = list.as_array().and_then(|rooms| {
+                    rooms
+                        .iter()
+                        .find(|r| r["id"] == room)
+                        .and_then(|r| r["memberCount"].as_u64())
+                });
+                seen.push((i, names, single, listed));
+            }
+            if seen.iter().all(|(_, names, single, listed)| {
+                names.as_deref().is_some_and(|n| n == expected)
+                    && *single == Some(count)
+                    && *listed == Some(count)
+            }) {
+                return start.elapsed();
+            }
+            assert!(
+                start.elapsed() < within,
+                "room {room}: nodes {nodes:?} did not agree on members {expected:?} \
+                 (count {count}) within {within:?}; (node, members, memberCount, \
+                 count in /api/rooms): {seen:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Polls until `GET /api/rooms/{room}` is 404 on every node in `nodes`;
+    /// returns how long that took. Panics after `within`.
+    pub async fn wait_room_gone(&self, nodes: &[usize], room: u64, within: Duration) -> Duration {
+        let start = Instant::now();
+        loop {
+            let mut alive = Vec::new();
+            for &i in nodes {
+                if !self.room_gone(i, room).await {
+                    alive.push(i);
+                }
+            }
+            if alive.is_empty() {
+                return start.elapsed();
+            }
+            assert!(
+                start.elapsed() < within,
+                "room {room} still served by nodes {alive:?} after {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Captured log lines of every node at level WARN or ERROR, or with a
+    /// panic (`start_logged` only), prefixed with the node's index.
+    pub fn warnings(&self) -> Vec<String> {
+        (0..self.nodes.len())
+            .flat_map(|i| {
+                self.logs(i)
+                    .into_iter()
+                    .filter(|l| {
+                        l.contains(" WARN ") || l.contains(" ERROR ") || l.contains("panicked")
+                    })
+                    .map(move |l| format!("node {i}: {l}"))
+            })
+            .collect()
     }
 }

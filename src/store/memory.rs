@@ -53,6 +53,20 @@ impl MemoryStore {
         }
     }
 
+    /// Reads one room under the lock; `RoomNotFound` if it does not exist.
+    fn read_room<T>(
+        &self,
+        room_id: RoomId,
+        read: impl FnOnce(&StoredRoom) -> T,
+    ) -> Result<T, StoreError> {
+        let inner = self.lock();
+        let room = inner
+            .rooms
+            .get(&room_id)
+            .ok_or(StoreError::RoomNotFound(room_id))?;
+        Ok(read(room))
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding the lock cannot leave a half-applied change
         // (every mutation is a few infallible map operations), so a poisoned
@@ -219,19 +233,15 @@ impl Store for MemoryStore {
     }
 
     async fn member_records(&self, room_id: RoomId) -> Result<Vec<MemberRecord>, StoreError> {
-        let inner = self.lock();
-        let room = inner
-            .rooms
-            .get(&room_id)
-            .ok_or(StoreError::RoomNotFound(room_id))?;
-        Ok(room
-            .members
-            .iter()
-            .map(|m| MemberRecord {
-                member: m.member.clone(),
-                socket_id: m.socket_id.clone(),
-            })
-            .collect())
+        self.read_room(room_id, |room| {
+            room.members
+                .iter()
+                .map(|m| MemberRecord {
+                    member: m.member.clone(),
+                    socket_id: m.socket_id.clone(),
+                })
+                .collect()
+        })
     }
 
     async fn instances_with_members(&self) -> Result<Vec<String>, StoreError> {
@@ -281,21 +291,17 @@ impl Store for MemoryStore {
         after: MessageSeq,
         limit: usize,
     ) -> Result<Vec<Message>, StoreError> {
-        let inner = self.lock();
-        let room = inner
-            .rooms
-            .get(&room_id)
-            .ok_or(StoreError::RoomNotFound(room_id))?;
-        // Ids are consecutive, so the first wanted message's index is known.
-        let first_kept = room.messages.front().map_or(1, |m| m.id);
-        let skip = after.saturating_add(1).saturating_sub(first_kept) as usize;
-        Ok(room
-            .messages
-            .iter()
-            .skip(skip)
-            .take(limit)
-            .cloned()
-            .collect())
+        self.read_room(room_id, |room| {
+            // Ids are consecutive, so the first wanted message's index is known.
+            let first_kept = room.messages.front().map_or(1, |m| m.id);
+            let skip = after.saturating_add(1).saturating_sub(first_kept) as usize;
+            room.messages
+                .iter()
+                .skip(skip)
+                .take(limit)
+                .cloned()
+                .collect()
+        })
     }
 
     async fn recent_messages(
@@ -303,13 +309,10 @@ impl Store for MemoryStore {
         room_id: RoomId,
         limit: usize,
     ) -> Result<Vec<Message>, StoreError> {
-        let inner = self.lock();
-        let room = inner
-            .rooms
-            .get(&room_id)
-            .ok_or(StoreError::RoomNotFound(room_id))?;
-        let skip = room.messages.len().saturating_sub(limit);
-        Ok(room.messages.iter().skip(skip).cloned().collect())
+        self.read_room(room_id, |room| {
+            let skip = room.messages.len().saturating_sub(limit);
+            room.messages.iter().skip(skip).cloned().collect()
+        })
     }
 
     async fn delete_unjoined_rooms(

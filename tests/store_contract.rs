@@ -70,6 +70,7 @@ contract_tests!(
     concurrent_last_two_leaves_delete_exactly_once,
     join_racing_last_leave_never_sees_half_a_room,
     concurrent_appends_get_gap_free_ids,
+    member_records_carry_sockets_and_instances_are_listed,
 );
 
 /// Large enough that the memory store's history cap never interferes.
@@ -1225,4 +1226,46 @@ mod mysql_only {
             "{err:?}"
         );
     }
+}
+
+async fn member_records_carry_sockets_and_instances_are_listed(store: SharedStore) {
+    let room = new_room(&store, "records").await;
+    assert!(store.instances_with_members().await.unwrap().is_empty());
+    store
+        .add_member(room, &member("ann", "i1:1", "i1", 1))
+        .await
+        .unwrap();
+    store
+        .add_member(room, &member("bob", "i2:7", "i2", 2))
+        .await
+        .unwrap();
+    let records = store.member_records(room).await.unwrap();
+    let got: Vec<(String, String)> = records
+        .iter()
+        .map(|r| (r.member.nickname.clone(), r.socket_id.clone()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("ann".to_owned(), "i1:1".to_owned()),
+            ("bob".to_owned(), "i2:7".to_owned())
+        ]
+    );
+    assert_eq!(
+        store.instances_with_members().await.unwrap(),
+        vec!["i1".to_owned(), "i2".to_owned()]
+    );
+    // A bulk removal names the socket of each membership it ended, so other
+    // processes can drop exactly that membership.
+    let removed = store.remove_instance_members("i2").await.unwrap();
+    assert_eq!(removed.len(), 1);
+    assert_eq!(removed[0].socket_id, "i2:7");
+    assert_eq!(
+        store.instances_with_members().await.unwrap(),
+        vec!["i1".to_owned()]
+    );
+    assert!(matches!(
+        store.member_records(room + 1000).await,
+        Err(StoreError::RoomNotFound(_))
+    ));
 }

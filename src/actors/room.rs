@@ -5,13 +5,16 @@
 //! and messages.
 //!
 //! Invariants, enforced here:
-//! - **Membership changes are serialized.** Joins and leaves run their store
-//!   transaction under `ctx.wait`, so the actor handles nothing else until
-//!   the store has answered; the member list, the count and the `joined`
-//!   snapshot can never disagree.
-//! - **Stored before delivered.** Chats queue in `pending_*`; at most one
-//!   batch is being stored at a time, and a message is fanned out only after
-//!   the store has given it its id.
+//! - **One store write at a time.** Joins, leaves and chat batches are
+//!   steps in one queue (`steps`), run one after another. The actor keeps
+//!   handling messages meanwhile (no `ctx.wait`, which would also freeze the
+//!   step in flight, and with it the room row lock a MySQL transaction holds),
+//!   but the store sees this room's writes from this process strictly in
+//!   order: a leave is recorded before a later join of the same nickname, and
+//!   the member list, the count and the `joined` snapshot never disagree.
+//! - **Stored before delivered.** Chats queue in `pending_*` and are stored
+//!   as one batch per step; a message is fanned out only after the store has
+//!   given it its id.
 //! - **Every id, in order, once.** Ids are a per-room sequence, so every
 //!   message (stored here, or announced by another process over the bus)
 //!   passes through `accept`: ids below `next_id` are duplicates and dropped,
@@ -157,14 +160,28 @@ pub struct RoomActor {
     /// Messages that arrived ahead of `next_id`, with their local sender.
     reorder: BTreeMap<MessageSeq, (Message, Option<Sender>)>,
     gap_timer: Option<SpawnHandle>,
-    /// Chats waiting for the batch in flight to finish.
+    /// Chats waiting to be stored.
     pending_senders: Vec<Sender>,
     pending_messages: Vec<NewMessage>,
-    /// A batch is being stored.
-    writing: bool,
-    /// Leaves the store has not yet recorded.
+    /// A batch step is queued or running.
+    batch_queued: bool,
+    /// Store writes waiting their turn, and whether one is running.
+    steps: VecDeque<StoreStep>,
+    step_running: bool,
+    /// Leaves the store has not yet recorded (queued, running or waiting
+    /// to be retried).
     unsynced_leaves: usize,
+    /// Local members whose leave step is queued.
+    leaving: std::collections::HashSet<String>,
+    /// Bus events that arrived before the first join read the room's state;
+    /// replayed after it (duplicates are harmless: ids and sockets dedupe).
+    early_events: Vec<RoomEvent>,
 }
+
+/// One store write of the room, built when its turn comes (so it sees the
+/// state left by the steps before it).
+type StoreStep = Box<dyn FnOnce(&mut RoomActor, &mut Context<RoomActor>) -> StepFuture>;
+type StepFuture = actix::fut::LocalBoxActorFuture<RoomActor, ()>;
 
 impl RoomActor {
     /// A room actor for `room_id`; `generation` tells this actor apart from
@@ -189,8 +206,12 @@ impl RoomActor {
             gap_timer: None,
             pending_senders: Vec::new(),
             pending_messages: Vec::new(),
-            writing: false,
+            batch_queued: false,
+            steps: VecDeque::new(),
+            step_running: false,
             unsynced_leaves: 0,
+            early_events: Vec::new(),
+            leaving: std::collections::HashSet::new(),
         }
     }
 
@@ -271,20 +292,25 @@ impl RoomActor {
         self.remove_members(refused, ctx);
     }
 
-    /// Removes members, telling the local ones who is gone; removals that
-    /// turn up more (full or closed mailboxes) are handled in the same loop.
+    /// Removes members. A local member that left, disconnected or reads
+    /// too slowly leaves through a step (`leave_step`), in order with the
+    /// room's other store writes, so a `joined` snapshot never lists a member
+    /// the store has already dropped or misses one it still counts. Members
+    /// the store no longer has (`Forget`, `Lost`) are dropped at once.
     /// Callers that may have removed the last local member call
-    /// `stop_if_idle` afterwards (not here: a first join removes stale
-    /// remote entries before its own member is in the list).
-    fn remove_members(&mut self, mut queue: Vec<(String, Removal)>, ctx: &mut Context<Self>) {
-        while let Some((session_id, why)) = queue.pop() {
-            let Some(index) = self.position(&session_id) else {
-                continue;
-            };
-            let gone = self.members.remove(index);
-            if let Some(outbox) = &gone.outbox {
-                match why {
-                    Removal::SlowConsumer => {
+    /// `stop_if_idle` afterwards (not here: a first join removes stale remote
+    /// entries before its own member is in the list).
+    fn remove_members(&mut self, queue: Vec<(String, Removal)>, ctx: &mut Context<Self>) {
+        for (session_id, why) in queue {
+            match why {
+                Removal::Gone | Removal::SlowConsumer => {
+                    let local = self
+                        .position(&session_id)
+                        .and_then(|i| self.members[i].outbox.as_ref());
+                    let Some(outbox) = local else {
+                        continue;
+                    };
+                    if why == Removal::SlowConsumer {
                         log::info!("room {}: closing slow consumer {session_id}", self.room_id);
                         outbox.do_send(SessionEvent::Evicted {
                             room_id: self.room_id,
@@ -292,84 +318,180 @@ impl RoomActor {
                             reason: "slow consumer: not reading fast enough",
                         });
                     }
-                    Removal::Lost => outbox.do_send(SessionEvent::Evicted {
-                        room_id: self.room_id,
-                        code: actix_web_actors::ws::CloseCode::Restart,
-                        reason: "membership lost while the cluster was unreachable; rejoin",
-                    }),
-                    Removal::Gone | Removal::Forget => {}
+                    if self.leaving.insert(session_id.clone()) {
+                        self.unsynced_leaves += 1;
+                        self.leave_step(session_id, ctx);
+                    }
                 }
-            }
-            let frame = ServerFrame::MemberLeft {
-                room_id: self.room_id,
-                nickname: &gone.member.nickname,
-            }
-            .to_text();
-            queue.extend(self.broadcast(&frame));
-            if gone.outbox.is_some() && matches!(why, Removal::Gone | Removal::SlowConsumer) {
-                self.record_leave(
-                    gone.session_id,
-                    gone.member.nickname,
-                    Duration::from_millis(100),
-                    ctx,
-                );
+                Removal::Forget | Removal::Lost => {
+                    self.drop_entry(&session_id, why, ctx);
+                }
             }
         }
     }
 
-    /// Records a leave in the store, holding the mailbox until it is done so
-    /// a following join sees it; retried with backoff while the store is
-    /// unavailable, because a lost leave would leave the count too high.
-    /// `unsynced_leaves` keeps the actor alive until every leave is recorded.
-    fn record_leave(
+    /// Takes a member out of the list and tells the local members; returns
+    /// its nickname if it was listed.
+    fn drop_entry(
         &mut self,
-        session_id: String,
-        nickname: String,
-        backoff: Duration,
+        session_id: &str,
+        why: Removal,
         ctx: &mut Context<Self>,
-    ) {
-        self.unsynced_leaves += 1;
+    ) -> Option<String> {
+        let index = self.position(session_id)?;
+        let gone = self.members.remove(index);
+        if let (Some(outbox), Removal::Lost) = (&gone.outbox, why) {
+            outbox.do_send(SessionEvent::Evicted {
+                room_id: self.room_id,
+                code: actix_web_actors::ws::CloseCode::Restart,
+                reason: "membership lost while the cluster was unreachable; rejoin",
+            });
+        }
+        let frame = ServerFrame::MemberLeft {
+            room_id: self.room_id,
+            nickname: &gone.member.nickname,
+        }
+        .to_text();
+        let refused = self.broadcast(&frame);
+        self.remove_members(refused, ctx);
+        Some(gone.member.nickname)
+    }
+
+    /// Queues a store write behind the ones already waiting.
+    fn enqueue_step(&mut self, step: StoreStep, ctx: &mut Context<Self>) {
+        self.steps.push_back(step);
+        self.run_next_step(ctx);
+    }
+
+    fn run_next_step(&mut self, ctx: &mut Context<Self>) {
+        if self.step_running {
+            return;
+        }
+        let Some(step) = self.steps.pop_front() else {
+            self.stop_if_idle(ctx);
+            return;
+        };
+        self.step_running = true;
+        let fut = step(self, ctx);
+        ctx.spawn(fut.map(|(), act, ctx| {
+            act.step_running = false;
+            act.run_next_step(ctx);
+        }));
+    }
+
+    /// A local member's leave, as a step: record it in the store, then drop
+    /// it from the list and tell the others, so that whoever sees
+    /// `memberLeft` also sees the new count over REST.
+    fn leave_step(&mut self, session_id: String, ctx: &mut Context<Self>) {
+        let step: StoreStep = Box::new(move |act: &mut RoomActor, _: &mut Context<RoomActor>| {
+            act.store_leave(session_id, Duration::from_millis(100))
+        });
+        self.enqueue_step(step, ctx);
+    }
+
+    /// Records a leave in the store, retried with backoff while the store is
+    /// unavailable, because a lost leave would leave the count too high (the
+    /// member is dropped from the list on the first attempt either way: its
+    /// socket is gone). `unsynced_leaves` keeps the actor alive until every
+    /// leave is recorded.
+    fn store_leave(&mut self, session_id: String, backoff: Duration) -> StepFuture {
         let store = self.store.clone();
         let room_id = self.room_id;
         let sid = session_id.clone();
         let fut = async move { store.remove_member(room_id, &sid).await };
-        ctx.wait(fut.into_actor(self).map(move |res, act, ctx| {
-            act.unsynced_leaves -= 1;
+        Box::pin(fut.into_actor(self).map(move |res, act, ctx| {
+            if act.leaving.remove(&session_id) {
+                act.drop_entry(&session_id, Removal::Gone, ctx);
+            }
             match res {
                 Ok(outcome) => {
+                    act.unsynced_leaves -= 1;
                     if matches!(outcome, LeaveOutcome::RoomDeleted { .. }) {
                         log::info!("room {room_id}: last member left, room deleted");
                     }
-                    act.publish(RoomEvent::Left {
-                        socket: session_id,
-                        nickname,
-                    });
+                    let nickname = match outcome {
+                        LeaveOutcome::Left { nickname, .. }
+                        | LeaveOutcome::RoomDeleted { nickname } => Some(nickname),
+                        LeaveOutcome::NotMember => None,
+                    };
+                    if let Some(nickname) = nickname {
+                        act.publish(RoomEvent::Left {
+                            socket: session_id,
+                            nickname,
+                        });
+                    }
                 }
                 Err(e) => {
                     log::warn!("room {room_id}: leave of {session_id} not recorded, retrying: {e}");
-                    act.unsynced_leaves += 1;
                     ctx.run_later(backoff, move |act, ctx| {
-                        act.unsynced_leaves -= 1;
                         let next = (backoff * 2).min(MAX_LEAVE_RETRY);
-                        act.record_leave(session_id, nickname, next, ctx);
+                        let retry: StoreStep = Box::new(move |act: &mut RoomActor, _| {
+                            act.store_leave(session_id, next)
+                        });
+                        act.enqueue_step(retry, ctx);
                     });
                 }
             }
-            act.stop_if_idle(ctx);
-        }));
+        }))
     }
 
-    /// Stops once nothing is left to do here: no local member, no batch in
-    /// flight, no leave waiting to be recorded. Joins queued behind this
-    /// point see the mailbox closed and ask the manager for a fresh actor.
+    /// Stops once nothing is left to do here: no local member, no store
+    /// write queued or running, no chat waiting, no leave waiting to be
+    /// recorded. Joins that reach the mailbox after this point find it
+    /// closed and ask the manager for a fresh actor.
     fn stop_if_idle(&mut self, ctx: &mut Context<Self>) {
         if self.local().next().is_none()
-            && !self.writing
+            && !self.step_running
+            && self.steps.is_empty()
             && self.pending_messages.is_empty()
             && self.unsynced_leaves == 0
         {
             ctx.stop();
         }
+    }
+
+    /// The store part of a join: on the room's first join, subscribe to the
+    /// room's channel and only then read the room's state, so no event can
+    /// fall between the two (an event from before the read is a duplicate,
+    /// one after it is news); then the membership transaction.
+    fn join_step(&mut self, msg: Join, ctx: &mut Context<Self>) -> StepFuture {
+        let store = self.store.clone();
+        let room_id = self.room_id;
+        let first = self.next_id.is_none();
+        let subscribe = first
+            .then(|| self.config.bus.clone())
+            .flatten()
+            .map(|bus| (bus, ctx.address().recipient()));
+        let history_limit = self.config.history_on_join.max(1);
+        let new_member = NewMember {
+            nickname: msg.nickname.clone(),
+            socket_id: msg.session_id.clone(),
+            instance_id: self.config.instance_id.clone(),
+            joined_at: domain::now(),
+        };
+        let fut = async move {
+            let clustered = subscribe.is_some();
+            if let Some((bus, room)) = subscribe {
+                let _ = bus.send(Subscribe { room_id, room }).await;
+            }
+            let snapshot = if first {
+                let history = store.recent_messages(room_id, history_limit).await?;
+                let members = if clustered {
+                    store.member_records(room_id).await?
+                } else {
+                    Vec::new() // alone: nobody else holds members
+                };
+                Some(Snapshot { history, members })
+            } else {
+                None
+            };
+            let outcome = store.add_member(room_id, &new_member).await?;
+            Ok((snapshot, outcome))
+        };
+        Box::pin(
+            fut.into_actor(self)
+                .map(move |res, act, ctx| act.finish_join(msg, res, ctx)),
+        )
     }
 
     fn finish_join(
@@ -446,38 +568,40 @@ impl RoomActor {
         for record in snapshot.members {
             self.add_remote(record, ctx);
         }
+        for event in std::mem::take(&mut self.early_events) {
+            self.on_remote(event, ctx);
+        }
     }
 
-    /// Starts storing the next batch if none is in flight.
+    /// Queues a batch step for the chats waiting, unless one is queued.
     fn flush(&mut self, ctx: &mut Context<Self>) {
-        if self.writing {
+        if self.batch_queued || self.pending_messages.is_empty() {
             return;
         }
-        if self.pending_messages.is_empty() {
-            self.stop_if_idle(ctx);
-            return;
-        }
-        let n = self.pending_messages.len().min(MAX_BATCH);
-        let batch: Vec<NewMessage> = self.pending_messages.drain(..n).collect();
-        let senders: Vec<Sender> = self.pending_senders.drain(..n).collect();
-        self.writing = true;
-        let store = self.store.clone();
-        let room_id = self.room_id;
-        let fut = async move { store.append_messages(room_id, &batch).await };
-        ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
-            act.writing = false;
-            match res {
-                Ok(messages) => {
-                    act.publish(RoomEvent::Messages {
-                        messages: messages.clone(),
-                    });
-                    let tagged = messages.into_iter().zip(senders.into_iter().map(Some));
-                    act.accept(tagged.collect(), ctx);
+        self.batch_queued = true;
+        let step: StoreStep = Box::new(|act: &mut RoomActor, _ctx: &mut Context<RoomActor>| {
+            act.batch_queued = false;
+            let n = act.pending_messages.len().min(MAX_BATCH);
+            let batch: Vec<NewMessage> = act.pending_messages.drain(..n).collect();
+            let senders: Vec<Sender> = act.pending_senders.drain(..n).collect();
+            let store = act.store.clone();
+            let room_id = act.room_id;
+            let fut = async move { store.append_messages(room_id, &batch).await };
+            Box::pin(fut.into_actor(act).map(move |res, act, ctx| {
+                match res {
+                    Ok(messages) => {
+                        act.publish(RoomEvent::Messages {
+                            messages: messages.clone(),
+                        });
+                        let tagged = messages.into_iter().zip(senders.into_iter().map(Some));
+                        act.accept(tagged.collect(), ctx);
+                    }
+                    Err(e) => act.reject(senders, e, ctx),
                 }
-                Err(e) => act.reject(senders, e, ctx),
-            }
-            act.flush(ctx);
-        }));
+                act.flush(ctx);
+            }))
+        });
+        self.enqueue_step(step, ctx);
     }
 
     /// Tells each sender of a batch the store refused why.
@@ -632,35 +756,47 @@ impl RoomActor {
         self.catch_up(ctx);
         let store = self.store.clone();
         let room_id = self.room_id;
-        let fut = async move { store.member_records(room_id).await };
-        ctx.wait(fut.into_actor(self).map(|res, act, ctx| {
-            let records = match res {
-                Ok(records) => records,
-                Err(StoreError::RoomNotFound(_)) => Vec::new(),
-                Err(e) => {
-                    log::warn!("room {}: member resync failed: {e}", act.room_id);
-                    return;
-                }
-            };
-            let gone: Vec<(String, Removal)> = act
-                .members
-                .iter()
-                .filter(|m| !records.iter().any(|r| r.socket_id == m.session_id))
-                .map(|m| {
-                    let why = if m.outbox.is_some() {
-                        Removal::Lost
-                    } else {
-                        Removal::Forget
-                    };
-                    (m.session_id.clone(), why)
-                })
-                .collect();
-            act.remove_members(gone, ctx);
-            for record in records {
-                act.add_remote(record, ctx);
+        let step: StoreStep =
+            Box::new(move |act: &mut RoomActor, _ctx: &mut Context<RoomActor>| {
+                let fut = async move { store.member_records(room_id).await };
+                Box::pin(
+                    fut.into_actor(act)
+                        .map(|res, act, ctx| act.reconcile(res, ctx)),
+                )
+            });
+        self.enqueue_step(step, ctx);
+    }
+
+    /// Brings the member list in line with the store's records. A local
+    /// member the store no longer has was reaped while this process was cut
+    /// off: its socket is closed so the client rejoins.
+    fn reconcile(&mut self, res: Result<Vec<MemberRecord>, StoreError>, ctx: &mut Context<Self>) {
+        let records = match res {
+            Ok(records) => records,
+            Err(StoreError::RoomNotFound(_)) => Vec::new(),
+            Err(e) => {
+                log::warn!("room {}: member resync failed: {e}", self.room_id);
+                return;
             }
-            act.stop_if_idle(ctx);
-        }));
+        };
+        let gone: Vec<(String, Removal)> = self
+            .members
+            .iter()
+            .filter(|m| !records.iter().any(|r| r.socket_id == m.session_id))
+            .map(|m| {
+                let why = if m.outbox.is_some() {
+                    Removal::Lost
+                } else {
+                    Removal::Forget
+                };
+                (m.session_id.clone(), why)
+            })
+            .collect();
+        self.remove_members(gone, ctx);
+        for record in records {
+            self.add_remote(record, ctx);
+        }
+        self.stop_if_idle(ctx);
     }
 
     fn on_remote(&mut self, event: RoomEvent, ctx: &mut Context<Self>) {
@@ -718,46 +854,10 @@ impl Handler<Join> for RoomActor {
         if ctx.state() != ActorState::Running {
             return Err(RoomClosing);
         }
-        let store = self.store.clone();
-        let room_id = self.room_id;
-        // The first join subscribes to the room's channel and only then
-        // reads the room's state, so no event can fall between the two: an
-        // event from before the read is a duplicate, one after it is news.
-        let first = self.next_id.is_none();
-        let subscribe = first
-            .then(|| self.config.bus.clone())
-            .flatten()
-            .map(|bus| (bus, ctx.address().recipient()));
-        let history_limit = self.config.history_on_join.max(1);
-        let new_member = NewMember {
-            nickname: msg.nickname.clone(),
-            socket_id: msg.session_id.clone(),
-            instance_id: self.config.instance_id.clone(),
-            joined_at: domain::now(),
-        };
-        let fut = async move {
-            let clustered = subscribe.is_some();
-            if let Some((bus, room)) = subscribe {
-                let _ = bus.send(Subscribe { room_id, room }).await;
-            }
-            let snapshot = if first {
-                let history = store.recent_messages(room_id, history_limit).await?;
-                let members = if clustered {
-                    store.member_records(room_id).await?
-                } else {
-                    Vec::new() // alone: nobody else holds members
-                };
-                Some(Snapshot { history, members })
-            } else {
-                None
-            };
-            let outcome = store.add_member(room_id, &new_member).await?;
-            Ok((snapshot, outcome))
-        };
-        ctx.wait(
-            fut.into_actor(self)
-                .map(move |res, act, ctx| act.finish_join(msg, res, ctx)),
-        );
+        let step: StoreStep = Box::new(move |act: &mut RoomActor, ctx: &mut Context<RoomActor>| {
+            act.join_step(msg, ctx)
+        });
+        self.enqueue_step(step, ctx);
         Ok(())
     }
 }
@@ -810,11 +910,11 @@ impl Handler<BusSignal> for RoomActor {
     type Result = ();
 
     fn handle(&mut self, signal: BusSignal, ctx: &mut Self::Context) {
-        if self.next_id.is_none() {
-            return; // not loaded yet: the first join's read covers it
-        }
         match signal {
+            BusSignal::Event(event) if self.next_id.is_none() => self.early_events.push(event),
             BusSignal::Event(event) => self.on_remote(event, ctx),
+            // Not loaded yet: the first join's read is the resync.
+            BusSignal::Resync if self.next_id.is_none() => {}
             BusSignal::Resync => self.resync(ctx),
         }
     }

@@ -60,68 +60,127 @@ struct Report {
     left: Vec<String>,
 }
 
-/// A member on its own thread: joins `room_id` as `nickname`, sends
-/// `to_send` chats of `content` keeping at most `window` unanswered,
-/// reads until it has `expected` messages and saw `slow` leave, reports,
-/// then stays connected until `done` fires.
-#[allow(clippy::too_many_arguments)]
-async fn firehose_member(
+/// What a member on its own thread does (see [`spawn_member`]).
+struct Plan {
     port: u16,
     room_id: u64,
     nickname: &'static str,
+    /// Chats to send, each `content`, keeping at most `window` unanswered.
     to_send: usize,
     window: usize,
     content: String,
+    /// Messages to receive before reporting.
     expected: usize,
-    joined: tokio::sync::oneshot::Sender<()>,
-    report: tokio::sync::oneshot::Sender<Report>,
-    done: tokio::sync::oneshot::Receiver<()>,
-) {
-    let mut c = connect_ws(port).await;
-    c.join(room_id, nickname).await;
-    let _ = joined.send(());
-    let (mut sent, mut echoed) = (0, 0);
-    let mut r = Report {
-        ids: Vec::new(),
-        left: Vec::new(),
-    };
-    while sent < to_send.min(window) {
-        c.send(json!({"type":"chat","content":content,"ref":"f"}))
-            .await;
-        sent += 1;
-    }
-    while r.ids.len() < expected || !r.left.iter().any(|n| n == "slow") {
-        let v = match c.next_within(Duration::from_secs(8)).await {
-            Some(Incoming::Json(v)) => v,
-            other => panic!(
-                "{nickname} stalled with {} of {expected} messages, saw {:?} leave: {other:?}",
-                r.ids.len(),
-                r.left
-            ),
+    /// Also wait until this member has been seen leaving.
+    until_left: Option<&'static str>,
+}
+
+/// A member running on its own thread: joined, then reports, then stays
+/// connected (and answers a ping) until `done` is sent.
+struct Member {
+    thread: ClientThread<()>,
+    joined: tokio::sync::oneshot::Receiver<()>,
+    report: tokio::sync::oneshot::Receiver<Report>,
+    done: tokio::sync::oneshot::Sender<()>,
+}
+
+/// Starts a member on its own OS thread, reading as fast as it can
+/// independently of the test thread.
+fn spawn_member(plan: Plan) -> Member {
+    use tokio::sync::oneshot::channel;
+    let (joined_tx, joined) = channel();
+    let (report_tx, report) = channel();
+    let (done, done_rx) = channel::<()>();
+    let thread = client_thread(plan.nickname, move || async move {
+        let Plan {
+            port,
+            room_id,
+            nickname,
+            to_send,
+            window,
+            content,
+            expected,
+            until_left,
+        } = plan;
+        let mut c = connect_ws(port).await;
+        c.join(room_id, nickname).await;
+        let _ = joined_tx.send(());
+        let chat = json!({"type":"chat","content":content,"ref":"f"});
+        let (mut sent, mut echoed) = (0, 0);
+        let mut r = Report {
+            ids: Vec::new(),
+            left: Vec::new(),
         };
-        match v["type"].as_str() {
-            Some("message") => {
-                r.ids.push(v["message"]["id"].as_u64().unwrap());
-                if v["ref"] == "f" {
-                    echoed += 1;
-                    if sent < to_send {
-                        c.send(json!({"type":"chat","content":content,"ref":"f"}))
-                            .await;
-                        sent += 1;
+        while sent < to_send.min(window) {
+            c.send(chat.clone()).await;
+            sent += 1;
+        }
+        let seen_leaving = |r: &Report| until_left.is_none_or(|n| r.left.iter().any(|l| l == n));
+        while r.ids.len() < expected || !seen_leaving(&r) {
+            let v = match c.next_within(Duration::from_secs(8)).await {
+                Some(Incoming::Json(v)) => v,
+                other => panic!(
+                    "{nickname} stalled with {} of {expected} messages, saw {:?} leave: {other:?}",
+                    r.ids.len(),
+                    r.left
+                ),
+            };
+            match v["type"].as_str() {
+                Some("message") => {
+                    r.ids.push(v["message"]["id"].as_u64().unwrap());
+                    if v["ref"] == "f" {
+                        echoed += 1;
+                        if sent < to_send {
+                            c.send(chat.clone()).await;
+                            sent += 1;
+                        }
                     }
                 }
+                Some("memberLeft") => r
+                    .left
+                    .push(v["nickname"].as_str().unwrap_or_default().into()),
+                Some("error") => panic!("{nickname} got an error: {v}"),
+                _ => {}
             }
-            Some("memberLeft") => r
-                .left
-                .push(v["nickname"].as_str().unwrap_or_default().into()),
-            Some("error") => panic!("{nickname} got an error: {v}"),
-            _ => {}
+        }
+        assert_eq!(echoed, to_send, "{nickname}: every chat echoed");
+        let _ = report_tx.send(r);
+        let _ = done_rx.await;
+        c.assert_alive().await;
+    });
+    Member {
+        thread,
+        joined,
+        report,
+        done,
+    }
+}
+
+impl Member {
+    /// Waits until the member has joined.
+    async fn joined(&mut self) {
+        let joined = within(Duration::from_secs(10), "member joins", &mut self.joined).await;
+        if joined.is_err() {
+            self.thread.take_panic().await;
         }
     }
-    assert_eq!(echoed, to_send, "{nickname}: every chat echoed");
-    let _ = report.send(r);
-    let _ = done.await;
-    c.assert_alive().await;
+
+    /// The member's report; re-raises its panic if it failed.
+    async fn report(&mut self) -> Report {
+        match within(SCENARIO_TIMEOUT, "member report", &mut self.report).await {
+            Ok(report) => report,
+            Err(_) => {
+                self.thread.take_panic().await;
+                unreachable!()
+            }
+        }
+    }
+
+    /// Lets the member check its socket still works and end.
+    async fn finish(self) {
+        let _ = self.done.send(());
+        self.thread.result(Duration::from_secs(10)).await;
+    }
 }
 
 both_stores_with!(
@@ -132,55 +191,38 @@ both_stores_with!(
         s.ws_rate_burst = 100_000.0;
     },
     |app| {
-        use tokio::sync::oneshot::channel;
         // 2000 messages of 1000 four-byte characters: 8 MB for each member,
         // more than the kernel buffers of a loopback socket can hold, so a
         // member that never reads must back up into the server.
-        const TOTAL: usize = 3000;
-        let content = "x".repeat(900);
+        const TOTAL: usize = 2000;
         let id = app.create_room("firehose").await["id"].as_u64().unwrap();
-        let port = app.port;
-
-        let (l_joined, l_joined_rx) = channel();
-        let (l_report, l_report_rx) = channel();
-        let (l_done, l_done_rx) = channel();
-        let listener = client_thread("listener", move || {
-            firehose_member(
-                port,
-                id,
-                "listener",
-                0,
-                0,
-                String::new(),
-                TOTAL,
-                l_joined,
-                l_report,
-                l_done_rx,
-            )
+        let mut listener = spawn_member(Plan {
+            port: app.port,
+            room_id: id,
+            nickname: "listener",
+            to_send: 0,
+            window: 0,
+            content: String::new(),
+            expected: TOTAL,
+            until_left: Some("slow"),
         });
-        within(Duration::from_secs(10), "listener joins", l_joined_rx)
-            .await
-            .unwrap();
+        listener.joined().await;
         // The slow member joins and then never reads again.
         let (mut slow, _) = app.join(id, "slow").await;
-        let (s_joined, _s_joined_rx) = channel();
-        let (s_report, s_report_rx) = channel();
-        let (s_done, s_done_rx) = channel();
-        let sender = client_thread("sender", move || {
-            firehose_member(
-                port, id, "sender", TOTAL, 64, content, TOTAL, s_joined, s_report, s_done_rx,
-            )
+        let mut sender = spawn_member(Plan {
+            port: app.port,
+            room_id: id,
+            nickname: "sender",
+            to_send: TOTAL,
+            // At most 4 chats unanswered, half the queue capacity.
+            window: 4,
+            content: "😀".repeat(1000),
+            expected: TOTAL,
+            until_left: Some("slow"),
         });
 
-        let listened = within(SCENARIO_TIMEOUT, "listener report", l_report_rx).await;
-        let sent = within(SCENARIO_TIMEOUT, "sender report", s_report_rx).await;
-        let (Ok(listened), Ok(sent)) = (listened, sent) else {
-            // A client thread panicked: surface its message.
-            let (_, _) = (l_done.send(()), s_done.send(()));
-            listener.result(Duration::from_secs(5)).await;
-            sender.result(Duration::from_secs(5)).await;
-            panic!("a client thread ended without reporting");
-        };
+        let listened = listener.report().await;
+        let sent = sender.report().await;
         let expected: Vec<u64> = (1..=TOTAL as u64).collect();
         assert_eq!(listened.ids, expected, "the listener missed messages");
         assert_eq!(sent.ids, expected, "the sender missed messages");
@@ -194,9 +236,8 @@ both_stores_with!(
         assert_eq!(joined["room"]["memberCount"], 3);
         let echo = late.chat("hello after the storm").await;
         assert_eq!(echo["message"]["id"], TOTAL as u64 + 1);
-        let _ = (l_done.send(()), s_done.send(()));
-        listener.result(Duration::from_secs(10)).await;
-        sender.result(Duration::from_secs(10)).await;
+        listener.finish().await;
+        sender.finish().await;
         // The evicted socket is closed by the server, not left hanging.
         let code = within(
             Duration::from_secs(10),
@@ -204,6 +245,52 @@ both_stores_with!(
             slow.close_code(),
         )
         .await;
-        eprintln!("slow consumer closed with {code:?}");
+        assert!(code.is_some(), "closed without a close code");
+    }
+);
+
+both_stores_with!(
+    a_burst_larger_than_the_queue_capacity_does_not_evict_readers,
+    |s| {
+        s.session_queue_capacity = 8;
+        s.ws_rate_per_sec = 100_000.0;
+        s.ws_rate_burst = 100_000.0;
+    },
+    |app| {
+        // Small messages (the socket buffers never fill) sent 32 at a time
+        // by one member, while another reads as fast as it can on its own
+        // thread: neither is a slow consumer, so neither may be evicted.
+        const TOTAL: usize = 640;
+        let id = app.create_room("burst").await["id"].as_u64().unwrap();
+        let mut listener = spawn_member(Plan {
+            port: app.port,
+            room_id: id,
+            nickname: "listener",
+            to_send: 0,
+            window: 0,
+            content: String::new(),
+            expected: TOTAL,
+            until_left: None,
+        });
+        listener.joined().await;
+        let mut sender = spawn_member(Plan {
+            port: app.port,
+            room_id: id,
+            nickname: "sender",
+            to_send: TOTAL,
+            window: 32,
+            content: "burst ".repeat(20),
+            expected: TOTAL,
+            until_left: None,
+        });
+        let listened = listener.report().await;
+        let sent = sender.report().await;
+        let expected: Vec<u64> = (1..=TOTAL as u64).collect();
+        assert_eq!(listened.ids, expected);
+        assert_eq!(sent.ids, expected);
+        assert_eq!(listened.left, Vec::<String>::new(), "nobody was evicted");
+        assert_eq!(app.member_names(id).await, ["listener", "sender"]);
+        listener.finish().await;
+        sender.finish().await;
     }
 );

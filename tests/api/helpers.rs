@@ -849,6 +849,23 @@ pub struct ClientThread<T> {
 }
 
 impl<T> ClientThread<T> {
+    /// For a client whose body failed: re-raises its panic (waiting at
+    /// most 10 s for the thread to end).
+    pub async fn take_panic(&mut self) {
+        let name = self.name.clone();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while self.handle.as_ref().is_some_and(|h| !h.is_finished()) {
+            if tokio::time::Instant::now() >= deadline {
+                panic!("client thread {name} is stuck");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if let Some(Err(panic)) = self.handle.take().map(std::thread::JoinHandle::join) {
+            std::panic::resume_unwind(panic);
+        }
+        panic!("client thread {name} ended without a result");
+    }
+
     /// The client's result; panics if it panicked or took longer than
     /// `limit`.
     pub async fn result(mut self, limit: Duration) -> T {

@@ -50,8 +50,13 @@ const REAP_LOCK: Duration = Duration::from_secs(30);
 pub enum RoomEvent {
     /// Messages stored by the origin, ids consecutive.
     Messages { messages: Vec<Message> },
-    /// A member joined on the origin; `socket` identifies the membership.
-    Joined { socket: String, member: Member },
+    /// A member joined on the origin; `socket` identifies the membership,
+    /// `join_seq` its place in the store's join order.
+    Joined {
+        socket: String,
+        member: Member,
+        join_seq: u64,
+    },
     /// A membership ended (left, disconnected or reaped).
     Left { socket: String, nickname: String },
 }

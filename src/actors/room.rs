@@ -112,6 +112,9 @@ pub struct CloseRoom;
 /// processes, which this actor only lists.
 struct MemberEntry {
     member: Member,
+    /// Place in the store's join order: the list is kept sorted by it, so
+    /// every process lists a room's members in the same order.
+    join_seq: u64,
     session_id: String,
     outbox: Option<Recipient<SessionEvent>>,
 }
@@ -262,6 +265,15 @@ impl RoomActor {
             .collect()
     }
 
+    /// Puts a member in its place in the join order (events from other
+    /// processes can arrive after a later local join).
+    fn insert_member(&mut self, entry: MemberEntry) {
+        let at = self
+            .members
+            .partition_point(|m| m.join_seq <= entry.join_seq);
+        self.members.insert(at, entry);
+    }
+
     /// Adds a member announced by the store or another process, replacing an
     /// older membership of the same nickname (nicknames are unique in the
     /// store, so a newer membership means the older one ended).
@@ -284,8 +296,9 @@ impl RoomActor {
         }
         .to_text();
         let refused = self.broadcast(&frame);
-        self.members.push(MemberEntry {
+        self.insert_member(MemberEntry {
             member: record.member,
+            join_seq: record.join_seq,
             session_id: record.socket_id,
             outbox: None,
         });
@@ -524,14 +537,16 @@ impl RoomActor {
         }
         .to_text();
         let mut removals = self.broadcast(&announce);
-        self.members.push(MemberEntry {
+        self.insert_member(MemberEntry {
             member: outcome.member.clone(),
+            join_seq: outcome.join_seq,
             session_id: msg.session_id.clone(),
             outbox: Some(msg.outbox.clone()),
         });
         self.publish(RoomEvent::Joined {
             socket: msg.session_id.clone(),
             member: outcome.member.clone(),
+            join_seq: outcome.join_seq,
         });
         let members: Vec<&Member> = self.members.iter().map(|m| &m.member).collect();
         let history: Vec<&Message> = self.history.iter().collect();
@@ -804,10 +819,15 @@ impl RoomActor {
             RoomEvent::Messages { messages } => {
                 self.accept(messages.into_iter().map(|m| (m, None)).collect(), ctx)
             }
-            RoomEvent::Joined { socket, member } => self.add_remote(
+            RoomEvent::Joined {
+                socket,
+                member,
+                join_seq,
+            } => self.add_remote(
                 MemberRecord {
                     member,
                     socket_id: socket,
+                    join_seq,
                 },
                 ctx,
             ),

@@ -18,6 +18,7 @@ use crate::domain::{Member, Message, MessageSeq, Room, RoomId, RoomTitle};
 
 struct StoredMember {
     member: Member,
+    join_seq: u64,
     socket_id: String,
     instance_id: String,
 }
@@ -32,6 +33,7 @@ struct StoredRoom {
 #[derive(Default)]
 struct Inner {
     next_room_id: RoomId,
+    next_join_seq: u64,
     rooms: BTreeMap<RoomId, StoredRoom>,
 }
 
@@ -47,6 +49,7 @@ impl MemoryStore {
         MemoryStore {
             inner: Mutex::new(Inner {
                 next_room_id: 1,
+                next_join_seq: 1,
                 rooms: BTreeMap::new(),
             }),
             history_limit: history_limit.max(1),
@@ -182,6 +185,7 @@ impl Store for MemoryStore {
         new: &NewMember,
     ) -> Result<JoinOutcome, StoreError> {
         let mut inner = self.lock();
+        let join_seq = inner.next_join_seq;
         let room = inner
             .rooms
             .get_mut(&room_id)
@@ -196,13 +200,17 @@ impl Store for MemoryStore {
         };
         room.members.push(StoredMember {
             member: member.clone(),
+            join_seq,
             socket_id: new.socket_id.clone(),
             instance_id: new.instance_id.clone(),
         });
         room.room.member_count = room.members.len() as u32;
+        let room = room.room.clone();
+        inner.next_join_seq += 1;
         Ok(JoinOutcome {
-            room: room.room.clone(),
+            room,
             member,
+            join_seq,
         })
     }
 
@@ -239,6 +247,7 @@ impl Store for MemoryStore {
                 .map(|m| MemberRecord {
                     member: m.member.clone(),
                     socket_id: m.socket_id.clone(),
+                    join_seq: m.join_seq,
                 })
                 .collect()
         })

@@ -82,6 +82,9 @@ pub struct NewMember {
 pub struct JoinOutcome {
     pub room: Room,
     pub member: Member,
+    /// The membership's place in the store's join order (increasing across
+    /// all rooms), so every process can list members in the same order.
+    pub join_seq: u64,
 }
 
 /// What a leave did.
@@ -113,6 +116,8 @@ pub struct RemovedMember {
 pub struct MemberRecord {
     pub member: Member,
     pub socket_id: String,
+    /// See [`JoinOutcome::join_seq`].
+    pub join_seq: u64,
 }
 
 /// A chat message about to be stored; the store assigns its id.

@@ -376,9 +376,9 @@ impl Store for MySqlStore {
 
     async fn member_records(&self, room_id: RoomId) -> Result<Vec<MemberRecord>, StoreError> {
         let call = self.with_conn(true, |mut conn| async move {
-            let found: Vec<(String, NaiveDateTime, String)> = rows(
+            let found: Vec<(String, NaiveDateTime, String, u64)> = rows(
                 &mut conn,
-                "SELECT nickname, join_time, socket_id FROM chatMember \
+                "SELECT nickname, join_time, socket_id, id FROM chatMember \
                  WHERE room_id = ? ORDER BY id",
                 (room_id,),
             )
@@ -394,12 +394,13 @@ impl Store for MySqlStore {
             .ok_or(StoreError::RoomNotFound(room_id))?;
         Ok(found
             .into_iter()
-            .map(|(nickname, joined, socket_id)| MemberRecord {
+            .map(|(nickname, joined, socket_id, join_seq)| MemberRecord {
                 member: Member {
                     nickname,
                     joined_at: from_db(joined),
                 },
                 socket_id,
+                join_seq,
             })
             .collect())
     }
@@ -564,6 +565,7 @@ async fn add_member_tx(
         }
         other => other?,
     }
+    let join_seq = tx.last_insert_id().unwrap_or_default();
     tx.exec_drop(
         "UPDATE chatRoom SET join_member_count = join_member_count + 1 WHERE id = ?",
         (room_id,),
@@ -578,6 +580,7 @@ async fn add_member_tx(
             nickname: nickname.to_owned(),
             joined_at: from_db(joined_at),
         },
+        join_seq,
     }))
 }
 

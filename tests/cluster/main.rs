@@ -6,7 +6,10 @@
 mod helpers;
 mod procs;
 
+mod crash;
 mod cross_process;
 mod lifecycle;
+mod member_lists;
 mod ops;
 mod order;
+mod redis_outage;

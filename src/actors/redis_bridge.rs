@@ -14,8 +14,9 @@
 //!   `REAP_INTERVAL_MS` for instances that hold members in the store but have
 //!   no key; one of them (a `SET NX` lock) removes those members, which
 //!   deletes rooms left empty, and announces each removal on the room's
-//!   channel. A survivor reaps only after being connected for a full TTL,
-//!   so instances that were merely cut off from Redis get time to renew.
+//!   channel. A survivor reaps only after being connected for a full TTL
+//!   plus the longest reconnection backoff, so instances that were merely cut
+//!   off from Redis get time to come back and renew.
 //! - **Outages.** When the subscription connection drops, the bridge
 //!   reconnects with backoff, re-subscribes every room and tells each room to
 //!   resynchronize from the store (messages after the last one delivered, the
@@ -420,9 +421,11 @@ impl RedisBridge {
     /// Finds instances that hold members but have no liveness key, and
     /// removes their members (one survivor per dead instance, by lock).
     fn reap(&mut self, ctx: &mut Context<Self>) {
-        let settled = self.connected_at.is_some_and(|t| {
-            t.elapsed() >= self.config.liveness_ttl + self.config.liveness_refresh
-        });
+        // After a Redis outage every liveness key is gone; the others may
+        // still be in their reconnection backoff (up to MAX_BACKOFF). Reap
+        // only once each of them has had time to reconnect and renew.
+        let settle = self.config.liveness_ttl + self.config.liveness_refresh + MAX_BACKOFF;
+        let settled = self.connected_at.is_some_and(|t| t.elapsed() >= settle);
         if !settled {
             return;
         }

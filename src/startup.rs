@@ -55,6 +55,12 @@ impl Application {
     /// Must run inside an actix system.
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
         let settings = Arc::new(settings);
+        // Checked before anything starts, so a bad setup fails cleanly.
+        let mut templates = Handlebars::new();
+        let template_path = format!("{}/chat.hbs", settings.templates_dir);
+        templates
+            .register_template_file("chat", &template_path)
+            .map_err(|e| StartupError::Template(template_path.clone(), e.to_string()))?;
         if settings.redis_url.is_some() && settings.mysql_url.is_none() {
             // Each process's memory store would be a different world.
             return Err(StartupError::Bus(
@@ -113,12 +119,6 @@ impl Application {
         )
         .start();
 
-        let mut templates = Handlebars::new();
-        let template_path = format!("{}/chat.hbs", settings.templates_dir);
-        templates
-            .register_template_file("chat", &template_path)
-            .map_err(|e| StartupError::Template(template_path.clone(), e.to_string()))?;
-
         let state = Arc::new(AppState {
             room_create_limiter: KeyedLimiter::new(
                 settings.room_create_rate_per_sec,
@@ -150,6 +150,9 @@ impl Application {
                 .configure(|cfg| crate::http::configure(cfg, &static_dir))
         })
         .workers(settings.workers.unwrap_or(cpus))
+        // Chat frames are small and latency matters: do not let Nagle's
+        // algorithm hold them back waiting for the client's delayed ACK.
+        .tcp_nodelay(true)
         .disable_signals()
         .shutdown_timeout(5)
         .listen(listener)

@@ -94,6 +94,9 @@ pub struct Chat {
 #[rtype(result = "()")]
 pub struct Leave {
     pub session_id: String,
+    /// Completed once the leave is recorded (or found moot), so a client
+    /// told `left` also sees it gone over REST.
+    pub done: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 /// The members on every process, in join order (answers
@@ -911,10 +914,21 @@ impl Handler<Leave> for RoomActor {
         let local = self
             .position(&msg.session_id)
             .is_some_and(|i| self.members[i].outbox.is_some());
-        if local {
+        if let Some(done) = msg.done {
+            // Answered once the leave step (queued by `remove_members`
+            // below, or already queued) has run: steps run in order.
+            let step: StoreStep = Box::new(move |_: &mut RoomActor, _: &mut Context<RoomActor>| {
+                let _ = done.send(());
+                Box::pin(actix::fut::ready(()))
+            });
+            if local {
+                self.remove_members(vec![(msg.session_id, Removal::Gone)], ctx);
+            }
+            self.enqueue_step(step, ctx);
+        } else if local {
             self.remove_members(vec![(msg.session_id, Removal::Gone)], ctx);
-            self.stop_if_idle(ctx);
         }
+        self.stop_if_idle(ctx);
     }
 }
 

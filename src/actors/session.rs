@@ -79,6 +79,9 @@ pub struct ChatSession {
     /// The room a `join`/`create` in flight is for (0 while the room of a
     /// `create` is being made).
     joining: Option<RoomId>,
+    /// The room an explicit `leave` in flight is for: its `left` waits
+    /// until the room has recorded the leave.
+    leaving: Option<RoomId>,
     last_heard: Instant,
     rate: TokenBucket,
     /// Frames received while a join is in progress, replayed after it.
@@ -98,6 +101,7 @@ impl ChatSession {
             peer,
             current: None,
             joining: None,
+            leaving: None,
             last_heard: Instant::now(),
             rate,
             queued: VecDeque::new(),
@@ -137,7 +141,7 @@ impl ChatSession {
     }
 
     fn on_frame(&mut self, frame: ClientFrame, ctx: &mut WebsocketContext<Self>) {
-        if self.joining.is_some() && frame.command != ClientCommand::Ping {
+        if self.busy() && frame.command != ClientCommand::Ping {
             if self.queued.len() >= MAX_QUEUED_WHILE_JOINING {
                 let e = ChatError::RateLimited("too many frames while joining".into());
                 self.send_error(ctx, &e, frame.reference.as_deref());
@@ -180,11 +184,7 @@ impl ChatSession {
                 }
                 None => self.send_error(ctx, &ChatError::NotInRoom, reference.as_deref()),
             },
-            ClientCommand::Leave => {
-                if !self.leave_current(reference.as_deref(), ctx) {
-                    self.send_error(ctx, &ChatError::NotInRoom, reference.as_deref());
-                }
-            }
+            ClientCommand::Leave => self.leave_and_confirm(reference, ctx),
             ClientCommand::Join { room_id, nickname } => {
                 // Rejoining the room you are in: leave first, or the join
                 // would collide with your own nickname.
@@ -213,6 +213,38 @@ impl ChatSession {
         }
     }
 
+    /// An explicit `leave`: `left` is sent once the room has recorded it, so
+    /// the client that reads `left` and then asks the REST API no longer
+    /// finds itself listed. Frames sent meanwhile wait, as during a join.
+    fn leave_and_confirm(&mut self, reference: Option<String>, ctx: &mut WebsocketContext<Self>) {
+        let Some(CurrentRoom { room_id, room }) = self.current.take() else {
+            self.send_error(ctx, &ChatError::NotInRoom, reference.as_deref());
+            return;
+        };
+        let (done, recorded) = tokio::sync::oneshot::channel();
+        room.do_send(Leave {
+            session_id: self.id.clone(),
+            done: Some(done),
+        });
+        self.leaving = Some(room_id);
+        // Bounded: a store outage delays `left`, it never withholds it.
+        let wait = self.app.settings.store_timeout * 2;
+        let fut = async move {
+            let _ = tokio::time::timeout(wait, recorded).await;
+        };
+        ctx.spawn(fut.into_actor(self).map(move |(), act, ctx| {
+            let reference = reference.as_deref();
+            ctx.text(ServerFrame::Left { room_id, reference }.to_text());
+            act.leaving = None;
+            act.replay_queued(ctx);
+        }));
+    }
+
+    /// A join or an explicit leave is in flight: client frames wait.
+    fn busy(&self) -> bool {
+        self.joining.is_some() || self.leaving.is_some()
+    }
+
     /// Leaves the current room and says so with `left` (carrying
     /// `reference`: the `leave`'s own, or none when the leave is implied by
     /// joining elsewhere). False when in no room.
@@ -222,6 +254,7 @@ impl ChatSession {
         };
         room.do_send(Leave {
             session_id: self.id.clone(),
+            done: None,
         });
         ctx.text(ServerFrame::Left { room_id, reference }.to_text());
         true
@@ -277,7 +310,7 @@ impl ChatSession {
     /// Handles the frames that arrived while joining, in order, until one
     /// of them starts another join.
     fn replay_queued(&mut self, ctx: &mut WebsocketContext<Self>) {
-        while self.joining.is_none() {
+        while !self.busy() {
             let Some(frame) = self.queued.pop_front() else {
                 break;
             };
@@ -349,6 +382,7 @@ impl Actor for ChatSession {
             if current.room.connected() {
                 current.room.do_send(Leave {
                     session_id: self.id.clone(),
+                    done: None,
                 });
             } else {
                 self.remove_membership_directly(current.room_id);
@@ -405,6 +439,7 @@ impl Handler<SessionEvent> for ChatSession {
                     // Stale: give the seat back.
                     room.do_send(Leave {
                         session_id: self.id.clone(),
+                        done: None,
                     });
                 }
             }

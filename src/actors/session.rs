@@ -82,6 +82,8 @@ pub struct ChatSession {
     /// The room an explicit `leave` in flight is for: its `left` waits
     /// until the room has recorded the leave.
     leaving: Option<RoomId>,
+    /// Counts join attempts, so a watchdog can tell its join from a later one.
+    join_attempt: u64,
     last_heard: Instant,
     rate: TokenBucket,
     /// Frames received while a join is in progress, replayed after it.
@@ -102,6 +104,7 @@ impl ChatSession {
             current: None,
             joining: None,
             leaving: None,
+            join_attempt: 0,
             last_heard: Instant::now(),
             rate,
             queued: VecDeque::new(),
@@ -272,6 +275,8 @@ impl ChatSession {
         ctx: &mut WebsocketContext<Self>,
     ) {
         self.joining = Some(room_id);
+        self.join_attempt += 1;
+        let this_attempt = self.join_attempt;
         let manager = self.app.manager.clone();
         let join = Join {
             session_id: self.id.clone(),
@@ -285,7 +290,20 @@ impl ChatSession {
         };
         ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
             let retry = match res {
-                Ok(Ok(Ok(()))) => return, // the outcome arrives as a SessionEvent
+                Ok(Ok(Ok(()))) => {
+                    // The outcome arrives as a SessionEvent. Should the room
+                    // die before answering, do not leave the client (and its
+                    // queued frames) waiting forever.
+                    let wait = act.app.settings.store_timeout * 3;
+                    ctx.run_later(wait, move |act, ctx| {
+                        if act.join_attempt == this_attempt && act.joining == Some(room_id) {
+                            let e =
+                                ChatError::Unavailable(format!("room {room_id} did not answer"));
+                            act.join_failed(error_frame(&e, reference.as_deref()), ctx);
+                        }
+                    });
+                    return;
+                }
                 Ok(Ok(Err(RoomClosing))) | Ok(Err(_)) => true,
                 Err(_) => false,
             };

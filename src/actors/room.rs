@@ -339,22 +339,17 @@ impl RoomActor {
                         self.leave_step(session_id, ctx);
                     }
                 }
-                Removal::Forget | Removal::Lost => {
-                    self.drop_entry(&session_id, why, ctx);
-                }
+                Removal::Forget | Removal::Lost => self.drop_entry(&session_id, why, ctx),
             }
         }
     }
 
-    /// Takes a member out of the list and tells the local members; returns
-    /// its nickname if it was listed.
-    fn drop_entry(
-        &mut self,
-        session_id: &str,
-        why: Removal,
-        ctx: &mut Context<Self>,
-    ) -> Option<String> {
-        let index = self.position(session_id)?;
+    /// Takes a member out of the list (if listed) and tells the local
+    /// members.
+    fn drop_entry(&mut self, session_id: &str, why: Removal, ctx: &mut Context<Self>) {
+        let Some(index) = self.position(session_id) else {
+            return;
+        };
         let gone = self.members.remove(index);
         if let (Some(outbox), Removal::Lost) = (&gone.outbox, why) {
             outbox.do_send(SessionEvent::Evicted {
@@ -370,7 +365,6 @@ impl RoomActor {
         .to_text();
         let refused = self.broadcast(&frame);
         self.remove_members(refused, ctx);
-        Some(gone.member.nickname)
     }
 
     /// Queues a store write behind the ones already waiting.

@@ -192,7 +192,7 @@ impl ChatSession {
                 // Rejoining the room you are in: leave first, or the join
                 // would collide with your own nickname.
                 if self.current.as_ref().is_some_and(|c| c.room_id == room_id) {
-                    self.leave_current(None, ctx);
+                    self.leave_current(ctx);
                 }
                 self.begin_join(room_id, nickname, reference, 1, ctx);
             }
@@ -248,19 +248,24 @@ impl ChatSession {
         self.joining.is_some() || self.leaving.is_some()
     }
 
-    /// Leaves the current room and says so with `left` (carrying
-    /// `reference`: the `leave`'s own, or none when the leave is implied by
-    /// joining elsewhere). False when in no room.
-    fn leave_current(&mut self, reference: Option<&str>, ctx: &mut WebsocketContext<Self>) -> bool {
+    /// Leaves the current room, if any, as part of joining one: `left`
+    /// (without `ref`, which belongs to the join) goes out at once, with no
+    /// wait for the room to record it (see `leave_and_confirm`).
+    fn leave_current(&mut self, ctx: &mut WebsocketContext<Self>) {
         let Some(CurrentRoom { room_id, room }) = self.current.take() else {
-            return false;
+            return;
         };
         room.do_send(Leave {
             session_id: self.id.clone(),
             done: None,
         });
-        ctx.text(ServerFrame::Left { room_id, reference }.to_text());
-        true
+        ctx.text(
+            ServerFrame::Left {
+                room_id,
+                reference: None,
+            }
+            .to_text(),
+        );
     }
 
     /// Asks the manager for the room's actor and the actor for a seat. If
@@ -448,7 +453,7 @@ impl Handler<SessionEvent> for ChatSession {
                 if self.joining == Some(room_id) {
                     // One room at a time: the old room is left only now
                     // that the new one has accepted.
-                    self.leave_current(None, ctx);
+                    self.leave_current(ctx);
                     ctx.text(frame);
                     self.current = Some(CurrentRoom { room_id, room });
                     self.joining = None;

@@ -43,9 +43,14 @@ pub struct Settings {
     /// `ROOM_CREATE_RATE_PER_SEC` / `ROOM_CREATE_BURST`: rooms per client IP.
     pub room_create_rate_per_sec: f64,
     pub room_create_burst: f64,
-    /// `SESSION_QUEUE_CAPACITY`: outbound batches a session may have queued
-    /// before it counts as a slow consumer and is disconnected.
+    /// `SESSION_QUEUE_CAPACITY`: events a session's mailbox holds; a room
+    /// that finds it full (the session's thread is not keeping up) closes
+    /// the session as a slow consumer.
     pub session_queue_capacity: usize,
+    /// `SESSION_BUFFER_BYTES`: bytes of frames that may wait for a socket
+    /// once the kernel's send buffer is full, before the client is closed
+    /// as a slow consumer (1008).
+    pub session_buffer_bytes: usize,
     /// `STORE_TIMEOUT_MS`: longest wait for one store call before answering
     /// `unavailable`.
     pub store_timeout: Duration,
@@ -121,6 +126,7 @@ impl Settings {
             room_create_rate_per_sec: env.parse("ROOM_CREATE_RATE_PER_SEC", 10.0)?,
             room_create_burst: env.parse("ROOM_CREATE_BURST", 1000.0)?,
             session_queue_capacity: env.parse("SESSION_QUEUE_CAPACITY", 1024)?,
+            session_buffer_bytes: env.parse("SESSION_BUFFER_BYTES", 512 * 1024)?,
             store_timeout: Duration::from_millis(env.parse("STORE_TIMEOUT_MS", 5000)?),
             static_dir: env.string("STATIC_DIR").unwrap_or_else(|| "static".into()),
             templates_dir: env

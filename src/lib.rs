@@ -1,8 +1,10 @@
 //! A chat server on the actix actor model.
 //!
 //! Module map (follow one chat message top to bottom):
-//! - [`http::ws`] upgrades `GET /ws` into a [`actors::session::ChatSession`],
-//!   one actor per socket: it parses frames ([`protocol`]) into validated
+//! - [`http::ws`] takes `GET /ws` upgrades over from actix-http and starts a
+//!   [`actors::session::ChatSession`], one actor per socket, which drives
+//!   the socket through [`ws`] (handshake, framing, bounded queues); it
+//!   parses frames ([`protocol`]) into validated
 //!   commands ([`domain`]), applies the rate limit ([`rate_limit`]) and the
 //!   heartbeat, and keeps the connection's state (lobby, joining, in a room).
 //! - [`actors::room_manager::RoomManager`], one per process, finds or
@@ -27,3 +29,4 @@ pub mod protocol;
 pub mod rate_limit;
 pub mod startup;
 pub mod store;
+pub mod ws;

@@ -2,6 +2,7 @@
 //! into typed, validated commands, and every server frame is serialized
 //! here. Nothing else in the server touches raw JSON of the socket.
 
+use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -210,14 +211,31 @@ impl ServerFrame<'_> {
     }
 }
 
-/// An `error` frame for `error`, echoing `reference`.
-pub fn error_frame(error: &ChatError, reference: Option<&str>) -> ByteString {
+impl ServerFrame<'_> {
+    /// The frame as one WebSocket text frame, ready for the socket.
+    pub fn to_wire(&self) -> Bytes {
+        crate::ws::frame::text(&self.to_text())
+    }
+
+    /// Appends the frame, as a WebSocket text frame, to a batch that will be
+    /// written to many sockets.
+    pub fn append_wire(&self, batch: &mut BytesMut) {
+        crate::ws::frame::encode_into(
+            batch,
+            crate::ws::frame::OpCode::Text,
+            self.to_text().as_bytes(),
+        );
+    }
+}
+
+/// An `error` frame for `error`, echoing `reference`, as wire bytes.
+pub fn error_frame(error: &ChatError, reference: Option<&str>) -> Bytes {
     ServerFrame::Error {
         code: error.code(),
         message: &error.client_message(),
         reference,
     }
-    .to_text()
+    .to_wire()
 }
 
 #[cfg(test)]

@@ -8,12 +8,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use actix_web::{dev::ServerHandle, middleware::DefaultHeaders, web, App, HttpServer};
+use actix_http::{HttpService, KeepAlive};
+use actix_server::{Server, ServerHandle};
+use actix_service::{fn_service, map_config};
+use actix_web::dev::AppConfig;
+use actix_web::{middleware::DefaultHeaders, web, App};
 use handlebars::Handlebars;
 
 use crate::actors::redis_bridge::{AnnounceRemoved, BridgeConfig, BusHealth, RedisBridge};
 use crate::actors::room::RoomConfig;
 use crate::actors::room_manager::{RoomManager, Shutdown};
+use crate::actors::session::OpenSessions;
 use crate::config::Settings;
 use crate::rate_limit::KeyedLimiter;
 use crate::store::{MemoryStore, MySqlStore, SharedStore};
@@ -25,6 +30,8 @@ pub struct AppState {
     pub manager: Addr<RoomManager>,
     pub room_create_limiter: KeyedLimiter<std::net::IpAddr>,
     pub next_session: AtomicU64,
+    /// Every open WebSocket of this process, for shutdown.
+    pub sessions: OpenSessions,
     pub templates: Handlebars<'static>,
     /// `None` when running alone (no `REDIS_URL`).
     pub bus_health: Option<BusHealth>,
@@ -46,7 +53,7 @@ pub enum StartupError {
 /// A bound, running server.
 pub struct Application {
     port: u16,
-    server: actix_web::dev::Server,
+    server: Server,
     state: Arc<AppState>,
 }
 
@@ -128,9 +135,12 @@ impl Application {
             store,
             manager,
             next_session: AtomicU64::new(1),
+            sessions: OpenSessions::default(),
             templates,
             bus_health: bus.as_ref().map(|_| bus_health.clone()),
         });
+
+        OpenSessions::run_heartbeat(Arc::downgrade(&state), settings.heartbeat_interval);
 
         let address = format!("{}:{}", settings.host, settings.port);
         let listener =
@@ -139,25 +149,48 @@ impl Application {
             .local_addr()
             .map_err(|e| StartupError::Bind(address.clone(), e))?
             .port();
-        let data = web::Data::from(state.clone());
-        let static_dir = settings.static_dir.clone();
-        let instance = settings.instance_id.clone();
-        let server = HttpServer::new(move || {
-            App::new()
-                .app_data(data.clone())
-                // Which process answered: for operators behind a balancer.
-                .wrap(DefaultHeaders::new().add(("X-Chat-Instance", instance.as_str())))
-                .configure(|cfg| crate::http::configure(cfg, &static_dir))
-        })
-        .workers(settings.workers.unwrap_or(cpus))
-        // Chat frames are small and latency matters: do not let Nagle's
-        // algorithm hold them back waiting for the client's delayed ACK.
-        .tcp_nodelay(true)
-        .disable_signals()
-        .shutdown_timeout(5)
-        .listen(listener)
-        .map_err(|e| StartupError::Bind(address, e))?
-        .run();
+        let local_addr = listener
+            .local_addr()
+            .map_err(|e| StartupError::Bind(address.clone(), e))?;
+        let app_state = state.clone();
+        let server = Server::build()
+            .workers(settings.workers.unwrap_or(cpus))
+            .disable_signals()
+            .shutdown_timeout(5)
+            .listen("chat", listener, move || {
+                let data = web::Data::from(app_state.clone());
+                let static_dir = app_state.settings.static_dir.clone();
+                let instance = app_state.settings.instance_id.clone();
+                let app = App::new()
+                    .app_data(data)
+                    // Which process answered: for operators behind a balancer.
+                    .wrap(DefaultHeaders::new().add(("X-Chat-Instance", instance.as_str())))
+                    .configure(|cfg| crate::http::configure(cfg, &static_dir));
+                let ws_state = app_state.clone();
+                HttpService::build()
+                    .keep_alive(KeepAlive::Timeout(Duration::from_secs(5)))
+                    .client_request_timeout(Duration::from_secs(5))
+                    .client_disconnect_timeout(Duration::from_secs(1))
+                    // Chat frames are small and latency matters: do not let
+                    // Nagle's algorithm hold them back waiting for the
+                    // client's delayed ACK.
+                    .tcp_nodelay(true)
+                    .local_addr(local_addr)
+                    // WebSocket upgrades leave actix-http with their socket.
+                    .upgrade(fn_service(move |(req, framed)| {
+                        let state = ws_state.clone();
+                        async move {
+                            if let Err(e) = crate::http::ws::upgrade(state, req, framed).await {
+                                log::debug!("WebSocket handshake not completed: {e}");
+                            }
+                            Ok::<(), actix_http::Error>(())
+                        }
+                    }))
+                    .finish(map_config(app, |_| AppConfig::default()))
+                    .tcp()
+            })
+            .map_err(|e| StartupError::Bind(address, e))?
+            .run();
         Ok(Application {
             port,
             server,
@@ -174,7 +207,7 @@ impl Application {
     pub fn stopper(&self) -> Stopper {
         Stopper {
             handle: self.server.handle(),
-            manager: self.state.manager.clone(),
+            state: self.state.clone(),
         }
     }
 
@@ -196,15 +229,18 @@ impl Application {
 #[derive(Clone)]
 pub struct Stopper {
     handle: ServerHandle,
-    manager: Addr<RoomManager>,
+    state: Arc<AppState>,
 }
 
 impl Stopper {
-    /// Runs the shutdown sequence.
+    /// Runs the shutdown sequence: rooms record their members' departure,
+    /// then every socket (in a room or not) is closed with 1001, then the
+    /// listener and the HTTP workers stop.
     pub async fn stop(&self) {
-        if let Err(e) = self.manager.send(Shutdown).await {
+        if let Err(e) = self.state.manager.send(Shutdown).await {
             log::warn!("room manager did not answer shutdown: {e}");
         }
+        self.state.sessions.close_all(Duration::from_secs(3)).await;
         self.handle.stop(true).await;
     }
 }

@@ -35,7 +35,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use bytestring::ByteString;
+use bytes::{Bytes, BytesMut};
 
 use super::redis_bridge::{BusSignal, Publish, RedisBridge, RoomEvent, Subscribe, Unsubscribe};
 use super::room_manager::{RoomManager, RoomStopped};
@@ -240,17 +240,17 @@ impl RoomActor {
         }
     }
 
-    /// Offers one batch of frames to a local member without waiting;
-    /// returns the member if its mailbox refused.
+    /// Offers one batch of frames (wire bytes) to a local member without
+    /// waiting; returns the member if its mailbox refused.
     fn offer(
         &self,
         session_id: &str,
         outbox: &Recipient<SessionEvent>,
-        frames: Arc<[ByteString]>,
+        wire: Bytes,
     ) -> Option<(String, Removal)> {
         let event = SessionEvent::Frames {
             room_id: self.room_id,
-            frames,
+            wire,
         };
         match outbox.try_send(event) {
             Ok(()) => None,
@@ -261,10 +261,9 @@ impl RoomActor {
 
     /// Sends `frame` to every local member; returns those whose mailbox
     /// refused it.
-    fn broadcast(&self, frame: &ByteString) -> Vec<(String, Removal)> {
-        let frames: Arc<[ByteString]> = Arc::from(vec![frame.clone()]);
+    fn broadcast(&self, wire: &Bytes) -> Vec<(String, Removal)> {
         self.local()
-            .filter_map(|(m, outbox)| self.offer(&m.session_id, outbox, frames.clone()))
+            .filter_map(|(m, outbox)| self.offer(&m.session_id, outbox, wire.clone()))
             .collect()
     }
 
@@ -297,7 +296,7 @@ impl RoomActor {
             room_id: self.room_id,
             member: &record.member,
         }
-        .to_text();
+        .to_wire();
         let refused = self.broadcast(&frame);
         self.insert_member(MemberEntry {
             member: record.member,
@@ -330,7 +329,7 @@ impl RoomActor {
                         log::info!("room {}: closing slow consumer {session_id}", self.room_id);
                         outbox.do_send(SessionEvent::Evicted {
                             room_id: self.room_id,
-                            code: actix_web_actors::ws::CloseCode::Policy,
+                            code: crate::ws::CloseCode::Policy,
                             reason: "slow consumer: not reading fast enough",
                         });
                     }
@@ -354,7 +353,7 @@ impl RoomActor {
         if let (Some(outbox), Removal::Lost) = (&gone.outbox, why) {
             outbox.do_send(SessionEvent::Evicted {
                 room_id: self.room_id,
-                code: actix_web_actors::ws::CloseCode::Restart,
+                code: crate::ws::CloseCode::Restart,
                 reason: "membership lost while the cluster was unreachable; rejoin",
             });
         }
@@ -362,7 +361,7 @@ impl RoomActor {
             room_id: self.room_id,
             nickname: &gone.member.nickname,
         }
-        .to_text();
+        .to_wire();
         let refused = self.broadcast(&frame);
         self.remove_members(refused, ctx);
     }
@@ -532,7 +531,7 @@ impl RoomActor {
             room_id: self.room_id,
             member: &outcome.member,
         }
-        .to_text();
+        .to_wire();
         let mut removals = self.broadcast(&announce);
         self.insert_member(MemberEntry {
             member: outcome.member.clone(),
@@ -554,7 +553,7 @@ impl RoomActor {
             history: &history,
             reference,
         }
-        .to_text();
+        .to_wire();
         let joined = SessionEvent::Joined {
             room_id: self.room_id,
             room: ctx.address(),
@@ -630,8 +629,8 @@ impl RoomActor {
                 .position(&s.session_id)
                 .and_then(|i| self.members[i].outbox.as_ref())
             {
-                let frames = Arc::from(vec![error_frame(&error, s.reference.as_deref())]);
-                removals.extend(self.offer(&s.session_id, outbox, frames));
+                let wire = error_frame(&error, s.reference.as_deref());
+                removals.extend(self.offer(&s.session_id, outbox, wire));
             }
         }
         self.remove_members(removals, ctx);
@@ -704,21 +703,24 @@ impl RoomActor {
         }));
     }
 
-    /// Fans delivered messages out: each serialized once and shared by every
-    /// local member; only a sender that gave a `ref` gets its own copy of its
-    /// echo.
+    /// Fans delivered messages out: the batch is serialized and framed once
+    /// and the same bytes go to every local member; only a sender that gave
+    /// a `ref` gets its own copy, with its echo.
     fn deliver(&mut self, ready: Vec<(Message, Option<Sender>)>, ctx: &mut Context<Self>) {
-        let shared: Vec<ByteString> = ready
-            .iter()
-            .map(|(message, _)| {
-                ServerFrame::Message {
-                    message,
-                    reference: None,
-                }
-                .to_text()
-            })
-            .collect();
-        let mut personal: Vec<(&str, Vec<ByteString>)> = Vec::new();
+        let mut shared = BytesMut::new();
+        let mut bounds = Vec::with_capacity(ready.len());
+        for (message, _) in &ready {
+            let start = shared.len();
+            let frame = ServerFrame::Message {
+                message,
+                reference: None,
+            };
+            frame.append_wire(&mut shared);
+            bounds.push(start..shared.len());
+        }
+        let shared = shared.freeze();
+        // Senders with a `ref`, each with the positions of its own messages.
+        let mut personal: Vec<(&str, Vec<(usize, Bytes)>)> = Vec::new();
         for (i, (message, sender)) in ready.iter().enumerate() {
             let Some((session, reference)) = sender
                 .as_ref()
@@ -730,24 +732,29 @@ impl RoomActor {
                 message,
                 reference: Some(reference),
             }
-            .to_text();
+            .to_wire();
             match personal.iter_mut().find(|(s, _)| *s == session) {
-                Some((_, frames)) => frames[i] = own,
-                None => {
-                    let mut frames = shared.clone();
-                    frames[i] = own;
-                    personal.push((session, frames));
-                }
+                Some((_, own_frames)) => own_frames.push((i, own)),
+                None => personal.push((session, vec![(i, own)])),
             }
         }
-        let shared: Arc<[ByteString]> = Arc::from(shared);
+        let batch = |own: &[(usize, Bytes)]| -> Bytes {
+            let mut wire = BytesMut::with_capacity(shared.len() + 64 * own.len());
+            for (i, range) in bounds.iter().enumerate() {
+                match own.iter().find(|(at, _)| *at == i) {
+                    Some((_, mine)) => wire.extend_from_slice(mine),
+                    None => wire.extend_from_slice(&shared[range.clone()]),
+                }
+            }
+            wire.freeze()
+        };
         let mut removals = Vec::new();
         for (m, outbox) in self.local() {
-            let frames = match personal.iter().position(|(s, _)| *s == m.session_id) {
-                Some(p) => Arc::from(personal.swap_remove(p).1),
+            let wire = match personal.iter().position(|(s, _)| *s == m.session_id) {
+                Some(p) => batch(&personal.swap_remove(p).1),
                 None => shared.clone(),
             };
-            removals.extend(self.offer(&m.session_id, outbox, frames));
+            removals.extend(self.offer(&m.session_id, outbox, wire));
         }
         let keep = self.config.history_on_join;
         for (message, _) in ready {

@@ -3,22 +3,19 @@
 //! joining, in a room), enforces the per-connection rate limit and the
 //! heartbeat, and writes the frames its room sends it.
 //!
-//! Backpressure: the session's mailbox is bounded
-//! (`SESSION_QUEUE_CAPACITY`). actix-http polls this actor only while the
-//! socket can take more bytes, so a client that stops reading stops the
-//! mailbox from draining; the room then finds it full and closes the
-//! session as a slow consumer instead of buffering without bound.
+//! The socket itself is driven by its [`Transport`] from inside this actor:
+//! a room's frames arrive as shared wire bytes and are queued by reference;
+//! a client that falls too far behind is closed with 1008 by the transport
+//! (see `ws/transport.rs` for the bound and the close rules).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use actix::prelude::*;
-use actix_http::ws::Item;
-use actix_web_actors::ws::{self, CloseCode, CloseReason, ProtocolError, WebsocketContext};
-use bytes::{Bytes, BytesMut};
-use bytestring::ByteString;
+use actix::WeakAddr;
+use bytes::Bytes;
 
 use super::room::{Chat, Join, Leave, RoomActor, RoomClosing};
 use super::room_manager::GetRoom;
@@ -27,6 +24,7 @@ use crate::error::ChatError;
 use crate::protocol::{error_frame, parse_client_frame, ClientCommand, ClientFrame, ServerFrame};
 use crate::rate_limit::TokenBucket;
 use crate::startup::AppState;
+use crate::ws::{CloseCode, Transport, WsActor};
 
 /// Client frames held while a join is in progress; beyond this a client is
 /// sending faster than any chat needs.
@@ -38,19 +36,17 @@ const MAX_JOIN_ATTEMPTS: u32 = 20;
 #[derive(Message)]
 #[rtype(result = "()")]
 pub enum SessionEvent {
-    /// Frames of `room_id`, in order; shared bytes, serialized once.
-    Frames {
-        room_id: RoomId,
-        frames: Arc<[ByteString]>,
-    },
-    /// The join succeeded; `frame` is the `joined` frame.
+    /// Frames of `room_id`, in order, as wire bytes: encoded once by the
+    /// room and shared by all its members.
+    Frames { room_id: RoomId, wire: Bytes },
+    /// The join succeeded; `frame` is the `joined` frame (wire bytes).
     Joined {
         room_id: RoomId,
         room: Addr<RoomActor>,
-        frame: ByteString,
+        frame: Bytes,
     },
-    /// The join failed; `frame` is the `error` frame.
-    JoinFailed { room_id: RoomId, frame: ByteString },
+    /// The join failed; `frame` is the `error` frame (wire bytes).
+    JoinFailed { room_id: RoomId, frame: Bytes },
     /// Removed from `room_id` by the room (too slow a reader, or the
     /// membership was lost): close the socket with `code`.
     Evicted {
@@ -60,6 +56,8 @@ pub enum SessionEvent {
     },
     /// The server is shutting down.
     ServerShutdown,
+    /// Time to ping, or to drop a client that has gone silent.
+    Heartbeat,
 }
 
 /// The room a connection is in.
@@ -70,6 +68,9 @@ struct CurrentRoom {
 
 /// One WebSocket connection.
 pub struct ChatSession {
+    /// This process's number for the connection (see [`OpenSessions`]).
+    number: u64,
+    /// The connection's id in the store and on the bus: instance and number.
     id: String,
     app: Arc<AppState>,
     peer: Option<IpAddr>,
@@ -84,48 +85,69 @@ pub struct ChatSession {
     leaving: Option<RoomId>,
     /// Counts join attempts, so a watchdog can tell its join from a later one.
     join_attempt: u64,
-    last_heard: Instant,
     rate: TokenBucket,
     /// Frames received while a join is in progress, replayed after it.
     queued: VecDeque<ClientFrame>,
-    /// A fragmented text message being reassembled.
-    fragments: Option<BytesMut>,
+    transport: Transport,
+    /// Set while a mailbox message is handled (see
+    /// `Transport::send_from_handler`).
+    in_handler: bool,
 }
 
 impl ChatSession {
-    /// A session for a freshly upgraded socket.
-    pub fn new(id: String, app: Arc<AppState>, peer: Option<IpAddr>) -> Self {
+    /// A session for a freshly upgraded socket; `number` is unique in this
+    /// process.
+    pub fn new(
+        number: u64,
+        app: Arc<AppState>,
+        peer: Option<IpAddr>,
+        transport: Transport,
+    ) -> Self {
         let s = &app.settings;
         let rate = TokenBucket::new(s.ws_rate_per_sec, s.ws_rate_burst);
         ChatSession {
-            id,
+            number,
+            id: format!("{}:{number}", s.instance_id),
             app,
             peer,
             current: None,
             joining: None,
             leaving: None,
             join_attempt: 0,
-            last_heard: Instant::now(),
             rate,
             queued: VecDeque::new(),
-            fragments: None,
+            transport,
+            in_handler: false,
         }
     }
 
-    fn send_error(&self, ctx: &mut WebsocketContext<Self>, e: &ChatError, reference: Option<&str>) {
-        ctx.text(error_frame(e, reference));
+    /// Queues wire bytes for the client. A client too far behind is being
+    /// closed by the transport: give up the room at once.
+    fn send(&mut self, wire: Bytes, ctx: &mut Context<Self>) {
+        let sent = if self.in_handler {
+            self.transport.send_from_handler(wire, ctx)
+        } else {
+            self.transport.send(wire, ctx)
+        };
+        if !sent {
+            log::info!("session {}: closing slow consumer", self.id);
+            self.release(ctx);
+        }
     }
 
-    fn close(&self, ctx: &mut WebsocketContext<Self>, code: CloseCode, why: &str) {
-        ctx.close(Some(CloseReason {
-            code,
-            description: Some(why.to_owned()),
-        }));
-        ctx.stop();
+    fn send_error(&mut self, ctx: &mut Context<Self>, e: &ChatError, reference: Option<&str>) {
+        self.send(error_frame(e, reference), ctx);
+    }
+
+    /// Closes the connection with `code`; the room is given up at once, the
+    /// socket once the close frame is out.
+    fn close(&mut self, ctx: &mut Context<Self>, code: CloseCode, why: &str) {
+        self.transport.close(code, why, ctx);
+        self.release(ctx);
     }
 
     /// Handles one complete text message from the client.
-    fn on_text(&mut self, text: &str, ctx: &mut WebsocketContext<Self>) {
+    fn handle_text(&mut self, text: &str, ctx: &mut Context<Self>) {
         let parsed = parse_client_frame(text, &self.app.settings.limits);
         if !self.rate.try_take() {
             // The reply still carries the frame's `ref` when it has one.
@@ -143,7 +165,7 @@ impl ChatSession {
         }
     }
 
-    fn on_frame(&mut self, frame: ClientFrame, ctx: &mut WebsocketContext<Self>) {
+    fn on_frame(&mut self, frame: ClientFrame, ctx: &mut Context<Self>) {
         if self.busy() && frame.command != ClientCommand::Ping {
             if self.queued.len() >= MAX_QUEUED_WHILE_JOINING {
                 let e = ChatError::RateLimited("too many frames while joining".into());
@@ -155,12 +177,12 @@ impl ChatSession {
         }
         let reference = frame.reference;
         match frame.command {
-            ClientCommand::Ping => ctx.text(
-                ServerFrame::Pong {
+            ClientCommand::Ping => {
+                let pong = ServerFrame::Pong {
                     reference: reference.as_deref(),
-                }
-                .to_text(),
-            ),
+                };
+                self.send(pong.to_wire(), ctx);
+            }
             ClientCommand::Chat { content } => match &self.current {
                 Some(current) if current.room.connected() => current.room.do_send(Chat {
                     session_id: self.id.clone(),
@@ -175,13 +197,11 @@ impl ChatSession {
                     log::error!("session {}: room {room_id} actor is gone", self.id);
                     self.current = None;
                     self.remove_membership_directly(room_id);
-                    ctx.text(
-                        ServerFrame::Left {
-                            room_id,
-                            reference: None,
-                        }
-                        .to_text(),
-                    );
+                    let left = ServerFrame::Left {
+                        room_id,
+                        reference: None,
+                    };
+                    self.send(left.to_wire(), ctx);
                     let e = ChatError::Unavailable(format!("room {room_id} failed"));
                     self.send_error(ctx, &e, reference.as_deref());
                 }
@@ -219,7 +239,7 @@ impl ChatSession {
     /// An explicit `leave`: `left` is sent once the room has recorded it, so
     /// the client that reads `left` and then asks the REST API no longer
     /// finds itself listed. Frames sent meanwhile wait, as during a join.
-    fn leave_and_confirm(&mut self, reference: Option<String>, ctx: &mut WebsocketContext<Self>) {
+    fn leave_and_confirm(&mut self, reference: Option<String>, ctx: &mut Context<Self>) {
         let Some(CurrentRoom { room_id, room }) = self.current.take() else {
             self.send_error(ctx, &ChatError::NotInRoom, reference.as_deref());
             return;
@@ -237,7 +257,7 @@ impl ChatSession {
         };
         ctx.spawn(fut.into_actor(self).map(move |(), act, ctx| {
             let reference = reference.as_deref();
-            ctx.text(ServerFrame::Left { room_id, reference }.to_text());
+            act.send(ServerFrame::Left { room_id, reference }.to_wire(), ctx);
             act.leaving = None;
             act.replay_queued(ctx);
         }));
@@ -251,7 +271,7 @@ impl ChatSession {
     /// Leaves the current room, if any, as part of joining one: `left`
     /// (without `ref`, which belongs to the join) goes out at once, with no
     /// wait for the room to record it (see `leave_and_confirm`).
-    fn leave_current(&mut self, ctx: &mut WebsocketContext<Self>) {
+    fn leave_current(&mut self, ctx: &mut Context<Self>) {
         let Some(CurrentRoom { room_id, room }) = self.current.take() else {
             return;
         };
@@ -259,13 +279,11 @@ impl ChatSession {
             session_id: self.id.clone(),
             done: None,
         });
-        ctx.text(
-            ServerFrame::Left {
-                room_id,
-                reference: None,
-            }
-            .to_text(),
-        );
+        let left = ServerFrame::Left {
+            room_id,
+            reference: None,
+        };
+        self.send(left.to_wire(), ctx);
     }
 
     /// Asks the manager for the room's actor and the actor for a seat. If
@@ -277,7 +295,7 @@ impl ChatSession {
         nickname: Nickname,
         reference: Option<String>,
         attempt: u32,
-        ctx: &mut WebsocketContext<Self>,
+        ctx: &mut Context<Self>,
     ) {
         self.joining = Some(room_id);
         self.join_attempt += 1;
@@ -324,15 +342,15 @@ impl ChatSession {
         }));
     }
 
-    fn join_failed(&mut self, frame: ByteString, ctx: &mut WebsocketContext<Self>) {
-        ctx.text(frame);
+    fn join_failed(&mut self, frame: Bytes, ctx: &mut Context<Self>) {
+        self.send(frame, ctx);
         self.joining = None;
         self.replay_queued(ctx);
     }
 
     /// Handles the frames that arrived while joining, in order, until one
     /// of them starts another join.
-    fn replay_queued(&mut self, ctx: &mut WebsocketContext<Self>) {
+    fn replay_queued(&mut self, ctx: &mut Context<Self>) {
         while !self.busy() {
             let Some(frame) = self.queued.pop_front() else {
                 break;
@@ -340,67 +358,48 @@ impl ChatSession {
             self.on_frame(frame, ctx);
         }
     }
-
-    fn heartbeat(&mut self, ctx: &mut WebsocketContext<Self>) {
-        if self.last_heard.elapsed() > self.app.settings.client_timeout {
-            log::debug!("session {}: heartbeat timeout", self.id);
-            ctx.stop();
-        } else {
-            ctx.ping(b"");
-        }
-    }
-
-    fn on_binary_or_text_fragment(&mut self, item: Item, ctx: &mut WebsocketContext<Self>) {
-        let max = self.app.settings.max_frame_bytes;
-        let (chunk, last): (Bytes, bool) = match item {
-            Item::FirstText(b) => {
-                self.fragments = Some(BytesMut::new());
-                (b, false)
-            }
-            Item::FirstBinary(_) => {
-                return self.close(
-                    ctx,
-                    CloseCode::Unsupported,
-                    "binary frames are not supported",
-                )
-            }
-            Item::Continue(b) => (b, false),
-            Item::Last(b) => (b, true),
-        };
-        let Some(buf) = self.fragments.as_mut() else {
-            return self.close(
-                ctx,
-                CloseCode::Protocol,
-                "continuation without a first frame",
-            );
-        };
-        if buf.len() + chunk.len() > max {
-            return self.close(ctx, CloseCode::Size, "message too big");
-        }
-        buf.extend_from_slice(&chunk);
-        if last {
-            let whole = self.fragments.take().unwrap_or_default();
-            match std::str::from_utf8(&whole) {
-                Ok(text) => self.on_text(text, ctx),
-                Err(_) => self.close(ctx, CloseCode::Invalid, "text is not UTF-8"),
-            }
-        }
-    }
 }
 
 impl Actor for ChatSession {
-    type Context = WebsocketContext<Self>;
+    type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(self.app.settings.session_queue_capacity);
-        ctx.run_interval(self.app.settings.heartbeat_interval, |act, ctx| {
-            act.heartbeat(ctx)
-        });
+        self.app
+            .sessions
+            .insert(self.number, ctx.address().downgrade());
+        Transport::start(ctx);
     }
 
-    fn stopping(&mut self, _: &mut Self::Context) -> Running {
-        // A join still in flight is cleaned up by the room: its `Joined`
-        // event finds this mailbox closed and the room removes the member.
+    fn stopping(&mut self, ctx: &mut Self::Context) -> Running {
+        self.release(ctx);
+        self.app.sessions.remove(self.number);
+        Running::Stop
+    }
+}
+
+impl WsActor for ChatSession {
+    fn transport(&mut self) -> &mut Transport {
+        &mut self.transport
+    }
+
+    fn on_text(&mut self, text: &str, ctx: &mut Context<Self>) {
+        self.handle_text(text, ctx);
+    }
+
+    fn on_closing(&mut self, ctx: &mut Context<Self>) {
+        self.release(ctx);
+    }
+}
+
+impl ChatSession {
+    /// Gives up the room this connection is in, once: the connection is
+    /// ending. A join still in flight is cleaned up by the room: its
+    /// `Joined` event finds this mailbox closed (or the session no longer
+    /// joining) and the room removes the member.
+    fn release(&mut self, _ctx: &mut Context<Self>) {
+        self.joining = None;
+        self.queued.clear();
         if let Some(current) = self.current.take() {
             if current.room.connected() {
                 current.room.do_send(Leave {
@@ -411,11 +410,8 @@ impl Actor for ChatSession {
                 self.remove_membership_directly(current.room_id);
             }
         }
-        Running::Stop
     }
-}
 
-impl ChatSession {
     /// With its room actor gone, nobody else will record this leave: do it
     /// here so counts stay right (the next actor reads the store).
     fn remove_membership_directly(&self, room_id: RoomId) {
@@ -437,12 +433,18 @@ impl Handler<SessionEvent> for ChatSession {
     type Result = ();
 
     fn handle(&mut self, event: SessionEvent, ctx: &mut Self::Context) {
+        self.in_handler = true;
+        self.handle_event(event, ctx);
+        self.in_handler = false;
+    }
+}
+
+impl ChatSession {
+    fn handle_event(&mut self, event: SessionEvent, ctx: &mut Context<Self>) {
         match event {
-            SessionEvent::Frames { room_id, frames } => {
+            SessionEvent::Frames { room_id, wire } => {
                 if self.in_room(room_id) {
-                    for frame in frames.iter() {
-                        ctx.text(frame.clone());
-                    }
+                    self.send(wire, ctx);
                 }
             }
             SessionEvent::Joined {
@@ -454,7 +456,7 @@ impl Handler<SessionEvent> for ChatSession {
                     // One room at a time: the old room is left only now
                     // that the new one has accepted.
                     self.leave_current(ctx);
-                    ctx.text(frame);
+                    self.send(frame, ctx);
                     self.current = Some(CurrentRoom { room_id, room });
                     self.joining = None;
                     self.replay_queued(ctx);
@@ -485,32 +487,73 @@ impl Handler<SessionEvent> for ChatSession {
                 self.current = None;
                 self.close(ctx, CloseCode::Away, "server shutting down");
             }
+            SessionEvent::Heartbeat => Transport::heartbeat(self, ctx),
         }
     }
 }
 
-impl StreamHandler<Result<ws::Message, ProtocolError>> for ChatSession {
-    fn handle(&mut self, item: Result<ws::Message, ProtocolError>, ctx: &mut Self::Context) {
-        self.last_heard = Instant::now();
-        match item {
-            Ok(ws::Message::Text(text)) => self.on_text(&text, ctx),
-            Ok(ws::Message::Binary(_)) => self.close(
-                ctx,
-                CloseCode::Unsupported,
-                "binary frames are not supported",
-            ),
-            Ok(ws::Message::Continuation(item)) => self.on_binary_or_text_fragment(item, ctx),
-            Ok(ws::Message::Ping(payload)) => ctx.pong(&payload),
-            Ok(ws::Message::Pong(_)) | Ok(ws::Message::Nop) => {}
-            Ok(ws::Message::Close(reason)) => {
-                ctx.close(reason);
-                ctx.stop();
+/// Every open connection of this process, so that shutdown can close each
+/// one with 1001, including those in no room. Weak: the registry never keeps
+/// a session alive.
+#[derive(Default)]
+pub struct OpenSessions {
+    open: Mutex<HashMap<u64, WeakAddr<ChatSession>>>,
+}
+
+impl OpenSessions {
+    fn insert(&self, number: u64, session: WeakAddr<ChatSession>) {
+        if let Ok(mut open) = self.open.lock() {
+            open.insert(number, session);
+        }
+    }
+
+    fn remove(&self, number: u64) {
+        if let Ok(mut open) = self.open.lock() {
+            open.remove(&number);
+        }
+    }
+
+    /// How many connections are open.
+    pub fn count(&self) -> usize {
+        self.open.lock().map_or(0, |open| open.len())
+    }
+
+    /// Sends `event` to every open connection.
+    fn tell_all(&self, event: impl Fn() -> SessionEvent) {
+        let sessions: Vec<WeakAddr<ChatSession>> = match self.open.lock() {
+            Ok(open) => open.values().cloned().collect(),
+            Err(_) => return,
+        };
+        for session in sessions.iter().filter_map(WeakAddr::upgrade) {
+            session.do_send(event());
+        }
+    }
+
+    /// The process's one heartbeat ticker: every `interval`, each open
+    /// connection pings its client or drops it if it has gone silent. Ends
+    /// when the application state is dropped.
+    pub fn run_heartbeat(app: std::sync::Weak<AppState>, interval: Duration) {
+        actix::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(app) = app.upgrade() else {
+                    return;
+                };
+                app.sessions.tell_all(|| SessionEvent::Heartbeat);
             }
-            Err(ProtocolError::Overflow) => self.close(ctx, CloseCode::Size, "frame too large"),
-            Err(e) => {
-                log::debug!("session {}: protocol error: {e}", self.id);
-                self.close(ctx, CloseCode::Protocol, "protocol error");
-            }
+        });
+    }
+
+    /// Tells every open connection the server is going away, then waits
+    /// (at most `wait`) for them to finish closing.
+    pub async fn close_all(&self, wait: Duration) {
+        self.tell_all(|| SessionEvent::ServerShutdown);
+        let deadline = tokio::time::Instant::now() + wait;
+        while self.count() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 }

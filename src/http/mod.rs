@@ -6,12 +6,13 @@ pub mod page;
 pub mod rooms;
 pub mod ws;
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::http::header::HeaderMap;
+use actix_web::{web, HttpResponse};
 
+use crate::config::Settings;
 use crate::error::ChatError;
-use crate::startup::AppState;
 
 /// Mounts every route.
 pub fn configure(cfg: &mut web::ServiceConfig, static_dir: &str) {
@@ -27,7 +28,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, static_dir: &str) {
             "/api/rooms/{id}/messages",
             web::get().to(rooms::list_messages),
         )
-        .route("/ws", web::get().to(ws::upgrade))
+        .route("/ws", web::get().to(ws::not_an_upgrade))
         .route("/chat", web::get().to(page::chat_page))
         .route("/", web::get().to(page::redirect_to_chat))
         .service(actix_files::Files::new("/static", static_dir))
@@ -41,10 +42,13 @@ async fn not_found() -> Result<HttpResponse, ChatError> {
 /// The address rate limits are keyed by: the peer, or the first
 /// `X-Forwarded-For` hop when `TRUST_FORWARDED_FOR` says a proxy (nginx)
 /// sits in front and sets it.
-pub fn client_ip(req: &HttpRequest, app: &AppState) -> Option<IpAddr> {
-    if app.settings.trust_forwarded_for {
-        let forwarded = req
-            .headers()
+pub fn client_ip(
+    headers: &HeaderMap,
+    peer: Option<SocketAddr>,
+    settings: &Settings,
+) -> Option<IpAddr> {
+    if settings.trust_forwarded_for {
+        let forwarded = headers
             .get("x-forwarded-for")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.split(',').next())
@@ -53,5 +57,5 @@ pub fn client_ip(req: &HttpRequest, app: &AppState) -> Option<IpAddr> {
             return forwarded;
         }
     }
-    req.peer_addr().map(|a| a.ip())
+    peer.map(|a| a.ip())
 }

@@ -186,7 +186,7 @@ impl Member {
 both_stores_with!(
     a_member_that_never_reads_is_removed_and_others_get_every_message,
     |s| {
-        s.session_queue_capacity = 8;
+        s.session_buffer_bytes = 64 * 1024;
         s.ws_rate_per_sec = 100_000.0;
         s.ws_rate_burst = 100_000.0;
     },
@@ -214,7 +214,7 @@ both_stores_with!(
             room_id: id,
             nickname: "sender",
             to_send: TOTAL,
-            // At most 4 chats unanswered, half the queue capacity.
+            // At most 4 chats unanswered: the sender is a reader that keeps up.
             window: 4,
             content: "😀".repeat(1000),
             expected: TOTAL,
@@ -250,16 +250,19 @@ both_stores_with!(
 );
 
 both_stores_with!(
-    a_burst_larger_than_the_queue_capacity_does_not_evict_readers,
+    a_burst_larger_than_the_session_buffer_does_not_evict_readers,
     |s| {
-        s.session_queue_capacity = 8;
+        s.session_buffer_bytes = 4096;
         s.ws_rate_per_sec = 100_000.0;
         s.ws_rate_burst = 100_000.0;
     },
     |app| {
         // Small messages (the socket buffers never fill) sent 32 at a time
         // by one member, while another reads as fast as it can on its own
-        // thread: neither is a slow consumer, so neither may be evicted.
+        // thread: a burst of 32 frames of about 200 bytes is more than the
+        // 4 KiB session buffer, but it never has to wait in it, since the
+        // kernel takes it. Neither member is a slow consumer, so neither
+        // may be evicted.
         const TOTAL: usize = 640;
         let id = app.create_room("burst").await["id"].as_u64().unwrap();
         let mut listener = spawn_member(Plan {

@@ -7,4 +7,5 @@ mod helpers;
 mod protocol_errors;
 mod rest;
 mod rooms;
+mod transport;
 mod websocket;

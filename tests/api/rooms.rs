@@ -385,6 +385,9 @@ both_stores_with!(
         let (mut alice, x) = app.create_via_ws("X", "alice").await;
         let (mut bob, _) = app.join(x, "bob").await;
         let (mut carol, y) = app.create_via_ws("Y", "carol").await;
+        // Dave is connected but in no room.
+        let mut dave = app.ws().await;
+        dave.assert_alive().await;
         alice.chat("before shutdown").await;
         if let Some(db) = app.database() {
             assert_eq!(db.query_u64("SELECT COUNT(*) FROM chatMember").await, 3);
@@ -395,6 +398,7 @@ both_stores_with!(
             ("alice", &mut alice),
             ("bob", &mut bob),
             ("carol", &mut carol),
+            ("dave", &mut dave),
         ] {
             assert_eq!(
                 c.close_code().await,

@@ -1,0 +1,159 @@
+//! The WebSocket opening handshake (RFC 6455 §4.2), answered on a socket
+//! that actix-http has handed over (see `http::ws`). Responses are written
+//! as raw HTTP/1.1, since the HTTP machinery is no longer in the way.
+
+use actix_http::header::{
+    HeaderMap, CONNECTION, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, UPGRADE,
+};
+use actix_http::{Method, RequestHead};
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::error::ChatError;
+
+/// The path of the WebSocket endpoint.
+pub const WS_PATH: &str = "/ws";
+
+/// Checks a request that asked to upgrade. `Ok` is the `101` response to
+/// write before the first frame; `Err` is a complete error response
+/// (`404` for another path or method, `400` for a malformed handshake),
+/// after which the connection is closed.
+pub fn answer(head: &RequestHead, instance_id: &str) -> Result<Bytes, Bytes> {
+    if head.method != Method::GET || head.uri.path() != WS_PATH {
+        return Err(error_response(&ChatError::NotFound, instance_id));
+    }
+    let key = check_headers(&head.headers)
+        .map_err(|why| error_response(&ChatError::InvalidParameter(why.into()), instance_id))?;
+    let accept = actix_http::ws::hash_key(key);
+    let mut out = BytesMut::with_capacity(192);
+    out.put_slice(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-accept: ");
+    out.put_slice(&accept);
+    put_instance(&mut out, instance_id);
+    out.put_slice(b"\r\n");
+    Ok(out.freeze())
+}
+
+/// The client's key, if the headers make a version 13 handshake.
+fn check_headers(headers: &HeaderMap) -> Result<&[u8], &'static str> {
+    let has_token = |name, token: &str| {
+        headers.get_all(name).any(|v| {
+            v.to_str().is_ok_and(|v| {
+                v.split(',')
+                    .any(|part| part.trim().eq_ignore_ascii_case(token))
+            })
+        })
+    };
+    if !has_token(UPGRADE, "websocket") {
+        return Err("the Upgrade header must be \"websocket\"");
+    }
+    if !has_token(CONNECTION, "upgrade") {
+        return Err("the Connection header must include \"upgrade\"");
+    }
+    if headers.get(SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
+        return Err("Sec-WebSocket-Version must be 13");
+    }
+    match headers.get(SEC_WEBSOCKET_KEY) {
+        // A key is 16 random bytes in base64: 24 characters.
+        Some(key) if key.len() == 24 => Ok(key.as_bytes()),
+        _ => Err("Sec-WebSocket-Key is missing or malformed"),
+    }
+}
+
+/// A whole HTTP error response with the contract's JSON envelope.
+fn error_response(error: &ChatError, instance_id: &str) -> Bytes {
+    use actix_web::ResponseError;
+    let status = error.status_code();
+    let body = serde_json::json!({ "error": error.to_json() }).to_string();
+    let mut out = BytesMut::with_capacity(256 + body.len());
+    out.put_slice(
+        format!(
+            "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or(""),
+            body.len()
+        )
+        .as_bytes(),
+    );
+    put_instance(&mut out, instance_id);
+    out.put_slice(b"\r\n");
+    out.put_slice(body.as_bytes());
+    out.freeze()
+}
+
+/// Ends the header line in progress and adds `X-Chat-Instance`, which every
+/// response carries (operators behind a balancer see which process answered).
+fn put_instance(out: &mut BytesMut, instance_id: &str) {
+    out.put_slice(b"\r\nx-chat-instance: ");
+    // A header value must not break the response: drop control characters.
+    out.extend(instance_id.bytes().filter(|b| !b.is_ascii_control()));
+    out.put_slice(b"\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_http::header::{HeaderName, HeaderValue};
+    use actix_http::Uri;
+
+    fn head(method: Method, path: &str, headers: &[(&str, &str)]) -> RequestHead {
+        let mut head = RequestHead::default();
+        head.method = method;
+        head.uri = path.parse::<Uri>().unwrap();
+        for (name, value) in headers {
+            head.headers.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        head
+    }
+
+    const GOOD: &[(&str, &str)] = &[
+        ("upgrade", "websocket"),
+        ("connection", "keep-alive, Upgrade"),
+        ("sec-websocket-version", "13"),
+        ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+    ];
+
+    fn text(b: Result<Bytes, Bytes>) -> (bool, String) {
+        match b {
+            Ok(b) => (true, String::from_utf8(b.to_vec()).unwrap()),
+            Err(b) => (false, String::from_utf8(b.to_vec()).unwrap()),
+        }
+    }
+
+    #[test]
+    fn accepts_the_rfc_example_with_its_accept_key() {
+        let (ok, response) = text(answer(&head(Method::GET, "/ws?x=1", GOOD), "a1"));
+        assert!(ok);
+        assert!(response.starts_with("HTTP/1.1 101 Switching Protocols\r\n"));
+        assert!(response.contains("\r\nsec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
+        assert!(response.contains("\r\nx-chat-instance: a1\r\n"));
+        assert!(response.ends_with("\r\n\r\n"));
+    }
+
+    #[test]
+    fn other_paths_and_methods_are_not_found() {
+        let (ok, response) = text(answer(&head(Method::GET, "/api/rooms", GOOD), "a"));
+        assert!(!ok);
+        assert!(response.starts_with("HTTP/1.1 404 Not Found\r\n"));
+        assert!(response.ends_with(r#""code":"not_found","message":"not found"}}"#));
+        let (ok, _) = text(answer(&head(Method::POST, "/ws", GOOD), "a"));
+        assert!(!ok);
+    }
+
+    #[test]
+    fn malformed_handshakes_get_a_400_with_content_length() {
+        let mut bad_version = GOOD.to_vec();
+        bad_version[2] = ("sec-websocket-version", "8");
+        let mut no_key = GOOD.to_vec();
+        no_key.pop();
+        for headers in [bad_version, no_key] {
+            let (ok, response) = text(answer(&head(Method::GET, "/ws", &headers), "a"));
+            assert!(!ok);
+            assert!(response.starts_with("HTTP/1.1 400 Bad Request\r\n"));
+            let (head, body) = response.split_once("\r\n\r\n").unwrap();
+            assert!(head.contains(&format!("content-length: {}", body.len())));
+            assert!(body.contains("invalid_parameter"));
+        }
+    }
+}

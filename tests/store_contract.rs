@@ -70,6 +70,7 @@ contract_tests!(
     concurrent_last_two_leaves_delete_exactly_once,
     join_racing_last_leave_never_sees_half_a_room,
     concurrent_appends_get_gap_free_ids,
+    concurrent_appends_to_many_rooms_keep_each_sequence,
     member_records_carry_sockets_and_instances_are_listed,
 );
 
@@ -1043,6 +1044,101 @@ async fn concurrent_appends_get_gap_free_ids(store: SharedStore) {
     assert_eq!(ids(&next), vec![1]);
 }
 
+/// Appends `batches` batches to each of `rooms` from one task per room, all
+/// at once, and checks every room ends with ids 1..=n, each task's messages
+/// in the order it sent them. Returns how many appends `missing` refused.
+async fn append_to_rooms_at_once(
+    stores: &[SharedStore],
+    rooms: &[u64],
+    missing: u64,
+    batches: usize,
+) -> usize {
+    let targets: Vec<u64> = rooms.iter().copied().chain([missing]).collect();
+    let tasks = targets.len() * stores.len();
+    let barrier = Arc::new(tokio::sync::Barrier::new(tasks));
+    let mut handles = Vec::new();
+    for (s, store) in stores.iter().enumerate() {
+        for &room in &targets {
+            let store = store.clone();
+            let barrier = barrier.clone();
+            handles.push(tokio::spawn(async move {
+                barrier.wait().await;
+                let mut refused = 0;
+                for b in 0..batches {
+                    let batch: Vec<NewMessage> = (0..=b % 4)
+                        .map(|k| msg(&format!("s{s}"), &format!("s{s}-r{room}-b{b}-m{k}"), 1))
+                        .collect();
+                    match store.append_messages(room, &batch).await {
+                        Ok(stored) => {
+                            assert_ne!(room, missing, "stored in a room that does not exist");
+                            assert_eq!(stored.len(), batch.len());
+                            for (got, sent) in stored.iter().zip(&batch) {
+                                assert_eq!((got.room_id, &got.content), (room, &sent.content));
+                            }
+                            for pair in stored.windows(2) {
+                                assert_eq!(pair[1].id, pair[0].id + 1);
+                            }
+                        }
+                        Err(StoreError::RoomNotFound(r)) => {
+                            assert_eq!((r, room), (missing, missing));
+                            refused += 1;
+                        }
+                        Err(e) => panic!("append to room {room}: {e}"),
+                    }
+                }
+                refused
+            }));
+        }
+    }
+    let mut refused = 0;
+    for handle in handles {
+        refused += handle.await.expect("append task");
+    }
+    let per_room: u64 = (0..batches).map(|b| (b % 4 + 1) as u64).sum::<u64>() * stores.len() as u64;
+    for &room in rooms {
+        let stored = stores[0].messages_after(room, 0, 100_000).await.unwrap();
+        assert_eq!(
+            ids(&stored),
+            (1..=per_room).collect::<Vec<_>>(),
+            "room {room}: no gaps, no duplicates"
+        );
+        // Each writer's messages are in the order it sent them.
+        for s in 0..stores.len() {
+            let mine: Vec<&str> = stored
+                .iter()
+                .filter(|m| m.nickname == format!("s{s}"))
+                .map(|m| m.content.as_str())
+                .collect();
+            let mut sorted = mine.clone();
+            sorted.sort_by_key(|c| batch_number(c));
+            assert_eq!(mine, sorted, "room {room}: writer s{s} out of order");
+        }
+    }
+    refused
+}
+
+/// The `b` of a content written by `append_to_rooms_at_once`.
+fn batch_number(content: &str) -> usize {
+    content
+        .split("-b")
+        .nth(1)
+        .and_then(|rest| rest.split('-').next())
+        .and_then(|b| b.parse().ok())
+        .unwrap_or(usize::MAX)
+}
+
+async fn concurrent_appends_to_many_rooms_keep_each_sequence(store: SharedStore) {
+    // Enough rooms at once that the MySQL store's writer puts several in
+    // one transaction, and one room that does not exist among them.
+    let mut rooms = Vec::new();
+    for i in 0..12 {
+        rooms.push(new_room(&store, &format!("busy {i}")).await);
+    }
+    let missing = rooms.iter().max().copied().unwrap_or(0) + 1000;
+    let refused = append_to_rooms_at_once(std::slice::from_ref(&store), &rooms, missing, 15).await;
+    assert_eq!(refused, 15, "every append to the missing room is refused");
+}
+
 // ---------------------------------------------------------------------------
 // MySQL-only tests: what the trait cannot express.
 // ---------------------------------------------------------------------------
@@ -1115,6 +1211,29 @@ mod mysql_only {
             .await;
             assert_eq!(tables, 3);
             conn.disconnect().await.unwrap();
+        })
+        .await;
+    }
+
+    #[actix_rt::test]
+    async fn two_processes_writing_the_same_rooms_never_deadlock_or_collide() {
+        with_db(|store, db| async move {
+            // A second store on the same database is a second process, with
+            // its own message writer grouping rooms in its own transactions.
+            let (base, query) = mysql_base();
+            let other =
+                MySqlStore::connect(&format!("{base}/{db}{query}"), Duration::from_secs(20))
+                    .await
+                    .expect("second connect");
+            let other: SharedStore = Arc::new(other);
+            let mut rooms = Vec::new();
+            for i in 0..8 {
+                rooms.push(new_room(&store, &format!("shared {i}")).await);
+            }
+            let missing = rooms.iter().max().copied().unwrap_or(0) + 1000;
+            let refused =
+                append_to_rooms_at_once(&[store.clone(), other.clone()], &rooms, missing, 12).await;
+            assert_eq!(refused, 24);
         })
         .await;
     }

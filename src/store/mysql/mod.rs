@@ -2,14 +2,17 @@
 //! every process of a cluster.
 //!
 //! Each trait method is one short InnoDB transaction (the bulk removals are
-//! one per room), so the invariants of the `store` module hold even with
-//! many processes writing at once:
+//! one per room; message appends of many rooms share one, see `writer.rs`),
+//! so the invariants of the `store` module hold even with many processes
+//! writing at once:
 //!
 //! - **One lock order.** Every transaction that changes a room's members or
 //!   messages first locks the room's `chatRoom` row (`SELECT ... FOR UPDATE`
 //!   or the `UPDATE` of its counter) and only then touches `chatMember` or
-//!   `chatMsg` rows. Work on one room is therefore serialized on that row, and
-//!   two transactions can never wait for each other in opposite orders.
+//!   `chatMsg` rows. A message group locks its rooms' rows in ascending id
+//!   order, every other transaction locks one room. Work on one room is
+//!   therefore serialized on that row, and two transactions can never wait
+//!   for each other in opposite orders.
 //!   Deadlocks and lock wait timeouts (which InnoDB can still report, e.g.
 //!   from foreign-key checks) are retried a few times.
 //! - **READ COMMITTED.** Sessions run at READ COMMITTED, so locking reads
@@ -25,6 +28,10 @@
 //!
 //! Times are stored as UTC `DATETIME` (the session time zone is `+00:00`),
 //! truncated to whole seconds as the domain supplies them.
+
+mod writer;
+
+use writer::MessageWriter;
 
 use std::future::Future;
 use std::time::Duration;
@@ -44,7 +51,7 @@ use super::{
 use crate::domain::{Member, Message, MessageSeq, Room, RoomId, RoomTitle};
 
 /// The schema, applied at every start-up (each statement is idempotent).
-const SCHEMA: &str = include_str!("../../sql/schema.sql");
+const SCHEMA: &str = include_str!("../../../sql/schema.sql");
 
 /// `ER_BAD_DB_ERROR`: the database named in the URL does not exist.
 const ER_BAD_DB_ERROR: u16 = 1049;
@@ -101,6 +108,8 @@ type RoomRow = (u64, String, u32, NaiveDateTime);
 pub struct MySqlStore {
     pool: Pool,
     op_timeout: Duration,
+    /// Stores every room's chat batches, many rooms per transaction.
+    writer: MessageWriter,
 }
 
 impl MySqlStore {
@@ -157,8 +166,10 @@ impl MySqlStore {
             .setup(SESSION_SETUP.to_vec())
             .stmt_cache_size(stmt_cache)
             .pool_opts(pool_opts);
+        let pool = Pool::new(builder);
         let store = MySqlStore {
-            pool: Pool::new(builder),
+            writer: MessageWriter::start(pool.clone(), op_timeout),
+            pool,
             op_timeout,
         };
         // Fail now, not on the first request, if pooled connections cannot
@@ -227,42 +238,13 @@ impl MySqlStore {
     /// `body` takes the transaction by value and hands it back, which lets
     /// its future borrow the caller's arguments without higher-ranked
     /// lifetimes.
-    async fn transact<T, F, Fut>(&self, mut body: F) -> Result<T, StoreError>
+    async fn transact<T, F, Fut>(&self, body: F) -> Result<T, StoreError>
     where
         F: FnMut(Transaction<'static>) -> Fut + Send,
         Fut: Future<Output = (Transaction<'static>, TxResult<T>)> + Send,
         T: Send,
     {
-        let mut attempt = 1;
-        loop {
-            let failure = match self.pool.start_transaction(TxOpts::default()).await {
-                Err(e) => e,
-                Ok(tx) => match body(tx).await {
-                    (tx, Ok(Ok(value))) => {
-                        return tx.commit().await.map(|()| value).map_err(unavailable)
-                    }
-                    (tx, Ok(Err(outcome))) => {
-                        // Nothing worth keeping was written; a failed
-                        // rollback leaves it to the pool or the server.
-                        let _ = tx.rollback().await;
-                        return Err(outcome);
-                    }
-                    (tx, Err(e)) => {
-                        // Release the locks now rather than when the pool
-                        // recycles the connection.
-                        let _ = tx.rollback().await;
-                        e
-                    }
-                },
-            };
-            let retry = is_lock_conflict(&failure) || is_broken_connection(&failure);
-            if !retry || attempt >= TX_ATTEMPTS {
-                return Err(unavailable(failure));
-            }
-            log::debug!("MySQL transaction attempt {attempt} failed ({failure}); retrying");
-            tokio::time::sleep(backoff(attempt)).await;
-            attempt += 1;
-        }
+        transact_on(&self.pool, body).await
     }
 
     /// Bulk removal shared by `remove_instance_members` (`Some(instance)`)
@@ -453,11 +435,8 @@ impl Store for MySqlStore {
                 None => Err(StoreError::RoomNotFound(room_id)),
             };
         }
-        let call = self.transact(|mut tx| async move {
-            let r = append_messages_tx(&mut tx, room_id, batch).await;
-            (tx, r)
-        });
-        self.bounded("append_messages", call).await
+        let stored = self.writer.append(room_id, batch.to_vec());
+        self.bounded("append_messages", stored).await
     }
 
     async fn messages_after(
@@ -649,61 +628,43 @@ async fn remove_member_tx(
     }
 }
 
-/// `append_messages`'s transaction: advancing `last_msg_id` by the batch
-/// size both locks the room row and reserves the ids, so concurrent writers
-/// (on any process) get disjoint, consecutive ranges.
-async fn append_messages_tx(
-    tx: &mut Transaction<'static>,
-    room_id: RoomId,
-    batch: &[NewMessage],
-) -> TxResult<Vec<Message>> {
-    let n = batch.len() as u64;
-    // `LAST_INSERT_ID(expr)` hands the new sequence value back in the
-    // statement's OK packet: no `SELECT` round trip. The row lock taken here
-    // is held to the commit, so batches of one room get disjoint id ranges
-    // and commit in id order.
-    tx.exec_drop(
-        "UPDATE chatRoom SET last_msg_id = LAST_INSERT_ID(last_msg_id + ?) WHERE id = ?",
-        (n, room_id),
-    )
-    .await?;
-    if tx.affected_rows() == 0 {
-        return Ok(Err(StoreError::RoomNotFound(room_id)));
-    }
-    let last = tx.last_insert_id();
-    let Some(first_id) = last.and_then(|last| last.checked_sub(n)).map(|b| b + 1) else {
-        return Err(SqlError::Other(
-            "chatRoom.last_msg_id is smaller than the batch just counted".into(),
-        ));
-    };
-    let stored: Vec<Message> = batch
-        .iter()
-        .zip(first_id..)
-        .map(|(m, id)| Message {
-            id,
-            room_id,
-            nickname: m.nickname.clone(),
-            content: m.content.clone(),
-            sent_at: from_db(to_db(m.sent_at)),
-        })
-        .collect();
-    for chunk in stored.chunks(MAX_ROWS_PER_INSERT) {
-        let sql = format!(
-            "INSERT INTO chatMsg (id, room_id, nickname, content, chat_time) VALUES {}",
-            vec!["(?, ?, ?, ?, ?)"; chunk.len()].join(", ")
-        );
-        let mut params = Vec::with_capacity(chunk.len() * 5);
-        for m in chunk {
-            params.push(Value::from(m.id));
-            params.push(Value::from(room_id));
-            params.push(Value::from(m.nickname.as_str()));
-            params.push(Value::from(m.content.as_str()));
-            params.push(Value::from(to_db(m.sent_at)));
+/// [`MySqlStore::transact`] on `pool`, for callers that hold only the pool.
+async fn transact_on<T, F, Fut>(pool: &Pool, mut body: F) -> Result<T, StoreError>
+where
+    F: FnMut(Transaction<'static>) -> Fut + Send,
+    Fut: Future<Output = (Transaction<'static>, TxResult<T>)> + Send,
+    T: Send,
+{
+    let mut attempt = 1;
+    loop {
+        let failure = match pool.start_transaction(TxOpts::default()).await {
+            Err(e) => e,
+            Ok(tx) => match body(tx).await {
+                (tx, Ok(Ok(value))) => {
+                    return tx.commit().await.map(|()| value).map_err(unavailable)
+                }
+                (tx, Ok(Err(outcome))) => {
+                    // Nothing worth keeping was written; a failed
+                    // rollback leaves it to the pool or the server.
+                    let _ = tx.rollback().await;
+                    return Err(outcome);
+                }
+                (tx, Err(e)) => {
+                    // Release the locks now rather than when the pool
+                    // recycles the connection.
+                    let _ = tx.rollback().await;
+                    e
+                }
+            },
+        };
+        let retry = is_lock_conflict(&failure) || is_broken_connection(&failure);
+        if !retry || attempt >= TX_ATTEMPTS {
+            return Err(unavailable(failure));
         }
-        tx.exec_drop(sql.as_str(), Params::Positional(params))
-            .await?;
+        log::debug!("MySQL transaction attempt {attempt} failed ({failure}); retrying");
+        tokio::time::sleep(backoff(attempt)).await;
+        attempt += 1;
     }
-    Ok(Ok(stored))
 }
 
 /// `delete_unjoined_rooms`'s transaction: lock the candidates, then delete

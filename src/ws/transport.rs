@@ -323,7 +323,12 @@ impl Transport {
             match self.stream.try_read_buf(&mut self.inbuf) {
                 Ok(0) => return Poll::Ready(Ok(false)),
                 Ok(_) => return Poll::Ready(Ok(true)),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // The readiness was stale: give back the room made for
+                    // this read, or every idle connection would keep it.
+                    release_empty(&mut self.inbuf);
+                    continue;
+                }
                 Err(e) => return Poll::Ready(Err(e)),
             }
         }
@@ -614,6 +619,32 @@ mod tests {
         // Nothing is queued after the close.
         assert!(t.offer(Bytes::from_static(b"x")));
         assert_eq!(t.queue.len(), 2);
+    }
+
+    #[actix_rt::test]
+    async fn a_connection_with_nothing_to_read_holds_no_read_buffer() {
+        use tokio::io::AsyncWriteExt;
+        let (mut t, mut client) = pair().await;
+        client.write_all(b"\x89\x80\x01\x02\x03\x04").await.unwrap();
+        let waker = std::task::Waker::noop();
+        let mut cx = TaskContext::from_waker(waker);
+        // Wait for the bytes, then read them.
+        let mut got = false;
+        for _ in 0..100 {
+            if let Poll::Ready(r) = t.poll_fill(&mut cx) {
+                got = r.unwrap();
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(got, "the ping never arrived");
+        let ping = frame::decode(&mut t.inbuf, 100).unwrap().unwrap();
+        assert_eq!(ping.opcode, OpCode::Ping);
+        release_empty(&mut t.inbuf);
+        // Nothing more to read: the read buffer made for the next read is
+        // given back.
+        assert!(t.poll_fill(&mut cx).is_pending());
+        assert_eq!(t.inbuf.capacity(), 0);
     }
 
     #[actix_rt::test]

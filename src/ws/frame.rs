@@ -92,8 +92,10 @@ const MAX_CONTROL_PAYLOAD: usize = 125;
 /// One frame from the client, unmasked.
 #[derive(Debug, PartialEq, Eq)]
 pub struct ClientFrame {
+    /// Last frame of its message (fragmented messages end with one).
     pub fin: bool,
     pub opcode: OpCode,
+    /// Already unmasked.
     pub payload: BytesMut,
 }
 

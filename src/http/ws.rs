@@ -27,6 +27,11 @@ pub async fn upgrade(
 ) -> std::io::Result<()> {
     let parts = framed.into_parts();
     let mut io = parts.io;
+    // Responses to requests the client pipelined before the upgrade, not
+    // yet written by actix-http: they go first.
+    if !parts.write_buf.is_empty() {
+        io.write_all(&parts.write_buf).await?;
+    }
     let response = match handshake::answer(req.head(), &app.settings.instance_id) {
         Ok(accepted) => accepted,
         Err(refused) => {

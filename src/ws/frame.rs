@@ -108,6 +108,9 @@ pub enum FrameError {
     /// Close with 1002.
     #[error("protocol error: {0}")]
     Protocol(&'static str),
+    /// Close with 1007: text that is not UTF-8.
+    #[error("invalid data: {0}")]
+    Invalid(&'static str),
 }
 
 /// Takes one whole frame off the front of `buf`, or returns `Ok(None)` when
@@ -224,9 +227,27 @@ pub fn close(code: CloseCode, reason: &str) -> Bytes {
     control(OpCode::Close, &payload)
 }
 
-/// The close code in a client's close frame payload, if it has one.
+/// The close code in a close frame payload, if it has one.
 pub fn close_code_of(payload: &[u8]) -> Option<u16> {
     (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]))
+}
+
+/// Checks a client's close frame payload (RFC 6455 §5.5.1, §7.4): empty, or
+/// a code a peer may send followed by a UTF-8 reason.
+pub fn check_close_payload(payload: &[u8]) -> Result<(), FrameError> {
+    if payload.is_empty() {
+        return Ok(());
+    }
+    let Some(code) = close_code_of(payload) else {
+        return Err(FrameError::Protocol("close payload of one byte"));
+    };
+    let sendable = matches!(code, 1000..=1003 | 1007..=1011 | 3000..=4999);
+    if !sendable {
+        return Err(FrameError::Protocol("close code a peer may not send"));
+    }
+    std::str::from_utf8(&payload[2..])
+        .map(|_| ())
+        .map_err(|_| FrameError::Invalid("close reason is not UTF-8"))
 }
 
 #[cfg(test)]
@@ -324,6 +345,30 @@ mod tests {
         assert_eq!(t[1], 127);
         assert_eq!(t.len(), 70_010);
         assert_eq!(&control(OpCode::Pong, b"ab")[..], &[0x8A, 2, b'a', b'b']);
+    }
+
+    #[test]
+    fn client_close_payloads_are_checked() {
+        assert_eq!(check_close_payload(b""), Ok(()));
+        assert_eq!(check_close_payload(&[0x03, 0xE8]), Ok(()));
+        assert_eq!(check_close_payload(b"\x0f\xa0bye"), Ok(()));
+        assert!(matches!(
+            check_close_payload(&[0x03]),
+            Err(FrameError::Protocol(_))
+        ));
+        for code in [999u16, 1004, 1005, 1006, 1015, 2000, 5000] {
+            assert!(
+                matches!(
+                    check_close_payload(&code.to_be_bytes()),
+                    Err(FrameError::Protocol(_))
+                ),
+                "{code}"
+            );
+        }
+        assert!(matches!(
+            check_close_payload(&[0x03, 0xE8, 0xff]),
+            Err(FrameError::Invalid(_))
+        ));
     }
 
     #[test]

@@ -100,6 +100,9 @@ pub struct Transport {
     phase: Phase,
     /// The client sent its close frame or shut its side.
     peer_closed: bool,
+    /// The client's bytes stopped being valid frames: what follows is not
+    /// parsed any more.
+    input_broken: bool,
     last_heard: Instant,
 }
 
@@ -118,6 +121,7 @@ impl Transport {
             writer: None,
             phase: Phase::Open,
             peer_closed: false,
+            input_broken: false,
             last_heard: Instant::now(),
         }
     }
@@ -141,8 +145,8 @@ impl Transport {
             log::debug!("heartbeat timeout");
             act.on_closing(ctx);
             ctx.stop();
-        } else {
-            t.push(frame::control(OpCode::Ping, b""));
+        } else if !t.offer(frame::control(OpCode::Ping, b"")) {
+            evicted(act, ctx);
         }
     }
 
@@ -340,6 +344,8 @@ enum Inbound {
     Nothing,
     Text(BytesMut),
     Close(CloseCode, &'static str),
+    /// The answer did not fit the queue: the close (1008) is queued.
+    Evicted,
 }
 
 impl Transport {
@@ -348,16 +354,19 @@ impl Transport {
     fn on_frame(&mut self, f: ClientFrame) -> Inbound {
         let max = self.limits.max_message_bytes;
         match f.opcode {
-            OpCode::Ping => {
-                self.push(frame::control(OpCode::Pong, &f.payload));
+            // Pongs count against the queue bound like any frame: a client
+            // that pings without reading is a slow consumer too.
+            OpCode::Ping if self.offer(frame::control(OpCode::Pong, &f.payload)) => {
                 Inbound::Nothing
             }
+            OpCode::Ping => Inbound::Evicted,
             OpCode::Pong => Inbound::Nothing,
             OpCode::Close => {
                 self.peer_closed = true;
-                match frame::close_code_of(&f.payload) {
-                    Some(1000) | None => Inbound::Close(CloseCode::Normal, ""),
-                    Some(_) => Inbound::Close(CloseCode::Normal, "closing"),
+                match frame::check_close_payload(&f.payload) {
+                    Ok(()) => Inbound::Close(CloseCode::Normal, ""),
+                    Err(FrameError::Invalid(why)) => Inbound::Close(CloseCode::Invalid, why),
+                    Err(_) => Inbound::Close(CloseCode::Protocol, "malformed close frame"),
                 }
             }
             OpCode::Binary => {
@@ -402,6 +411,15 @@ fn end<A: WsActor>(act: &mut A, code: Option<(CloseCode, &str)>, ctx: &mut Conte
         }
         None => ctx.stop(),
     }
+    act.on_closing(ctx);
+}
+
+/// The queue bound refused a frame the transport itself had to send (a
+/// pong or a ping) and queued the 1008 close instead: finish as for any
+/// close.
+fn evicted<A: WsActor>(act: &mut A, ctx: &mut Context<A>) {
+    log::info!("closing a slow consumer");
+    ctx.run_later(act.transport().limits.client_timeout, |_, ctx| ctx.stop());
     act.on_closing(ctx);
 }
 
@@ -459,7 +477,14 @@ fn decode_all<A: WsActor>(act: &mut A, ctx: &mut Context<A>) -> bool {
     loop {
         let t = act.transport();
         if t.phase != Phase::Open {
-            // Closing: input is read only to find the client's close.
+            // Closing: input is read only to find the client's close, unless
+            // the framing itself was broken, after which nothing in the
+            // input can be trusted to be a frame.
+            if t.input_broken {
+                t.inbuf.clear();
+                release_empty(&mut t.inbuf);
+                return true;
+            }
             let closed = loop {
                 match frame::decode(&mut t.inbuf, t.limits.max_message_bytes) {
                     Ok(Some(f)) if f.opcode == OpCode::Close => break true,
@@ -490,10 +515,14 @@ fn decode_all<A: WsActor>(act: &mut A, ctx: &mut Context<A>) -> bool {
                 t.last_heard = Instant::now();
                 t.on_frame(f)
             }
-            Err(FrameError::TooLarge(_)) => Inbound::Close(CloseCode::Size, "frame too large"),
-            Err(FrameError::Protocol(why)) => {
-                log::debug!("client broke the protocol: {why}");
-                Inbound::Close(CloseCode::Protocol, why)
+            Err(e) => {
+                log::debug!("client broke the framing: {e}");
+                t.input_broken = true;
+                match e {
+                    FrameError::TooLarge(_) => Inbound::Close(CloseCode::Size, "frame too large"),
+                    FrameError::Invalid(why) => Inbound::Close(CloseCode::Invalid, why),
+                    FrameError::Protocol(why) => Inbound::Close(CloseCode::Protocol, why),
+                }
             }
         };
         match inbound {
@@ -503,6 +532,7 @@ fn decode_all<A: WsActor>(act: &mut A, ctx: &mut Context<A>) -> bool {
                 Err(_) => end(act, Some((CloseCode::Invalid, "text is not UTF-8")), ctx),
             },
             Inbound::Close(code, reason) => end(act, Some((code, reason)), ctx),
+            Inbound::Evicted => evicted(act, ctx),
         }
     }
 }

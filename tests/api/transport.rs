@@ -54,7 +54,23 @@ impl Raw {
     /// Connects and sends `first` (a handshake, maybe with frames behind
     /// it) in one write.
     async fn open(port: u16, first: &[u8]) -> Raw {
-        let mut stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        Raw::start(stream, first).await
+    }
+
+    /// [`Raw::open`] with a small receive buffer, so that what the client
+    /// does not read backs up into the server quickly.
+    async fn open_small_window(port: u16, first: &[u8]) -> Raw {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let stream = socket
+            .connect(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+            .await
+            .unwrap();
+        Raw::start(stream, first).await
+    }
+
+    async fn start(mut stream: TcpStream, first: &[u8]) -> Raw {
         stream.write_all(first).await.unwrap();
         Raw {
             stream,
@@ -280,3 +296,43 @@ memory_only_with!(
         .await;
     }
 );
+
+memory_only_with!(
+    a_client_that_pings_without_reading_is_closed_as_a_slow_consumer,
+    |s| {
+        s.session_buffer_bytes = 64 * 1024;
+        s.client_timeout = Duration::from_secs(5);
+    },
+    |app| {
+        let mut raw = Raw::open_small_window(app.port, handshake("/ws", "13").as_bytes()).await;
+        raw.response().await;
+        // 60,000 pings of 125 bytes ask for 7.6 MB of pongs: more than the
+        // server's socket buffer and this client's small receive buffer
+        // hold, so the pongs back up in the server, where they are bounded
+        // like any frame.
+        let ping = masked(0x89, &[b'p'; 125]);
+        let burst: Vec<u8> = ping.repeat(1000);
+        for _ in 0..60 {
+            raw.stream.write_all(&burst).await.unwrap();
+        }
+        // Reading now, the client finds its pongs, then the 1008 close.
+        let code = within(Duration::from_secs(20), "the close frame", raw.close_code()).await;
+        assert_eq!(code, 1008);
+        app.ws().await.assert_alive().await;
+    }
+);
+
+memory_only_with!(a_malformed_close_frame_is_a_protocol_error, |_| {}, |app| {
+    for (payload, code) in [
+        (vec![0x03], 1002),
+        (1005u16.to_be_bytes().to_vec(), 1002),
+        ([&1000u16.to_be_bytes()[..], &[0xff]].concat(), 1007),
+    ] {
+        let mut raw = Raw::open(app.port, handshake("/ws", "13").as_bytes()).await;
+        raw.response().await;
+        raw.stream.write_all(&masked(0x88, &payload)).await.unwrap();
+        let (first, answer) = raw.frame().await.expect("a close frame in answer");
+        assert_eq!(first, 0x88);
+        assert_eq!(&answer[..2], &u16::to_be_bytes(code), "{payload:?}");
+    }
+});

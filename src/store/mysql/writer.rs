@@ -25,7 +25,7 @@
 //!   the rest of the group is stored.
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mysql_async::prelude::Queryable;
 use mysql_async::{Error as SqlError, Params, Pool, Transaction, Value};
@@ -44,12 +44,16 @@ type Outcome = Result<Vec<Message>, StoreError>;
 struct Request {
     room_id: RoomId,
     batch: Vec<NewMessage>,
+    /// Past this, the request is answered `Unavailable` instead of joining
+    /// a group.
+    deadline: Instant,
     reply: oneshot::Sender<Outcome>,
 }
 
 /// The handle rooms' appends go through.
 pub(super) struct MessageWriter {
     requests: mpsc::UnboundedSender<Request>,
+    op_timeout: Duration,
 }
 
 impl MessageWriter {
@@ -57,17 +61,28 @@ impl MessageWriter {
     pub(super) fn start(pool: Pool, op_timeout: Duration) -> Self {
         let (requests, queue) = mpsc::unbounded_channel();
         tokio::spawn(run(pool, op_timeout, queue));
-        MessageWriter { requests }
+        MessageWriter {
+            requests,
+            op_timeout,
+        }
     }
 
     /// Stores `batch` in `room_id`, numbered after everything the room
     /// already has. The queue is bounded in practice: each room has at most
     /// one batch in flight.
+    ///
+    /// The answer always comes from the writer: a request still queued at
+    /// its deadline (`op_timeout` after it was made) is refused unwritten,
+    /// and a group's transaction is bounded by `op_timeout`, so the answer
+    /// comes within twice that. The caller must not give up earlier: a
+    /// batch reported as failed but committed would reach the room later
+    /// through the gap fill, after its senders were told it failed.
     pub(super) async fn append(&self, room_id: RoomId, batch: Vec<NewMessage>) -> Outcome {
         let (reply, answer) = oneshot::channel();
         let request = Request {
             room_id,
             batch,
+            deadline: Instant::now() + self.op_timeout,
             reply,
         };
         if self.requests.send(request).is_err() {
@@ -94,9 +109,16 @@ async fn run(pool: Pool, op_timeout: Duration, mut queue: mpsc::UnboundedReceive
                 Err(_) => break,
             }
         }
-        // A caller that gave up (its own timeout) is not written for: it
-        // has already told its senders the chats failed.
-        group.retain(|r| !r.reply.is_closed());
+        // A request that waited past its deadline is refused unwritten (its
+        // senders are told it failed, and it indeed was not stored).
+        let now = Instant::now();
+        let (late, ready): (Vec<Request>, Vec<Request>) =
+            group.into_iter().partition(|r| r.deadline <= now);
+        for request in late {
+            let why = "the store is too slow to take this batch now".to_owned();
+            let _ = request.reply.send(Err(StoreError::Unavailable(why)));
+        }
+        let group: Vec<Request> = ready.into_iter().filter(|r| !r.reply.is_closed()).collect();
         if group.is_empty() {
             continue;
         }

@@ -29,7 +29,7 @@ use crate::domain::{Member, Message, MessageSeq, Nickname, Room, RoomId, RoomTit
 use crate::error::ChatError;
 
 /// Why a store call failed. Only the first two are the client's doing.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("room {0} not found")]
     RoomNotFound(RoomId),

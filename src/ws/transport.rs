@@ -164,7 +164,7 @@ impl Transport {
         ctx: &mut Context<A>,
     ) -> bool {
         if !self.offer(wire) {
-            ctx.run_later(self.limits.client_timeout, |_, ctx| ctx.stop());
+            self.stop_after_linger(ctx);
             return false;
         }
         true
@@ -224,6 +224,12 @@ impl Transport {
         if self.phase == Phase::Open {
             self.queue_close(code, reason);
         }
+        self.stop_after_linger(ctx);
+    }
+
+    /// The deadline of a closing connection: stopped then even if its close
+    /// frame is still unread.
+    fn stop_after_linger<A: Actor<Context = Context<A>>>(&self, ctx: &mut Context<A>) {
         ctx.run_later(self.limits.client_timeout, |_, ctx| ctx.stop());
     }
 
@@ -407,7 +413,7 @@ fn end<A: WsActor>(act: &mut A, code: Option<(CloseCode, &str)>, ctx: &mut Conte
     match code {
         Some((code, reason)) => {
             t.queue_close(code, reason);
-            ctx.run_later(t.limits.client_timeout, |_, ctx| ctx.stop());
+            t.stop_after_linger(ctx);
         }
         None => ctx.stop(),
     }
@@ -419,7 +425,7 @@ fn end<A: WsActor>(act: &mut A, code: Option<(CloseCode, &str)>, ctx: &mut Conte
 /// close.
 fn evicted<A: WsActor>(act: &mut A, ctx: &mut Context<A>) {
     log::info!("closing a slow consumer");
-    ctx.run_later(act.transport().limits.client_timeout, |_, ctx| ctx.stop());
+    act.transport().stop_after_linger(ctx);
     act.on_closing(ctx);
 }
 

@@ -137,18 +137,10 @@ async fn run(pool: Pool, op_timeout: Duration, mut queue: mpsc::UnboundedReceive
             }
             Err(e) => {
                 for request in group {
-                    let _ = request.reply.send(Err(copy(&e)));
+                    let _ = request.reply.send(Err(e.clone()));
                 }
             }
         }
-    }
-}
-
-fn copy(e: &StoreError) -> StoreError {
-    match e {
-        StoreError::RoomNotFound(id) => StoreError::RoomNotFound(*id),
-        StoreError::NicknameTaken(n) => StoreError::NicknameTaken(n.clone()),
-        StoreError::Unavailable(why) => StoreError::Unavailable(why.clone()),
     }
 }
 

@@ -5,6 +5,8 @@
 use actix_web::{http::StatusCode, HttpResponse, ResponseError};
 use serde_json::json;
 
+use crate::domain::RoomId;
+
 /// A failure a client can see, over REST or as a WebSocket `error` frame.
 #[derive(Debug, thiserror::Error)]
 pub enum ChatError {
@@ -21,7 +23,7 @@ pub enum ChatError {
     #[error("invalid message: {0}")]
     InvalidMessage(String),
     #[error("room {0} not found")]
-    RoomNotFound(u64),
+    RoomNotFound(RoomId),
     #[error("not found")]
     NotFound,
     #[error("nickname \"{0}\" is already taken in this room")]
@@ -117,7 +119,7 @@ mod tests {
         let cases: Vec<(ChatError, u16)> = vec![
             (ChatError::InvalidJson("x".into()), 400),
             (ChatError::InvalidParameter("x".into()), 400),
-            (ChatError::RoomNotFound(1), 404),
+            (ChatError::RoomNotFound(RoomId::new(1)), 404),
             (ChatError::NotFound, 404),
             (ChatError::NicknameTaken("a".into()), 409),
             (ChatError::PayloadTooLarge(65536), 413),

@@ -136,7 +136,7 @@ fn nickname_field(obj: &Map<String, Value>, limits: &TextLimits) -> Result<Nickn
 
 fn room_id_field(obj: &Map<String, Value>) -> Result<RoomId, ChatError> {
     match obj.get("roomId") {
-        Some(Value::Number(n)) => n.as_u64().ok_or_else(|| {
+        Some(Value::Number(n)) => n.as_u64().map(RoomId::new).ok_or_else(|| {
             ChatError::InvalidParameter("roomId must be a non-negative integer".into())
         }),
         Some(_) => Err(ChatError::InvalidParameter(
@@ -266,7 +266,7 @@ mod tests {
             parse(r#"{"type":"join","roomId":7,"nickname":"bo"}"#)
                 .unwrap()
                 .command,
-            ClientCommand::Join { room_id: 7, .. }
+            ClientCommand::Join { room_id, .. } if room_id == RoomId::new(7)
         ));
         assert!(matches!(
             parse(r#"{"type":"chat","content":"hi\nthere"}"#)
@@ -330,8 +330,8 @@ mod tests {
     fn server_frames_match_the_contract() {
         let t = chrono::DateTime::from_timestamp(0, 0).unwrap();
         let msg = Message {
-            id: 1,
-            room_id: 2,
+            id: crate::domain::MessageSeq::new(1),
+            room_id: RoomId::new(2),
             nickname: "a".into(),
             content: "<b>".into(),
             sent_at: t,
@@ -346,7 +346,7 @@ mod tests {
         assert_eq!(v["ref"], "r");
         assert_eq!(v["message"]["roomId"], 2);
         let text = ServerFrame::MemberLeft {
-            room_id: 3,
+            room_id: RoomId::new(3),
             nickname: "bo",
         }
         .to_text();

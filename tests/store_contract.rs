@@ -18,7 +18,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use futures_util::FutureExt;
 
-use chat_server::domain::{Nickname, RoomTitle, TextLimits};
+use chat_server::domain::{MessageSeq, Nickname, RoomId, RoomTitle, SocketId, TextLimits};
 use chat_server::store::{
     LeaveOutcome, MemoryStore, MySqlStore, NewMember, NewMessage, SharedStore, StoreError,
 };
@@ -175,7 +175,7 @@ fn title(s: &str) -> RoomTitle {
 fn member(nick: &str, socket: &str, instance: &str, at: i64) -> NewMember {
     NewMember {
         nickname: Nickname::parse(nick, &limits()).expect("valid nickname"),
-        socket_id: socket.to_owned(),
+        socket_id: SocketId::from(socket),
         instance_id: instance.to_owned(),
         joined_at: t(at),
     }
@@ -189,7 +189,19 @@ fn msg(nick: &str, content: &str, at: i64) -> NewMessage {
     }
 }
 
-async fn new_room(store: &SharedStore, name: &str) -> u64 {
+fn sock(id: &str) -> SocketId {
+    SocketId::from(id)
+}
+
+/// A room id `by` above `id`: one no test created.
+fn beyond(id: RoomId, by: u64) -> RoomId {
+    RoomId::new(id.get() + by)
+}
+
+/// A room id no test creates.
+const NO_ROOM: RoomId = RoomId::new(4242);
+
+async fn new_room(store: &SharedStore, name: &str) -> RoomId {
     store
         .create_room(&title(name), t(0))
         .await
@@ -197,7 +209,7 @@ async fn new_room(store: &SharedStore, name: &str) -> u64 {
         .id
 }
 
-async fn join(store: &SharedStore, room: u64, nick: &str, socket: &str) {
+async fn join(store: &SharedStore, room: RoomId, nick: &str, socket: &str) {
     store
         .add_member(room, &member(nick, socket, "inst-a", 1))
         .await
@@ -209,10 +221,10 @@ fn nicknames(members: &[chat_server::domain::Member]) -> Vec<&str> {
 }
 
 fn ids(messages: &[chat_server::domain::Message]) -> Vec<u64> {
-    messages.iter().map(|m| m.id).collect()
+    messages.iter().map(|m| m.id.get()).collect()
 }
 
-async fn assert_room_gone(store: &SharedStore, room: u64) {
+async fn assert_room_gone(store: &SharedStore, room: RoomId) {
     assert_eq!(store.room(room).await.expect("room"), None);
     assert!(!store
         .rooms()
@@ -225,7 +237,7 @@ async fn assert_room_gone(store: &SharedStore, room: u64) {
         Err(StoreError::RoomNotFound(id)) if id == room
     ));
     assert!(matches!(
-        store.messages_after(room, 0, 50).await,
+        store.messages_after(room, MessageSeq::new(0), 50).await,
         Err(StoreError::RoomNotFound(id)) if id == room
     ));
     assert!(matches!(
@@ -259,7 +271,7 @@ async fn create_get_and_list_newest_first(store: SharedStore) {
     assert_eq!(c.title, "third", "titles are stored trimmed");
 
     assert_eq!(store.room(b.id).await.unwrap(), Some(b.clone()));
-    assert_eq!(store.room(c.id + 1000).await.unwrap(), None);
+    assert_eq!(store.room(beyond(c.id, 1000)).await.unwrap(), None);
     assert_eq!(store.rooms().await.unwrap(), vec![c, b, a]);
 }
 
@@ -287,13 +299,13 @@ async fn join_increments_count_and_lists_members_in_join_order(store: SharedStor
 
 async fn join_fails_for_a_missing_room(store: SharedStore) {
     let err = store
-        .add_member(4242, &member("amy", "s1", "inst-a", 1))
+        .add_member(NO_ROOM, &member("amy", "s1", "inst-a", 1))
         .await
         .unwrap_err();
-    assert!(matches!(err, StoreError::RoomNotFound(4242)), "{err:?}");
+    assert!(matches!(err, StoreError::RoomNotFound(NO_ROOM)), "{err:?}");
     assert!(matches!(
-        store.members(4242).await,
-        Err(StoreError::RoomNotFound(4242))
+        store.members(NO_ROOM).await,
+        Err(StoreError::RoomNotFound(NO_ROOM))
     ));
 }
 
@@ -335,7 +347,7 @@ async fn nickname_taken_is_exact_and_per_room(store: SharedStore) {
     assert_eq!(store.members(r1).await.unwrap().len(), 6);
 
     // Once alice leaves, the nickname is free again.
-    store.remove_member(r1, "s1").await.unwrap();
+    store.remove_member(r1, &sock("s1")).await.unwrap();
     join(&store, r1, "alice", "s10").await;
     assert_eq!(store.room(r1).await.unwrap().unwrap().member_count, 6);
 }
@@ -347,7 +359,7 @@ async fn leave_decrements_and_unknown_sockets_are_not_members(store: SharedStore
     join(&store, room, "c", "sc").await;
 
     assert_eq!(
-        store.remove_member(room, "sb").await.unwrap(),
+        store.remove_member(room, &sock("sb")).await.unwrap(),
         LeaveOutcome::Left {
             nickname: "b".into(),
             remaining: 2
@@ -360,21 +372,24 @@ async fn leave_decrements_and_unknown_sockets_are_not_members(store: SharedStore
     );
     // Twice, an unknown socket, a socket of another room, a missing room.
     assert_eq!(
-        store.remove_member(room, "sb").await.unwrap(),
+        store.remove_member(room, &sock("sb")).await.unwrap(),
         LeaveOutcome::NotMember
     );
     assert_eq!(
-        store.remove_member(room, "nobody").await.unwrap(),
+        store.remove_member(room, &sock("nobody")).await.unwrap(),
         LeaveOutcome::NotMember
     );
     let other = new_room(&store, "other").await;
     join(&store, other, "z", "sz").await;
     assert_eq!(
-        store.remove_member(room, "sz").await.unwrap(),
+        store.remove_member(room, &sock("sz")).await.unwrap(),
         LeaveOutcome::NotMember
     );
     assert_eq!(
-        store.remove_member(9999, "sa").await.unwrap(),
+        store
+            .remove_member(RoomId::new(9999), &sock("sa"))
+            .await
+            .unwrap(),
         LeaveOutcome::NotMember
     );
     assert_eq!(store.room(room).await.unwrap().unwrap().member_count, 2);
@@ -397,11 +412,11 @@ async fn last_leave_deletes_room_members_and_messages(store: SharedStore) {
         .unwrap();
 
     assert!(matches!(
-        store.remove_member(room, "sa").await.unwrap(),
+        store.remove_member(room, &sock("sa")).await.unwrap(),
         LeaveOutcome::Left { remaining: 1, .. }
     ));
     assert_eq!(
-        store.remove_member(room, "sb").await.unwrap(),
+        store.remove_member(room, &sock("sb")).await.unwrap(),
         LeaveOutcome::RoomDeleted {
             nickname: "b".into()
         }
@@ -414,7 +429,7 @@ async fn last_leave_deletes_room_members_and_messages(store: SharedStore) {
         Err(StoreError::RoomNotFound(_))
     ));
     assert_eq!(
-        store.remove_member(room, "sb").await.unwrap(),
+        store.remove_member(room, &sock("sb")).await.unwrap(),
         LeaveOutcome::NotMember
     );
     // The other room is untouched.
@@ -423,7 +438,10 @@ async fn last_leave_deletes_room_members_and_messages(store: SharedStore) {
         1
     );
     assert_eq!(
-        ids(&store.messages_after(bystander, 0, 10).await.unwrap()),
+        ids(&store
+            .messages_after(bystander, MessageSeq::new(0), 10)
+            .await
+            .unwrap()),
         vec![1]
     );
 }
@@ -437,7 +455,7 @@ async fn message_ids_are_a_per_room_sequence(store: SharedStore) {
         .await
         .unwrap();
     assert_eq!(first.len(), 1);
-    assert_eq!(first[0].id, 1);
+    assert_eq!(first[0].id, MessageSeq::new(1));
     assert_eq!(first[0].room_id, a);
     assert_eq!(first[0].nickname, "x");
     assert_eq!(first[0].content, "a1");
@@ -468,7 +486,10 @@ async fn message_ids_are_a_per_room_sequence(store: SharedStore) {
     assert_eq!(ids(&more), vec![4]);
 
     // What was returned is what is stored.
-    let stored = store.messages_after(a, 0, 100).await.unwrap();
+    let stored = store
+        .messages_after(a, MessageSeq::new(0), 100)
+        .await
+        .unwrap();
     let mut returned = first;
     returned.extend(batch);
     returned.extend(more);
@@ -476,7 +497,10 @@ async fn message_ids_are_a_per_room_sequence(store: SharedStore) {
 
     assert!(matches!(
         store
-            .append_messages(a + b + 100, &[msg("x", "nowhere", 1)])
+            .append_messages(
+                beyond(RoomId::new(a.get() + b.get()), 100),
+                &[msg("x", "nowhere", 1)]
+            )
             .await,
         Err(StoreError::RoomNotFound(_))
     ));
@@ -486,7 +510,7 @@ async fn empty_batch_stores_nothing_and_consumes_no_id(store: SharedStore) {
     let room = new_room(&store, "quiet").await;
     assert!(store.append_messages(room, &[]).await.unwrap().is_empty());
     assert!(matches!(
-        store.append_messages(room + 100, &[]).await,
+        store.append_messages(beyond(room, 100), &[]).await,
         Err(StoreError::RoomNotFound(_))
     ));
     let stored = store
@@ -499,7 +523,11 @@ async fn empty_batch_stores_nothing_and_consumes_no_id(store: SharedStore) {
 async fn messages_after_is_ascending_and_limited(store: SharedStore) {
     let room = new_room(&store, "history").await;
     let other = new_room(&store, "noise").await;
-    assert!(store.messages_after(room, 0, 50).await.unwrap().is_empty());
+    assert!(store
+        .messages_after(room, MessageSeq::new(0), 50)
+        .await
+        .unwrap()
+        .is_empty());
     for chunk in [1..4, 4..5, 5..11] {
         let batch: Vec<NewMessage> = chunk
             .clone()
@@ -509,28 +537,58 @@ async fn messages_after_is_ascending_and_limited(store: SharedStore) {
         store.append_messages(other, &batch).await.unwrap();
     }
 
-    let all = store.messages_after(room, 0, 50).await.unwrap();
+    let all = store
+        .messages_after(room, MessageSeq::new(0), 50)
+        .await
+        .unwrap();
     assert_eq!(ids(&all), (1..=10).collect::<Vec<_>>());
     assert!(all.iter().all(|m| m.room_id == room));
     assert!(all.iter().all(|m| m.content == format!("m{}", m.id)));
     assert_eq!(
-        ids(&store.messages_after(room, 3, 4).await.unwrap()),
+        ids(&store
+            .messages_after(room, MessageSeq::new(3), 4)
+            .await
+            .unwrap()),
         vec![4, 5, 6, 7]
     );
     assert_eq!(
-        ids(&store.messages_after(room, 8, 50).await.unwrap()),
+        ids(&store
+            .messages_after(room, MessageSeq::new(8), 50)
+            .await
+            .unwrap()),
         vec![9, 10]
     );
-    assert!(store.messages_after(room, 10, 50).await.unwrap().is_empty());
     assert!(store
-        .messages_after(room, 500, 50)
+        .messages_after(room, MessageSeq::new(10), 50)
         .await
         .unwrap()
         .is_empty());
-    assert!(store.messages_after(room, 0, 0).await.unwrap().is_empty());
-    assert_eq!(store.messages_after(room, 0, 1).await.unwrap()[0].id, 1);
+    assert!(store
+        .messages_after(room, MessageSeq::new(500), 50)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(store
+        .messages_after(room, MessageSeq::new(0), 0)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        store
+            .messages_after(room, MessageSeq::new(0), 1)
+            .await
+            .unwrap()[0]
+            .id,
+        MessageSeq::new(1)
+    );
     assert!(matches!(
-        store.messages_after(room + other + 100, 0, 0).await,
+        store
+            .messages_after(
+                beyond(RoomId::new(room.get() + other.get()), 100),
+                MessageSeq::ZERO,
+                0
+            )
+            .await,
         Err(StoreError::RoomNotFound(_))
     ));
 }
@@ -556,7 +614,9 @@ async fn recent_messages_are_the_last_n_ascending(store: SharedStore) {
         vec![1, 2]
     );
     assert!(matches!(
-        store.recent_messages(room + other + 100, 0).await,
+        store
+            .recent_messages(beyond(RoomId::new(room.get() + other.get()), 100), 0)
+            .await,
         Err(StoreError::RoomNotFound(_))
     ));
 }
@@ -621,7 +681,7 @@ async fn remove_instance_members_removes_only_that_instance(store: SharedStore) 
     let r1 = new_room(&store, "mixed").await;
     let r2 = new_room(&store, "all dead").await;
     let r3 = new_room(&store, "all alive").await;
-    let add = |room: u64, nick: &'static str, inst: &'static str| {
+    let add = |room: RoomId, nick: &'static str, inst: &'static str| {
         let store = store.clone();
         async move {
             store
@@ -645,7 +705,7 @@ async fn remove_instance_members_removes_only_that_instance(store: SharedStore) 
     let removed = store.remove_instance_members("dead").await.unwrap();
     // The exact shape: every dead member once, and exactly one removal per
     // deleted room flagged `room_deleted`.
-    let mut who: Vec<(u64, String)> = removed
+    let mut who: Vec<(RoomId, String)> = removed
         .iter()
         .map(|r| (r.room_id, r.nickname.clone()))
         .collect();
@@ -688,7 +748,7 @@ async fn remove_instance_members_removes_only_that_instance(store: SharedStore) 
         .unwrap()
         .is_empty());
     assert_eq!(
-        store.remove_member(r1, "dead:a").await.unwrap(),
+        store.remove_member(r1, &sock("dead:a")).await.unwrap(),
         LeaveOutcome::NotMember
     );
 }
@@ -710,7 +770,7 @@ async fn remove_all_members_empties_every_room(store: SharedStore) {
 
     let removed = store.remove_all_members().await.unwrap();
     assert_eq!(removed.len(), 3);
-    let mut who: Vec<(u64, String)> = removed
+    let mut who: Vec<(RoomId, String)> = removed
         .iter()
         .map(|r| (r.room_id, r.nickname.clone()))
         .collect();
@@ -792,7 +852,10 @@ async fn emoji_round_trip(store: SharedStore) {
     assert_eq!(history[1].nickname, nick);
     assert_eq!(history[1].content, long_content);
     assert_eq!(
-        store.messages_after(party.id, 0, 10).await.unwrap(),
+        store
+            .messages_after(party.id, MessageSeq::ZERO, 10)
+            .await
+            .unwrap(),
         history
     );
 }
@@ -820,7 +883,10 @@ async fn concurrent_join_then_leave_keeps_count_exact(store: SharedStore) {
                     .await
                     .unwrap_or_else(|e| panic!("{nick} join: {e}"));
                 assert!(out.room.member_count >= 2 && out.room.member_count <= 21);
-                match store.remove_member(room, &sock).await {
+                match store
+                    .remove_member(room, &SocketId::from(sock.as_str()))
+                    .await
+                {
                     Ok(LeaveOutcome::Left {
                         nickname,
                         remaining,
@@ -856,7 +922,10 @@ async fn concurrent_joins_then_concurrent_leaves(store: SharedStore) {
                     barrier.wait().await;
                     let sock = format!("sock{i}");
                     if leave {
-                        let out = store.remove_member(room, &sock).await.unwrap();
+                        let out = store
+                            .remove_member(room, &SocketId::from(sock.as_str()))
+                            .await
+                            .unwrap();
                         assert!(matches!(out, LeaveOutcome::Left { .. }), "{out:?}");
                     } else {
                         store
@@ -901,12 +970,12 @@ async fn concurrent_last_two_leaves_delete_exactly_once(store: SharedStore) {
             .await
             .unwrap();
         let barrier = Arc::new(tokio::sync::Barrier::new(2));
-        let leave = |sock: &'static str| {
+        let leave = |id: &'static str| {
             let store = store.clone();
             let barrier = barrier.clone();
             tokio::spawn(async move {
                 barrier.wait().await;
-                store.remove_member(room, sock).await
+                store.remove_member(room, &sock(id)).await
             })
         };
         let (x, y) = (leave("sa"), leave("sb"));
@@ -942,7 +1011,7 @@ async fn join_racing_last_leave_never_sees_half_a_room(store: SharedStore) {
             let barrier = barrier.clone();
             tokio::spawn(async move {
                 barrier.wait().await;
-                store.remove_member(room, "s-last").await
+                store.remove_member(room, &sock("s-last")).await
             })
         };
         let joiner = {
@@ -1011,7 +1080,7 @@ async fn concurrent_appends_get_gap_free_ids(store: SharedStore) {
                     assert_eq!(stored.len(), batch.len());
                     // A batch gets consecutive ids, in order.
                     for pair in stored.windows(2) {
-                        assert_eq!(pair[1].id, pair[0].id + 1);
+                        assert_eq!(pair[1].id, pair[0].id.next());
                     }
                     for (s, m) in stored.iter().zip(&batch) {
                         assert_eq!(s.content, m.content);
@@ -1034,7 +1103,10 @@ async fn concurrent_appends_get_gap_free_ids(store: SharedStore) {
         "no gaps, no duplicates"
     );
 
-    let stored = store.messages_after(room, 0, 10_000).await.unwrap();
+    let stored = store
+        .messages_after(room, MessageSeq::new(0), 10_000)
+        .await
+        .unwrap();
     assert_eq!(stored, returned, "the store holds exactly what it returned");
     // The other room's sequence is untouched.
     let next = store
@@ -1049,11 +1121,11 @@ async fn concurrent_appends_get_gap_free_ids(store: SharedStore) {
 /// in the order it sent them. Returns how many appends `missing` refused.
 async fn append_to_rooms_at_once(
     stores: &[SharedStore],
-    rooms: &[u64],
-    missing: u64,
+    rooms: &[RoomId],
+    missing: RoomId,
     batches: usize,
 ) -> usize {
-    let targets: Vec<u64> = rooms.iter().copied().chain([missing]).collect();
+    let targets: Vec<RoomId> = rooms.iter().copied().chain([missing]).collect();
     let tasks = targets.len() * stores.len();
     let barrier = Arc::new(tokio::sync::Barrier::new(tasks));
     let mut handles = Vec::new();
@@ -1076,7 +1148,7 @@ async fn append_to_rooms_at_once(
                                 assert_eq!((got.room_id, &got.content), (room, &sent.content));
                             }
                             for pair in stored.windows(2) {
-                                assert_eq!(pair[1].id, pair[0].id + 1);
+                                assert_eq!(pair[1].id, pair[0].id.next());
                             }
                         }
                         Err(StoreError::RoomNotFound(r)) => {
@@ -1096,7 +1168,10 @@ async fn append_to_rooms_at_once(
     }
     let per_room: u64 = (0..batches).map(|b| (b % 4 + 1) as u64).sum::<u64>() * stores.len() as u64;
     for &room in rooms {
-        let stored = stores[0].messages_after(room, 0, 100_000).await.unwrap();
+        let stored = stores[0]
+            .messages_after(room, MessageSeq::new(0), 100_000)
+            .await
+            .unwrap();
         assert_eq!(
             ids(&stored),
             (1..=per_room).collect::<Vec<_>>(),
@@ -1134,7 +1209,7 @@ async fn concurrent_appends_to_many_rooms_keep_each_sequence(store: SharedStore)
     for i in 0..12 {
         rooms.push(new_room(&store, &format!("busy {i}")).await);
     }
-    let missing = rooms.iter().max().copied().unwrap_or(0) + 1000;
+    let missing = beyond(rooms.iter().max().copied().unwrap_or(RoomId::new(0)), 1000);
     let refused = append_to_rooms_at_once(std::slice::from_ref(&store), &rooms, missing, 15).await;
     assert_eq!(refused, 15, "every append to the missing room is refused");
 }
@@ -1230,7 +1305,7 @@ mod mysql_only {
             for i in 0..8 {
                 rooms.push(new_room(&store, &format!("shared {i}")).await);
             }
-            let missing = rooms.iter().max().copied().unwrap_or(0) + 1000;
+            let missing = beyond(rooms.iter().max().copied().unwrap_or(RoomId::new(0)), 1000);
             let refused =
                 append_to_rooms_at_once(&[store.clone(), other.clone()], &rooms, missing, 12).await;
             assert_eq!(refused, 24);
@@ -1253,11 +1328,11 @@ mod mysql_only {
                 let (x, y) = (
                     tokio::spawn({
                         let s = store.clone();
-                        async move { s.remove_member(room, "sa").await }
+                        async move { s.remove_member(room, &sock("sa")).await }
                     }),
                     tokio::spawn({
                         let s = store.clone();
-                        async move { s.remove_member(room, "sb").await }
+                        async move { s.remove_member(room, &sock("sb")).await }
                     }),
                 );
                 x.await.unwrap().unwrap();
@@ -1359,15 +1434,15 @@ async fn member_records_carry_sockets_and_instances_are_listed(store: SharedStor
         .await
         .unwrap();
     let records = store.member_records(room).await.unwrap();
-    let got: Vec<(String, String)> = records
+    let got: Vec<(String, SocketId)> = records
         .iter()
         .map(|r| (r.member.nickname.clone(), r.socket_id.clone()))
         .collect();
     assert_eq!(
         got,
         vec![
-            ("ann".to_owned(), "i1:1".to_owned()),
-            ("bob".to_owned(), "i2:7".to_owned())
+            ("ann".to_owned(), sock("i1:1")),
+            ("bob".to_owned(), sock("i2:7"))
         ]
     );
     assert_eq!(
@@ -1378,13 +1453,13 @@ async fn member_records_carry_sockets_and_instances_are_listed(store: SharedStor
     // processes can drop exactly that membership.
     let removed = store.remove_instance_members("i2").await.unwrap();
     assert_eq!(removed.len(), 1);
-    assert_eq!(removed[0].socket_id, "i2:7");
+    assert_eq!(removed[0].socket_id, sock("i2:7"));
     assert_eq!(
         store.instances_with_members().await.unwrap(),
         vec!["i1".to_owned()]
     );
     assert!(matches!(
-        store.member_records(room + 1000).await,
+        store.member_records(beyond(room, 1000)).await,
         Err(StoreError::RoomNotFound(_))
     ));
 }

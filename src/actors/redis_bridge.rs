@@ -32,7 +32,7 @@ use actix::prelude::*;
 use deadpool_redis::redis::{self, aio::PubSubSink, AsyncCommands};
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{Member, Message, RoomId};
+use crate::domain::{Member, Message, RoomId, SocketId};
 use crate::store::SharedStore;
 
 /// Longest wait for a connection or a command before Redis counts as down.
@@ -54,12 +54,17 @@ pub enum RoomEvent {
     /// A member joined on the origin; `socket` identifies the membership,
     /// `join_seq` its place in the store's join order.
     Joined {
-        socket: String,
+        #[serde(rename = "socket")]
+        socket_id: SocketId,
         member: Member,
         join_seq: u64,
     },
     /// A membership ended (left, disconnected or reaped).
-    Left { socket: String, nickname: String },
+    Left {
+        #[serde(rename = "socket")]
+        socket_id: SocketId,
+        nickname: String,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -227,6 +232,7 @@ impl RedisBridge {
             .strip_prefix(":room:")?
             .parse()
             .ok()
+            .map(RoomId::new)
     }
 
     /// Opens the subscription connection, subscribes every current room and
@@ -384,7 +390,7 @@ impl RedisBridge {
         }
         for r in removed {
             let event = RoomEvent::Left {
-                socket: r.socket_id,
+                socket_id: r.socket_id,
                 nickname: r.nickname,
             };
             if let Some(room) = self.subscribers.get(&r.room_id) {

@@ -40,7 +40,9 @@ use bytes::{Bytes, BytesMut};
 use super::redis_bridge::{BusSignal, Publish, RedisBridge, RoomEvent, Subscribe, Unsubscribe};
 use super::room_manager::{RoomManager, RoomStopped};
 use super::session::SessionEvent;
-use crate::domain::{self, Member, Message, MessageContent, MessageSeq, Nickname, RoomId};
+use crate::domain::{
+    self, Member, Message, MessageContent, MessageSeq, Nickname, RoomId, SocketId,
+};
 use crate::error::ChatError;
 use crate::protocol::{error_frame, ServerFrame};
 use crate::store::{
@@ -74,7 +76,7 @@ pub struct RoomClosing;
 #[derive(Message)]
 #[rtype(result = "Result<(), RoomClosing>")]
 pub struct Join {
-    pub session_id: String,
+    pub socket_id: SocketId,
     pub nickname: Nickname,
     pub outbox: Recipient<SessionEvent>,
     pub reference: Option<String>,
@@ -84,7 +86,7 @@ pub struct Join {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Chat {
-    pub session_id: String,
+    pub socket_id: SocketId,
     pub content: MessageContent,
     pub reference: Option<String>,
 }
@@ -93,7 +95,7 @@ pub struct Chat {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Leave {
-    pub session_id: String,
+    pub socket_id: SocketId,
     /// Completed once the leave is recorded (or found moot), so a client
     /// told `left` also sees it gone over REST.
     pub done: Option<tokio::sync::oneshot::Sender<()>>,
@@ -118,13 +120,13 @@ struct MemberEntry {
     /// Place in the store's join order: the list is kept sorted by it, so
     /// every process lists a room's members in the same order.
     join_seq: u64,
-    session_id: String,
+    socket_id: SocketId,
     outbox: Option<Recipient<SessionEvent>>,
 }
 
 /// Who sent a message stored by this actor, to echo the `ref` back.
 struct Sender {
-    session_id: String,
+    socket_id: SocketId,
     reference: Option<String>,
 }
 
@@ -178,7 +180,7 @@ pub struct RoomActor {
     /// to be retried).
     unsynced_leaves: usize,
     /// Local members whose leave step is queued.
-    leaving: std::collections::HashSet<String>,
+    leaving: std::collections::HashSet<SocketId>,
     /// Bus events that arrived before the first join read the room's state;
     /// replayed after it (duplicates are harmless: ids and sockets dedupe).
     early_events: Vec<RoomEvent>,
@@ -221,8 +223,8 @@ impl RoomActor {
         }
     }
 
-    fn position(&self, session_id: &str) -> Option<usize> {
-        self.members.iter().position(|m| m.session_id == session_id)
+    fn position(&self, socket_id: &SocketId) -> Option<usize> {
+        self.members.iter().position(|m| m.socket_id == *socket_id)
     }
 
     fn local(&self) -> impl Iterator<Item = (&MemberEntry, &Recipient<SessionEvent>)> {
@@ -244,26 +246,26 @@ impl RoomActor {
     /// waiting; returns the member if its mailbox refused.
     fn offer(
         &self,
-        session_id: &str,
+        socket_id: &SocketId,
         outbox: &Recipient<SessionEvent>,
         wire: Bytes,
-    ) -> Option<(String, Removal)> {
+    ) -> Option<(SocketId, Removal)> {
         let event = SessionEvent::Frames {
             room_id: self.room_id,
             wire,
         };
         match outbox.try_send(event) {
             Ok(()) => None,
-            Err(SendError::Full(_)) => Some((session_id.to_owned(), Removal::SlowConsumer)),
-            Err(SendError::Closed(_)) => Some((session_id.to_owned(), Removal::Gone)),
+            Err(SendError::Full(_)) => Some((socket_id.to_owned(), Removal::SlowConsumer)),
+            Err(SendError::Closed(_)) => Some((socket_id.to_owned(), Removal::Gone)),
         }
     }
 
     /// Sends `frame` to every local member; returns those whose mailbox
     /// refused it.
-    fn broadcast(&self, wire: &Bytes) -> Vec<(String, Removal)> {
+    fn broadcast(&self, wire: &Bytes) -> Vec<(SocketId, Removal)> {
         self.local()
-            .filter_map(|(m, outbox)| self.offer(&m.session_id, outbox, wire.clone()))
+            .filter_map(|(m, outbox)| self.offer(&m.socket_id, outbox, wire.clone()))
             .collect()
     }
 
@@ -289,7 +291,7 @@ impl RoomActor {
             .iter()
             .find(|m| m.member.nickname == record.member.nickname && m.outbox.is_none())
         {
-            removals.push((old.session_id.clone(), Removal::Forget));
+            removals.push((old.socket_id.clone(), Removal::Forget));
         }
         self.remove_members(removals, ctx);
         let frame = ServerFrame::MemberJoined {
@@ -301,7 +303,7 @@ impl RoomActor {
         self.insert_member(MemberEntry {
             member: record.member,
             join_seq: record.join_seq,
-            session_id: record.socket_id,
+            socket_id: record.socket_id,
             outbox: None,
         });
         self.remove_members(refused, ctx);
@@ -315,38 +317,38 @@ impl RoomActor {
     /// Callers that may have removed the last local member call
     /// `stop_if_idle` afterwards (not here: a first join removes stale remote
     /// entries before its own member is in the list).
-    fn remove_members(&mut self, queue: Vec<(String, Removal)>, ctx: &mut Context<Self>) {
-        for (session_id, why) in queue {
+    fn remove_members(&mut self, queue: Vec<(SocketId, Removal)>, ctx: &mut Context<Self>) {
+        for (socket_id, why) in queue {
             match why {
                 Removal::Gone | Removal::SlowConsumer => {
                     let local = self
-                        .position(&session_id)
+                        .position(&socket_id)
                         .and_then(|i| self.members[i].outbox.as_ref());
                     let Some(outbox) = local else {
                         continue;
                     };
                     if why == Removal::SlowConsumer {
-                        log::info!("room {}: closing slow consumer {session_id}", self.room_id);
+                        log::info!("room {}: closing slow consumer {socket_id}", self.room_id);
                         outbox.do_send(SessionEvent::Evicted {
                             room_id: self.room_id,
                             code: crate::ws::CloseCode::Policy,
                             reason: "slow consumer: not reading fast enough",
                         });
                     }
-                    if self.leaving.insert(session_id.clone()) {
+                    if self.leaving.insert(socket_id.clone()) {
                         self.unsynced_leaves += 1;
-                        self.leave_step(session_id, ctx);
+                        self.leave_step(socket_id, ctx);
                     }
                 }
-                Removal::Forget | Removal::Lost => self.drop_entry(&session_id, why, ctx),
+                Removal::Forget | Removal::Lost => self.drop_entry(&socket_id, why, ctx),
             }
         }
     }
 
     /// Takes a member out of the list (if listed) and tells the local
     /// members.
-    fn drop_entry(&mut self, session_id: &str, why: Removal, ctx: &mut Context<Self>) {
-        let Some(index) = self.position(session_id) else {
+    fn drop_entry(&mut self, socket_id: &SocketId, why: Removal, ctx: &mut Context<Self>) {
+        let Some(index) = self.position(socket_id) else {
             return;
         };
         let gone = self.members.remove(index);
@@ -391,9 +393,9 @@ impl RoomActor {
     /// A local member's leave, as a step: record it in the store, then drop
     /// it from the list and tell the others, so that whoever sees
     /// `memberLeft` also sees the new count over REST.
-    fn leave_step(&mut self, session_id: String, ctx: &mut Context<Self>) {
+    fn leave_step(&mut self, socket_id: SocketId, ctx: &mut Context<Self>) {
         let step: StoreStep = Box::new(move |act: &mut RoomActor, _: &mut Context<RoomActor>| {
-            act.store_leave(session_id, Duration::from_millis(100))
+            act.store_leave(socket_id, Duration::from_millis(100))
         });
         self.enqueue_step(step, ctx);
     }
@@ -403,14 +405,14 @@ impl RoomActor {
     /// member is dropped from the list on the first attempt either way: its
     /// socket is gone). `unsynced_leaves` keeps the actor alive until every
     /// leave is recorded.
-    fn store_leave(&mut self, session_id: String, backoff: Duration) -> StepFuture {
+    fn store_leave(&mut self, socket_id: SocketId, backoff: Duration) -> StepFuture {
         let store = self.store.clone();
         let room_id = self.room_id;
-        let sid = session_id.clone();
+        let sid = socket_id.clone();
         let fut = async move { store.remove_member(room_id, &sid).await };
         Box::pin(fut.into_actor(self).map(move |res, act, ctx| {
-            if act.leaving.remove(&session_id) {
-                act.drop_entry(&session_id, Removal::Gone, ctx);
+            if act.leaving.remove(&socket_id) {
+                act.drop_entry(&socket_id, Removal::Gone, ctx);
             }
             match res {
                 Ok(outcome) => {
@@ -425,17 +427,17 @@ impl RoomActor {
                     };
                     if let Some(nickname) = nickname {
                         act.publish(RoomEvent::Left {
-                            socket: session_id,
+                            socket_id,
                             nickname,
                         });
                     }
                 }
                 Err(e) => {
-                    log::warn!("room {room_id}: leave of {session_id} not recorded, retrying: {e}");
+                    log::warn!("room {room_id}: leave of {socket_id} not recorded, retrying: {e}");
                     ctx.run_later(backoff, move |act, ctx| {
                         let next = (backoff * 2).min(MAX_LEAVE_RETRY);
                         let retry: StoreStep = Box::new(move |act: &mut RoomActor, _| {
-                            act.store_leave(session_id, next)
+                            act.store_leave(socket_id, next)
                         });
                         act.enqueue_step(retry, ctx);
                     });
@@ -474,7 +476,7 @@ impl RoomActor {
         let history_limit = self.config.history_on_join.max(1);
         let new_member = NewMember {
             nickname: msg.nickname.clone(),
-            socket_id: msg.session_id.clone(),
+            socket_id: msg.socket_id.clone(),
             instance_id: self.config.instance_id.clone(),
             joined_at: domain::now(),
         };
@@ -536,11 +538,11 @@ impl RoomActor {
         self.insert_member(MemberEntry {
             member: outcome.member.clone(),
             join_seq: outcome.join_seq,
-            session_id: msg.session_id.clone(),
+            socket_id: msg.socket_id.clone(),
             outbox: Some(msg.outbox.clone()),
         });
         self.publish(RoomEvent::Joined {
-            socket: msg.session_id.clone(),
+            socket_id: msg.socket_id.clone(),
             member: outcome.member.clone(),
             join_seq: outcome.join_seq,
         });
@@ -560,7 +562,7 @@ impl RoomActor {
             frame,
         };
         if msg.outbox.try_send(joined).is_err() {
-            removals.push((msg.session_id, Removal::Gone));
+            removals.push((msg.socket_id, Removal::Gone));
         }
         self.remove_members(removals, ctx);
         self.stop_if_idle(ctx);
@@ -570,7 +572,12 @@ impl RoomActor {
     /// history (which also fixes the next expected id) and the members on
     /// other processes.
     fn load(&mut self, snapshot: Snapshot, ctx: &mut Context<Self>) {
-        self.next_id = Some(snapshot.history.last().map_or(1, |m| m.id + 1));
+        self.next_id = Some(
+            snapshot
+                .history
+                .last()
+                .map_or(MessageSeq::FIRST, |m| m.id.next()),
+        );
         let keep = snapshot
             .history
             .len()
@@ -626,11 +633,11 @@ impl RoomActor {
         let mut removals = Vec::new();
         for s in &senders {
             if let Some(outbox) = self
-                .position(&s.session_id)
+                .position(&s.socket_id)
                 .and_then(|i| self.members[i].outbox.as_ref())
             {
                 let wire = error_frame(&error, s.reference.as_deref());
-                removals.extend(self.offer(&s.session_id, outbox, wire));
+                removals.extend(self.offer(&s.socket_id, outbox, wire));
             }
         }
         self.remove_members(removals, ctx);
@@ -652,7 +659,7 @@ impl RoomActor {
         let mut ready = Vec::new();
         while let Some(entry) = self.reorder.remove(&next) {
             ready.push(entry);
-            next += 1;
+            next = next.next();
         }
         self.next_id = Some(next);
         if !ready.is_empty() {
@@ -686,7 +693,7 @@ impl RoomActor {
         };
         let store = self.store.clone();
         let room_id = self.room_id;
-        let fut = async move { store.messages_after(room_id, next - 1, FILL_PAGE).await };
+        let fut = async move { store.messages_after(room_id, next.prev(), FILL_PAGE).await };
         ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| match res {
             Ok(messages) => {
                 let full_page = messages.len() == FILL_PAGE;
@@ -720,11 +727,11 @@ impl RoomActor {
         }
         let shared = shared.freeze();
         // Senders with a `ref`, each with the positions of its own messages.
-        let mut personal: Vec<(&str, Vec<(usize, Bytes)>)> = Vec::new();
+        let mut personal: Vec<(&SocketId, Vec<(usize, Bytes)>)> = Vec::new();
         for (i, (message, sender)) in ready.iter().enumerate() {
             let Some((session, reference)) = sender
                 .as_ref()
-                .and_then(|s| Some((s.session_id.as_str(), s.reference.as_deref()?)))
+                .and_then(|s| Some((&s.socket_id, s.reference.as_deref()?)))
             else {
                 continue;
             };
@@ -750,11 +757,11 @@ impl RoomActor {
         };
         let mut removals = Vec::new();
         for (m, outbox) in self.local() {
-            let wire = match personal.iter().position(|(s, _)| *s == m.session_id) {
+            let wire = match personal.iter().position(|(s, _)| **s == m.socket_id) {
                 Some(p) => batch(&personal.swap_remove(p).1),
                 None => shared.clone(),
             };
-            removals.extend(self.offer(&m.session_id, outbox, wire));
+            removals.extend(self.offer(&m.socket_id, outbox, wire));
         }
         let keep = self.config.history_on_join;
         for (message, _) in ready {
@@ -798,17 +805,17 @@ impl RoomActor {
                 return;
             }
         };
-        let gone: Vec<(String, Removal)> = self
+        let gone: Vec<(SocketId, Removal)> = self
             .members
             .iter()
-            .filter(|m| !records.iter().any(|r| r.socket_id == m.session_id))
+            .filter(|m| !records.iter().any(|r| r.socket_id == m.socket_id))
             .map(|m| {
                 let why = if m.outbox.is_some() {
                     Removal::Lost
                 } else {
                     Removal::Forget
                 };
-                (m.session_id.clone(), why)
+                (m.socket_id.clone(), why)
             })
             .collect();
         self.remove_members(gone, ctx);
@@ -824,25 +831,25 @@ impl RoomActor {
                 self.accept(messages.into_iter().map(|m| (m, None)).collect(), ctx)
             }
             RoomEvent::Joined {
-                socket,
+                socket_id,
                 member,
                 join_seq,
             } => self.add_remote(
                 MemberRecord {
                     member,
-                    socket_id: socket,
+                    socket_id,
                     join_seq,
                 },
                 ctx,
             ),
-            RoomEvent::Left { socket, .. } => {
+            RoomEvent::Left { socket_id, .. } => {
                 // A local membership announced as gone was reaped while this
                 // process was unreachable: the store no longer has it.
-                let why = match self.position(&socket) {
+                let why = match self.position(&socket_id) {
                     Some(i) if self.members[i].outbox.is_some() => Removal::Lost,
                     _ => Removal::Forget,
                 };
-                self.remove_members(vec![(socket, why)], ctx);
+                self.remove_members(vec![(socket_id, why)], ctx);
                 self.stop_if_idle(ctx);
             }
         }
@@ -892,7 +899,7 @@ impl Handler<Chat> for RoomActor {
     fn handle(&mut self, msg: Chat, ctx: &mut Self::Context) {
         // A chat from a session this room no longer lists (it was evicted,
         // or its leave overtook the chat) is dropped: only members speak.
-        let Some(i) = self.position(&msg.session_id) else {
+        let Some(i) = self.position(&msg.socket_id) else {
             return;
         };
         self.pending_messages.push(NewMessage {
@@ -901,7 +908,7 @@ impl Handler<Chat> for RoomActor {
             sent_at: domain::now(),
         });
         self.pending_senders.push(Sender {
-            session_id: msg.session_id,
+            socket_id: msg.socket_id,
             reference: msg.reference,
         });
         self.flush(ctx);
@@ -913,7 +920,7 @@ impl Handler<Leave> for RoomActor {
 
     fn handle(&mut self, msg: Leave, ctx: &mut Self::Context) {
         let local = self
-            .position(&msg.session_id)
+            .position(&msg.socket_id)
             .is_some_and(|i| self.members[i].outbox.is_some());
         if let Some(done) = msg.done {
             // Answered once the leave step (queued by `remove_members`
@@ -923,11 +930,11 @@ impl Handler<Leave> for RoomActor {
                 Box::pin(actix::fut::ready(()))
             });
             if local {
-                self.remove_members(vec![(msg.session_id, Removal::Gone)], ctx);
+                self.remove_members(vec![(msg.socket_id, Removal::Gone)], ctx);
             }
             self.enqueue_step(step, ctx);
         } else if local {
-            self.remove_members(vec![(msg.session_id, Removal::Gone)], ctx);
+            self.remove_members(vec![(msg.socket_id, Removal::Gone)], ctx);
         }
         self.stop_if_idle(ctx);
     }

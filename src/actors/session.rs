@@ -19,7 +19,7 @@ use bytes::Bytes;
 
 use super::room::{Chat, Join, Leave, RoomActor, RoomClosing};
 use super::room_manager::GetRoom;
-use crate::domain::{self, Nickname, RoomId};
+use crate::domain::{self, Nickname, RoomId, SocketId};
 use crate::error::ChatError;
 use crate::protocol::{error_frame, parse_client_frame, ClientCommand, ClientFrame, ServerFrame};
 use crate::rate_limit::TokenBucket;
@@ -29,6 +29,9 @@ use crate::ws::{CloseCode, Transport, WsActor};
 /// Client frames held while a join is in progress; beyond this a client is
 /// sending faster than any chat needs.
 const MAX_QUEUED_WHILE_JOINING: usize = 64;
+/// What `joining` holds while the room of a `create` is being made (no
+/// room has id 0).
+const CREATING: RoomId = RoomId::new(0);
 /// How often a join is retried when it races the room actor's shutdown.
 const MAX_JOIN_ATTEMPTS: u32 = 20;
 
@@ -71,14 +74,14 @@ pub struct ChatSession {
     /// This process's number for the connection (see [`OpenSessions`]).
     number: u64,
     /// The connection's id in the store and on the bus: instance and number.
-    id: String,
+    id: SocketId,
     app: Arc<AppState>,
     peer: Option<IpAddr>,
     /// The room this connection is in. A join keeps it until the new room
     /// has accepted the member, so a failed join changes nothing.
     current: Option<CurrentRoom>,
-    /// The room a `join`/`create` in flight is for (0 while the room of a
-    /// `create` is being made).
+    /// The room a `join`/`create` in flight is for (`CREATING` while the
+    /// room of a `create` is being made).
     joining: Option<RoomId>,
     /// The room an explicit `leave` in flight is for: its `left` waits
     /// until the room has recorded the leave.
@@ -107,7 +110,7 @@ impl ChatSession {
         let rate = TokenBucket::new(s.ws_rate_per_sec, s.ws_rate_burst);
         ChatSession {
             number,
-            id: format!("{}:{number}", s.instance_id),
+            id: SocketId::new(&s.instance_id, number),
             app,
             peer,
             current: None,
@@ -185,7 +188,7 @@ impl ChatSession {
             }
             ClientCommand::Chat { content } => match &self.current {
                 Some(current) if current.room.connected() => current.room.do_send(Chat {
-                    session_id: self.id.clone(),
+                    socket_id: self.id.clone(),
                     content,
                     reference,
                 }),
@@ -225,7 +228,7 @@ impl ChatSession {
                     self.send_error(ctx, &e, reference.as_deref());
                     return;
                 }
-                self.joining = Some(0);
+                self.joining = Some(CREATING);
                 let store = self.app.store.clone();
                 let fut = async move { store.create_room(&title, domain::now()).await };
                 ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| match res {
@@ -246,7 +249,7 @@ impl ChatSession {
         };
         let (done, recorded) = tokio::sync::oneshot::channel();
         room.do_send(Leave {
-            session_id: self.id.clone(),
+            socket_id: self.id.clone(),
             done: Some(done),
         });
         self.leaving = Some(room_id);
@@ -276,7 +279,7 @@ impl ChatSession {
             return;
         };
         room.do_send(Leave {
-            session_id: self.id.clone(),
+            socket_id: self.id.clone(),
             done: None,
         });
         let left = ServerFrame::Left {
@@ -302,7 +305,7 @@ impl ChatSession {
         let this_attempt = self.join_attempt;
         let manager = self.app.manager.clone();
         let join = Join {
-            session_id: self.id.clone(),
+            socket_id: self.id.clone(),
             nickname: nickname.clone(),
             outbox: ctx.address().recipient(),
             reference: reference.clone(),
@@ -403,7 +406,7 @@ impl ChatSession {
         if let Some(current) = self.current.take() {
             if current.room.connected() {
                 current.room.do_send(Leave {
-                    session_id: self.id.clone(),
+                    socket_id: self.id.clone(),
                     done: None,
                 });
             } else {
@@ -463,7 +466,7 @@ impl ChatSession {
                 } else {
                     // Stale: give the seat back.
                     room.do_send(Leave {
-                        session_id: self.id.clone(),
+                        socket_id: self.id.clone(),
                         done: None,
                     });
                 }

@@ -2,20 +2,14 @@
 //! protocol exchanges (`Room`, `Member`, `Message`), serialized exactly as
 //! PROTOCOL.md shows them.
 
+mod ids;
 mod validated;
 
+pub use ids::{MessageSeq, RoomId, SocketId};
 pub use validated::{MessageContent, Nickname, RoomTitle, TextLimits};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize, Serializer};
-
-/// A room's id: assigned by the store, unique for the store's lifetime.
-pub type RoomId = u64;
-
-/// A message id: a per-room sequence 1, 2, 3, ... assigned by the store in
-/// the same transaction that stores the message. Being gap-free within a room
-/// is what lets a receiver tell a missing message from a late one.
-pub type MessageSeq = u64;
 
 /// Times go over the wire as RFC 3339 UTC with second precision
 /// (`2026-11-24T10:00:00Z`), the form PROTOCOL.md shows.
@@ -74,7 +68,7 @@ mod tests {
     fn records_serialize_in_camel_case_with_rfc3339_times() {
         let t = DateTime::from_timestamp(1_795_000_000, 0).unwrap();
         let room = Room {
-            id: 7,
+            id: RoomId::new(7),
             title: "general".into(),
             member_count: 2,
             created: t,
@@ -85,8 +79,8 @@ mod tests {
             serde_json::json!({"id":7,"title":"general","memberCount":2,"created":"2026-11-18T11:06:40Z"})
         );
         let msg = Message {
-            id: 42,
-            room_id: 7,
+            id: MessageSeq::new(42),
+            room_id: RoomId::new(7),
             nickname: "alice".into(),
             content: "hi".into(),
             sent_at: t,

@@ -80,11 +80,11 @@ pub async fn list_messages(
     app: web::Data<AppState>,
 ) -> Result<HttpResponse, ChatError> {
     let room_id = parse_room_id(&path)?;
-    let mut after: MessageSeq = 0;
+    let mut after = MessageSeq::ZERO;
     let mut limit: usize = 50;
     for (key, value) in form_pairs(req.query_string()) {
         match key.as_str() {
-            "after" => after = parse_count(&key, &value)?,
+            "after" => after = MessageSeq::new(parse_count(&key, &value)?),
             "limit" => limit = parse_count(&key, &value)? as usize,
             _ => {}
         }
@@ -99,6 +99,7 @@ pub async fn list_messages(
 
 fn parse_room_id(raw: &str) -> Result<RoomId, ChatError> {
     raw.parse()
+        .map(RoomId::new)
         .map_err(|_| ChatError::InvalidParameter(format!("room id {raw:?} is not an integer")))
 }
 

@@ -14,12 +14,12 @@ use super::{
     JoinOutcome, LeaveOutcome, MemberRecord, NewMember, NewMessage, RemovedMember, Store,
     StoreError, StoreKind,
 };
-use crate::domain::{Member, Message, MessageSeq, Room, RoomId, RoomTitle};
+use crate::domain::{Member, Message, MessageSeq, Room, RoomId, RoomTitle, SocketId};
 
 struct StoredMember {
     member: Member,
     join_seq: u64,
-    socket_id: String,
+    socket_id: SocketId,
     instance_id: String,
 }
 
@@ -32,7 +32,7 @@ struct StoredRoom {
 
 #[derive(Default)]
 struct Inner {
-    next_room_id: RoomId,
+    next_room_id: u64,
     next_join_seq: u64,
     rooms: BTreeMap<RoomId, StoredRoom>,
 }
@@ -84,7 +84,7 @@ impl Inner {
     fn remove_at(&mut self, room_id: RoomId, index: usize) -> RemovedMember {
         let mut deleted = false;
         let mut nickname = String::new();
-        let mut socket_id = String::new();
+        let mut socket_id = SocketId::from("");
         if let Some(room) = self.rooms.get_mut(&room_id) {
             let gone = room.members.remove(index);
             nickname = gone.member.nickname;
@@ -104,7 +104,7 @@ impl Inner {
     }
 
     fn remove_where(&mut self, keep: impl Fn(&StoredMember) -> bool) -> Vec<RemovedMember> {
-        let doomed: Vec<(RoomId, String)> = self
+        let doomed: Vec<(RoomId, SocketId)> = self
             .rooms
             .iter()
             .flat_map(|(id, r)| {
@@ -145,7 +145,7 @@ impl Store for MemoryStore {
         created: DateTime<Utc>,
     ) -> Result<Room, StoreError> {
         let mut inner = self.lock();
-        let id = inner.next_room_id;
+        let id = RoomId::new(inner.next_room_id);
         inner.next_room_id += 1;
         let room = Room {
             id,
@@ -159,7 +159,7 @@ impl Store for MemoryStore {
                 room: room.clone(),
                 members: Vec::new(),
                 messages: VecDeque::new(),
-                last_seq: 0,
+                last_seq: MessageSeq::ZERO,
             },
         );
         Ok(room)
@@ -217,13 +217,13 @@ impl Store for MemoryStore {
     async fn remove_member(
         &self,
         room_id: RoomId,
-        socket_id: &str,
+        socket_id: &SocketId,
     ) -> Result<LeaveOutcome, StoreError> {
         let mut inner = self.lock();
         let Some(room) = inner.rooms.get(&room_id) else {
             return Ok(LeaveOutcome::NotMember);
         };
-        let Some(index) = room.members.iter().position(|m| m.socket_id == socket_id) else {
+        let Some(index) = room.members.iter().position(|m| m.socket_id == *socket_id) else {
             return Ok(LeaveOutcome::NotMember);
         };
         let removed = inner.remove_at(room_id, index);
@@ -277,7 +277,7 @@ impl Store for MemoryStore {
             .ok_or(StoreError::RoomNotFound(room_id))?;
         let mut stored = Vec::with_capacity(batch.len());
         for m in batch {
-            room.last_seq += 1;
+            room.last_seq = room.last_seq.next();
             let msg = Message {
                 id: room.last_seq,
                 room_id,
@@ -302,8 +302,8 @@ impl Store for MemoryStore {
     ) -> Result<Vec<Message>, StoreError> {
         self.read_room(room_id, |room| {
             // Ids are consecutive, so the first wanted message's index is known.
-            let first_kept = room.messages.front().map_or(1, |m| m.id);
-            let skip = after.saturating_add(1).saturating_sub(first_kept) as usize;
+            let first_kept = room.messages.front().map_or(1, |m| m.id.get());
+            let skip = (after.get() + 1).saturating_sub(first_kept) as usize;
             room.messages
                 .iter()
                 .skip(skip)

@@ -25,7 +25,7 @@ pub use mysql::MySqlStore;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use crate::domain::{Member, Message, MessageSeq, Nickname, Room, RoomId, RoomTitle};
+use crate::domain::{Member, Message, MessageSeq, Nickname, Room, RoomId, RoomTitle, SocketId};
 use crate::error::ChatError;
 
 /// Why a store call failed. Only the first two are the client's doing.
@@ -72,7 +72,7 @@ impl StoreKind {
 #[derive(Debug, Clone)]
 pub struct NewMember {
     pub nickname: Nickname,
-    pub socket_id: String,
+    pub socket_id: SocketId,
     pub instance_id: String,
     pub joined_at: DateTime<Utc>,
 }
@@ -106,7 +106,7 @@ pub struct RemovedMember {
     pub nickname: String,
     /// The connection the membership belonged to, so other processes can
     /// drop exactly that membership.
-    pub socket_id: String,
+    pub socket_id: SocketId,
     /// True for the one removal that emptied, and so deleted, its room.
     pub room_deleted: bool,
 }
@@ -115,7 +115,7 @@ pub struct RemovedMember {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemberRecord {
     pub member: Member,
-    pub socket_id: String,
+    pub socket_id: SocketId,
     /// See [`JoinOutcome::join_seq`].
     pub join_seq: u64,
 }
@@ -167,7 +167,7 @@ pub trait Store: Send + Sync + 'static {
     async fn remove_member(
         &self,
         room_id: RoomId,
-        socket_id: &str,
+        socket_id: &SocketId,
     ) -> Result<LeaveOutcome, StoreError>;
 
     /// Members in join order, with the connection each belongs to. The

@@ -48,7 +48,7 @@ use super::{
     JoinOutcome, LeaveOutcome, MemberRecord, NewMember, NewMessage, RemovedMember, Store,
     StoreError, StoreKind,
 };
-use crate::domain::{Member, Message, MessageSeq, Room, RoomId, RoomTitle};
+use crate::domain::{Member, Message, MessageSeq, Room, RoomId, RoomTitle, SocketId};
 
 /// The schema, applied at every start-up (each statement is idempotent).
 const SCHEMA: &str = include_str!("../../../sql/schema.sql");
@@ -255,7 +255,7 @@ impl MySqlStore {
         &self,
         instance: Option<&str>,
     ) -> Result<Vec<RemovedMember>, StoreError> {
-        let room_ids: Vec<u64> = self
+        let room_ids: Vec<RoomId> = self
             .with_conn(true, |mut conn| async move {
                 match instance {
                     Some(instance) => {
@@ -277,7 +277,10 @@ impl MySqlStore {
                     }
                 }
             })
-            .await?;
+            .await?
+            .into_iter()
+            .map(RoomId::new)
+            .collect();
         let mut removed = Vec::new();
         for room_id in room_ids {
             let gone = self
@@ -326,7 +329,7 @@ impl Store for MySqlStore {
                 .last_insert_id()
                 .ok_or_else(|| SqlError::Other("INSERT returned no room id".into()))?;
             Ok(Room {
-                id,
+                id: RoomId::new(id),
                 title: title.to_owned(),
                 member_count: 0,
                 created: from_db(created),
@@ -371,7 +374,7 @@ impl Store for MySqlStore {
     async fn remove_member(
         &self,
         room_id: RoomId,
-        socket_id: &str,
+        socket_id: &SocketId,
     ) -> Result<LeaveOutcome, StoreError> {
         let call = self.transact(|mut tx| async move {
             let r = remove_member_tx(&mut tx, room_id, socket_id).await;
@@ -405,7 +408,7 @@ impl Store for MySqlStore {
                     nickname,
                     joined_at: from_db(joined),
                 },
-                socket_id,
+                socket_id: SocketId::from(socket_id),
                 join_seq,
             })
             .collect())
@@ -466,7 +469,7 @@ impl Store for MySqlStore {
             room_id,
             "SELECT id, nickname, content, chat_time FROM chatMsg \
              WHERE room_id = ? AND id > ? ORDER BY id DESC LIMIT ?",
-            0,
+            MessageSeq::ZERO,
             limit,
         );
         let mut newest_first = self.bounded("recent_messages", call).await?;
@@ -529,7 +532,7 @@ impl MySqlStore {
         Ok(found
             .into_iter()
             .map(|(id, nickname, content, sent_at)| Message {
-                id,
+                id: MessageSeq::new(id),
                 room_id,
                 nickname,
                 content,
@@ -595,7 +598,7 @@ async fn add_member_tx(
 async fn remove_member_tx(
     tx: &mut Transaction<'static>,
     room_id: RoomId,
-    socket_id: &str,
+    socket_id: &SocketId,
 ) -> TxResult<LeaveOutcome> {
     let Some(count) = first::<u32, _, _>(tx, LOCK_ROOM_COUNT, (room_id,)).await? else {
         return Ok(Ok(LeaveOutcome::NotMember));
@@ -705,7 +708,7 @@ async fn delete_unjoined_rooms_tx(
             deleted.extend(chunk.iter().filter(|id| !survivors.contains(id)));
         }
     }
-    Ok(Ok(deleted))
+    Ok(Ok(deleted.into_iter().map(RoomId::new).collect()))
 }
 
 /// One room of a bulk removal: lock the room row, delete the chosen members
@@ -773,7 +776,7 @@ async fn remove_room_members_tx(
         .map(|(i, (nickname, socket_id))| RemovedMember {
             room_id,
             nickname,
-            socket_id,
+            socket_id: SocketId::from(socket_id),
             room_deleted: remaining == 0 && i == last,
         })
         .collect()))
@@ -867,10 +870,29 @@ async fn room_exists<Q: Queryable>(q: &mut Q, room_id: RoomId) -> SqlResult<bool
 
 fn room_from_row((id, title, member_count, created): RoomRow) -> Room {
     Room {
-        id,
+        id: RoomId::new(id),
         title,
         member_count,
         created: from_db(created),
+    }
+}
+
+// The identifiers go into queries as the numbers and strings they wrap.
+impl From<RoomId> for Value {
+    fn from(id: RoomId) -> Value {
+        Value::from(id.get())
+    }
+}
+
+impl From<MessageSeq> for Value {
+    fn from(id: MessageSeq) -> Value {
+        Value::from(id.get())
+    }
+}
+
+impl From<&SocketId> for Value {
+    fn from(id: &SocketId) -> Value {
+        Value::from(id.as_str())
     }
 }
 

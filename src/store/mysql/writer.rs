@@ -32,7 +32,7 @@ use mysql_async::{Error as SqlError, Params, Pool, Transaction, Value};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{bounded, from_db, to_db, transact_on, TxResult, MAX_ROWS_PER_INSERT};
-use crate::domain::{Message, RoomId};
+use crate::domain::{Message, MessageSeq, RoomId};
 use crate::store::{NewMessage, StoreError};
 
 /// Most chats in one group transaction; more wait for the next.
@@ -174,7 +174,7 @@ async fn store_group(tx: &mut Transaction<'static>, group: &[Request]) -> TxResu
                 .iter()
                 .zip(*id..)
                 .map(|(m, id)| Message {
-                    id,
+                    id: MessageSeq::new(id),
                     room_id: r.room_id,
                     nickname: m.nickname.clone(),
                     content: m.content.clone(),
@@ -233,7 +233,7 @@ async fn reserve(
     // its text varies with the rooms, and preparing it would not pay off.
     let ids = totals
         .keys()
-        .map(u64::to_string)
+        .map(RoomId::to_string)
         .collect::<Vec<_>>()
         .join(",");
     let cases: String = totals
@@ -244,8 +244,13 @@ async fn reserve(
         "UPDATE chatRoom SET last_msg_id = last_msg_id + CASE id{cases} END WHERE id IN ({ids})"
     ))
     .await?;
-    tx.query(format!(
-        "SELECT id, last_msg_id FROM chatRoom WHERE id IN ({ids})"
-    ))
-    .await
+    let lasts: Vec<(u64, u64)> = tx
+        .query(format!(
+            "SELECT id, last_msg_id FROM chatRoom WHERE id IN ({ids})"
+        ))
+        .await?;
+    Ok(lasts
+        .into_iter()
+        .map(|(id, last)| (RoomId::new(id), last))
+        .collect())
 }

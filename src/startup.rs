@@ -3,7 +3,6 @@
 //! reported), mount the routes, and shut down cleanly on SIGINT/SIGTERM.
 
 use std::net::TcpListener;
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,27 +14,16 @@ use actix_web::dev::AppConfig;
 use actix_web::{middleware::DefaultHeaders, web, App};
 use handlebars::Handlebars;
 
+use crate::actors::context::{SessionContext, SessionLimits};
+use crate::actors::open_sessions::OpenSessions;
 use crate::actors::redis_bridge::{AnnounceRemoved, BridgeConfig, BusHealth, RedisBridge};
 use crate::actors::room::RoomConfig;
 use crate::actors::room_manager::{RoomManager, Shutdown};
-use crate::actors::session::OpenSessions;
 use crate::config::Settings;
+use crate::http::state::HttpState;
 use crate::rate_limit::KeyedLimiter;
 use crate::store::{MemoryStore, MySqlStore, SharedStore};
-
-/// What every request handler and session can reach.
-pub struct AppState {
-    pub settings: Arc<Settings>,
-    pub store: SharedStore,
-    pub manager: Addr<RoomManager>,
-    pub room_create_limiter: KeyedLimiter<std::net::IpAddr>,
-    pub next_session: AtomicU64,
-    /// Every open WebSocket of this process, for shutdown.
-    pub sessions: OpenSessions,
-    pub templates: Handlebars<'static>,
-    /// `None` when running alone (no `REDIS_URL`).
-    pub bus_health: Option<BusHealth>,
-}
+use crate::ws::TransportLimits;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -54,7 +42,7 @@ pub enum StartupError {
 pub struct Application {
     port: u16,
     server: Server,
-    state: Arc<AppState>,
+    chat: Arc<SessionContext>,
 }
 
 impl Application {
@@ -126,21 +114,23 @@ impl Application {
         )
         .start();
 
-        let state = Arc::new(AppState {
-            room_create_limiter: KeyedLimiter::new(
+        let chat = Arc::new(SessionContext::new(
+            settings.instance_id.clone(),
+            store,
+            manager,
+            session_limits(&settings),
+            KeyedLimiter::new(
                 settings.room_create_rate_per_sec,
                 settings.room_create_burst,
             ),
+        ));
+        OpenSessions::run_heartbeat(Arc::downgrade(&chat.sessions), settings.heartbeat_interval);
+        let state = Arc::new(HttpState {
             settings: settings.clone(),
-            store,
-            manager,
-            next_session: AtomicU64::new(1),
-            sessions: OpenSessions::default(),
+            chat: chat.clone(),
             templates,
             bus_health: bus.as_ref().map(|_| bus_health.clone()),
         });
-
-        OpenSessions::run_heartbeat(Arc::downgrade(&state), settings.heartbeat_interval);
 
         let address = format!("{}:{}", settings.host, settings.port);
         let listener =
@@ -191,11 +181,7 @@ impl Application {
             })
             .map_err(|e| StartupError::Bind(address, e))?
             .run();
-        Ok(Application {
-            port,
-            server,
-            state,
-        })
+        Ok(Application { port, server, chat })
     }
 
     /// The port actually bound (useful with `PORT=0`).
@@ -207,7 +193,7 @@ impl Application {
     pub fn stopper(&self) -> Stopper {
         Stopper {
             handle: self.server.handle(),
-            state: self.state.clone(),
+            chat: self.chat.clone(),
         }
     }
 
@@ -229,7 +215,7 @@ impl Application {
 #[derive(Clone)]
 pub struct Stopper {
     handle: ServerHandle,
-    state: Arc<AppState>,
+    chat: Arc<SessionContext>,
 }
 
 impl Stopper {
@@ -237,10 +223,10 @@ impl Stopper {
     /// then every socket (in a room or not) is closed with 1001, then the
     /// listener and the HTTP workers stop.
     pub async fn stop(&self) {
-        if let Err(e) = self.state.manager.send(Shutdown).await {
+        if let Err(e) = self.chat.manager.send(Shutdown).await {
             log::warn!("room manager did not answer shutdown: {e}");
         }
-        self.state.sessions.close_all(Duration::from_secs(3)).await;
+        self.chat.sessions.close_all(Duration::from_secs(3)).await;
         self.handle.stop(true).await;
     }
 }
@@ -264,6 +250,22 @@ async fn wait_for_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// The limits every session enforces, from the settings.
+fn session_limits(settings: &Settings) -> SessionLimits {
+    SessionLimits {
+        text: settings.limits,
+        frames_per_sec: settings.ws_rate_per_sec,
+        frames_burst: settings.ws_rate_burst,
+        queue_capacity: settings.session_queue_capacity,
+        store_timeout: settings.store_timeout,
+        transport: TransportLimits {
+            max_message_bytes: settings.max_frame_bytes,
+            max_queued_bytes: settings.session_buffer_bytes,
+            client_timeout: settings.client_timeout,
+        },
     }
 }
 

@@ -4,6 +4,8 @@
 //! [`room_manager::RoomManager`] (one per process) finds or starts room
 //! actors and owns what outlives them: the empty-room sweep and shutdown.
 
+pub mod context;
+pub mod open_sessions;
 pub mod redis_bridge;
 pub mod room;
 pub mod room_manager;

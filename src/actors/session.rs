@@ -8,22 +8,20 @@
 //! a client that falls too far behind is closed with 1008 by the transport
 //! (see `ws/transport.rs` for the bound and the close rules).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
 use actix::prelude::*;
-use actix::WeakAddr;
 use bytes::Bytes;
 
+use super::context::SessionContext;
 use super::room::{Chat, Join, Leave, RoomActor, RoomClosing};
 use super::room_manager::GetRoom;
 use crate::domain::{self, Nickname, RoomId, SocketId};
 use crate::error::ChatError;
 use crate::protocol::{error_frame, parse_client_frame, ClientCommand, ClientFrame, ServerFrame};
 use crate::rate_limit::TokenBucket;
-use crate::startup::AppState;
 use crate::ws::{CloseCode, Transport, WsActor};
 
 /// Client frames held while a join is in progress; beyond this a client is
@@ -71,11 +69,12 @@ struct CurrentRoom {
 
 /// One WebSocket connection.
 pub struct ChatSession {
-    /// This process's number for the connection (see [`OpenSessions`]).
+    /// This process's number for the connection (its key in the
+    /// [`OpenSessions`](super::open_sessions::OpenSessions) registry).
     number: u64,
     /// The connection's id in the store and on the bus: instance and number.
     id: SocketId,
-    app: Arc<AppState>,
+    cx: Arc<SessionContext>,
     peer: Option<IpAddr>,
     /// The room this connection is in. A join keeps it until the new room
     /// has accepted the member, so a failed join changes nothing.
@@ -98,20 +97,14 @@ pub struct ChatSession {
 }
 
 impl ChatSession {
-    /// A session for a freshly upgraded socket; `number` is unique in this
-    /// process.
-    pub fn new(
-        number: u64,
-        app: Arc<AppState>,
-        peer: Option<IpAddr>,
-        transport: Transport,
-    ) -> Self {
-        let s = &app.settings;
-        let rate = TokenBucket::new(s.ws_rate_per_sec, s.ws_rate_burst);
+    /// A session for a freshly upgraded socket.
+    pub fn new(cx: Arc<SessionContext>, peer: Option<IpAddr>, transport: Transport) -> Self {
+        let (number, id) = cx.next_socket();
+        let rate = TokenBucket::new(cx.limits.frames_per_sec, cx.limits.frames_burst);
         ChatSession {
             number,
-            id: SocketId::new(&s.instance_id, number),
-            app,
+            id,
+            cx,
             peer,
             current: None,
             joining: None,
@@ -151,7 +144,7 @@ impl ChatSession {
 
     /// Handles one complete text message from the client.
     fn handle_text(&mut self, text: &str, ctx: &mut Context<Self>) {
-        let parsed = parse_client_frame(text, &self.app.settings.limits);
+        let parsed = parse_client_frame(text, &self.cx.limits.text);
         if !self.rate.try_take() {
             // The reply still carries the frame's `ref` when it has one.
             let reference = match &parsed {
@@ -222,14 +215,14 @@ impl ChatSession {
             ClientCommand::Create { title, nickname } => {
                 let allowed = self
                     .peer
-                    .is_none_or(|ip| self.app.room_create_limiter.try_take(&ip));
+                    .is_none_or(|ip| self.cx.room_create_limiter.try_take(&ip));
                 if !allowed {
                     let e = ChatError::RateLimited("too many rooms created; wait a moment".into());
                     self.send_error(ctx, &e, reference.as_deref());
                     return;
                 }
                 self.joining = Some(CREATING);
-                let store = self.app.store.clone();
+                let store = self.cx.store.clone();
                 let fut = async move { store.create_room(&title, domain::now()).await };
                 ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| match res {
                     Ok(room) => act.begin_join(room.id, nickname, reference, 1, ctx),
@@ -254,7 +247,7 @@ impl ChatSession {
         });
         self.leaving = Some(room_id);
         // Bounded: a store outage delays `left`, it never withholds it.
-        let wait = self.app.settings.store_timeout * 2;
+        let wait = self.cx.limits.store_timeout * 2;
         let fut = async move {
             let _ = tokio::time::timeout(wait, recorded).await;
         };
@@ -303,7 +296,7 @@ impl ChatSession {
         self.joining = Some(room_id);
         self.join_attempt += 1;
         let this_attempt = self.join_attempt;
-        let manager = self.app.manager.clone();
+        let manager = self.cx.manager.clone();
         let join = Join {
             socket_id: self.id.clone(),
             nickname: nickname.clone(),
@@ -320,7 +313,7 @@ impl ChatSession {
                     // The outcome arrives as a SessionEvent. Should the room
                     // die before answering, do not leave the client (and its
                     // queued frames) waiting forever.
-                    let wait = act.app.settings.store_timeout * 3;
+                    let wait = act.cx.limits.store_timeout * 3;
                     ctx.run_later(wait, move |act, ctx| {
                         if act.join_attempt == this_attempt && act.joining == Some(room_id) {
                             let e =
@@ -367,8 +360,8 @@ impl Actor for ChatSession {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.set_mailbox_capacity(self.app.settings.session_queue_capacity);
-        self.app
+        ctx.set_mailbox_capacity(self.cx.limits.queue_capacity);
+        self.cx
             .sessions
             .insert(self.number, ctx.address().downgrade());
         Transport::start(ctx);
@@ -376,7 +369,7 @@ impl Actor for ChatSession {
 
     fn stopping(&mut self, ctx: &mut Self::Context) -> Running {
         self.release(ctx);
-        self.app.sessions.remove(self.number);
+        self.cx.sessions.remove(self.number);
         Running::Stop
     }
 }
@@ -418,7 +411,7 @@ impl ChatSession {
     /// With its room actor gone, nobody else will record this leave: do it
     /// here so counts stay right (the next actor reads the store).
     fn remove_membership_directly(&self, room_id: RoomId) {
-        let store = self.app.store.clone();
+        let store = self.cx.store.clone();
         let id = self.id.clone();
         actix_web::rt::spawn(async move {
             if let Err(e) = store.remove_member(room_id, &id).await {
@@ -491,72 +484,6 @@ impl ChatSession {
                 self.close(ctx, CloseCode::Away, "server shutting down");
             }
             SessionEvent::Heartbeat => Transport::heartbeat(self, ctx),
-        }
-    }
-}
-
-/// Every open connection of this process, so that shutdown can close each
-/// one with 1001, including those in no room. Weak: the registry never keeps
-/// a session alive.
-#[derive(Default)]
-pub struct OpenSessions {
-    open: Mutex<HashMap<u64, WeakAddr<ChatSession>>>,
-}
-
-impl OpenSessions {
-    fn insert(&self, number: u64, session: WeakAddr<ChatSession>) {
-        if let Ok(mut open) = self.open.lock() {
-            open.insert(number, session);
-        }
-    }
-
-    fn remove(&self, number: u64) {
-        if let Ok(mut open) = self.open.lock() {
-            open.remove(&number);
-        }
-    }
-
-    /// How many connections are open.
-    pub fn count(&self) -> usize {
-        self.open.lock().map_or(0, |open| open.len())
-    }
-
-    /// Sends `event` to every open connection.
-    fn tell_all(&self, event: impl Fn() -> SessionEvent) {
-        let sessions: Vec<WeakAddr<ChatSession>> = match self.open.lock() {
-            Ok(open) => open.values().cloned().collect(),
-            Err(_) => return,
-        };
-        for session in sessions.iter().filter_map(WeakAddr::upgrade) {
-            session.do_send(event());
-        }
-    }
-
-    /// The process's one heartbeat ticker: every `interval`, each open
-    /// connection pings its client or drops it if it has gone silent. Ends
-    /// when the application state is dropped.
-    pub fn run_heartbeat(app: std::sync::Weak<AppState>, interval: Duration) {
-        actix::spawn(async move {
-            let mut tick = tokio::time::interval(interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                let Some(app) = app.upgrade() else {
-                    return;
-                };
-                app.sessions.tell_all(|| SessionEvent::Heartbeat);
-            }
-        });
-    }
-
-    /// Tells every open connection the server is going away, then waits
-    /// (at most `wait`) for them to finish closing.
-    pub async fn close_all(&self, wait: Duration) {
-        self.tell_all(|| SessionEvent::ServerShutdown);
-        let deadline = tokio::time::Instant::now() + wait;
-        while self.count() > 0 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 }

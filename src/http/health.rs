@@ -7,20 +7,20 @@ use std::time::Duration;
 use actix_web::{web, HttpResponse};
 use serde_json::json;
 
-use crate::startup::AppState;
+use super::state::HttpState;
 
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// 200 when every configured part answers, else 503 `degraded` naming the
 /// failing parts.
-pub async fn health(app: web::Data<AppState>) -> HttpResponse {
+pub async fn health(app: web::Data<HttpState>) -> HttpResponse {
     let mut failing = Vec::new();
     let store_ok = matches!(
-        tokio::time::timeout(PROBE_TIMEOUT, app.store.ping()).await,
+        tokio::time::timeout(PROBE_TIMEOUT, app.chat.store.ping()).await,
         Ok(Ok(()))
     );
     if !store_ok {
-        failing.push(app.store.kind().as_str());
+        failing.push(app.chat.store.kind().as_str());
     }
     let bus = match &app.bus_health {
         None => "local",
@@ -34,7 +34,7 @@ pub async fn health(app: web::Data<AppState>) -> HttpResponse {
     let body = json!({
         "status": if failing.is_empty() { "ok" } else { "degraded" },
         "instance": app.settings.instance_id,
-        "store": app.store.kind().as_str(),
+        "store": app.chat.store.kind().as_str(),
         "bus": bus,
         "failing": failing,
     });

@@ -4,6 +4,7 @@
 pub mod health;
 pub mod page;
 pub mod rooms;
+pub mod state;
 pub mod ws;
 
 use std::net::{IpAddr, SocketAddr};

@@ -4,11 +4,11 @@
 use actix_web::{http::header, web, HttpResponse};
 use serde_json::json;
 
+use super::state::HttpState;
 use crate::error::ChatError;
-use crate::startup::AppState;
 
 /// Renders the chat page.
-pub async fn chat_page(app: web::Data<AppState>) -> Result<HttpResponse, ChatError> {
+pub async fn chat_page(app: web::Data<HttpState>) -> Result<HttpResponse, ChatError> {
     let limits = &app.settings.limits;
     let data = json!({
         "maxTitle": limits.title,

@@ -6,14 +6,14 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 use serde_json::Value;
 
+use super::state::HttpState;
 use crate::actors::room_manager::GetMembers;
 use crate::domain::{self, MessageSeq, RoomId, RoomTitle};
 use crate::error::ChatError;
-use crate::startup::AppState;
 
 /// `GET /api/rooms`: newest first.
-pub async fn list_rooms(app: web::Data<AppState>) -> Result<HttpResponse, ChatError> {
-    Ok(HttpResponse::Ok().json(app.store.rooms().await?))
+pub async fn list_rooms(app: web::Data<HttpState>) -> Result<HttpResponse, ChatError> {
+    Ok(HttpResponse::Ok().json(app.chat.store.rooms().await?))
 }
 
 /// `POST /api/rooms` `{"title": "..."}`: 201 with the new, empty room. It
@@ -21,7 +21,7 @@ pub async fn list_rooms(app: web::Data<AppState>) -> Result<HttpResponse, ChatEr
 pub async fn create_room(
     req: HttpRequest,
     body: web::Payload,
-    app: web::Data<AppState>,
+    app: web::Data<HttpState>,
 ) -> Result<HttpResponse, ChatError> {
     let body = read_body(&req, body, app.settings.max_body_bytes).await?;
     let value: Value =
@@ -35,23 +35,23 @@ pub async fn create_room(
         None => return Err(ChatError::InvalidTitle("title is required".into())),
     };
     if let Some(ip) = super::client_ip(req.headers(), req.peer_addr(), &app.settings) {
-        if !app.room_create_limiter.try_take(&ip) {
+        if !app.chat.room_create_limiter.try_take(&ip) {
             return Err(ChatError::RateLimited(
                 "too many rooms created; wait a moment".into(),
             ));
         }
     }
-    let room = app.store.create_room(&title, domain::now()).await?;
+    let room = app.chat.store.create_room(&title, domain::now()).await?;
     Ok(HttpResponse::Created().json(room))
 }
 
 /// `GET /api/rooms/{id}`.
 pub async fn get_room(
     path: web::Path<String>,
-    app: web::Data<AppState>,
+    app: web::Data<HttpState>,
 ) -> Result<HttpResponse, ChatError> {
     let id = parse_room_id(&path)?;
-    match app.store.room(id).await? {
+    match app.chat.store.room(id).await? {
         Some(room) => Ok(HttpResponse::Ok().json(room)),
         None => Err(ChatError::RoomNotFound(id)),
     }
@@ -61,10 +61,11 @@ pub async fn get_room(
 /// database select.
 pub async fn list_members(
     path: web::Path<String>,
-    app: web::Data<AppState>,
+    app: web::Data<HttpState>,
 ) -> Result<HttpResponse, ChatError> {
     let room_id = parse_room_id(&path)?;
     let members = app
+        .chat
         .manager
         .send(GetMembers { room_id })
         .await
@@ -77,7 +78,7 @@ pub async fn list_members(
 pub async fn list_messages(
     req: HttpRequest,
     path: web::Path<String>,
-    app: web::Data<AppState>,
+    app: web::Data<HttpState>,
 ) -> Result<HttpResponse, ChatError> {
     let room_id = parse_room_id(&path)?;
     let mut after = MessageSeq::ZERO;
@@ -90,8 +91,8 @@ pub async fn list_messages(
         }
     }
     let limit = limit.min(app.settings.messages_page_max);
-    let messages = app.store.messages_after(room_id, after, limit).await?;
-    if messages.is_empty() && app.store.room(room_id).await?.is_none() {
+    let messages = app.chat.store.messages_after(room_id, after, limit).await?;
+    if messages.is_empty() && app.chat.store.room(room_id).await?.is_none() {
         return Err(ChatError::RoomNotFound(room_id));
     }
     Ok(HttpResponse::Ok().json(messages))

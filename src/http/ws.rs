@@ -4,7 +4,6 @@
 //! buffers) stays behind for the connection's life. A `GET /ws` that does
 //! not ask to upgrade reaches the ordinary route, [`not_an_upgrade`].
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use actix::Actor;
@@ -13,15 +12,15 @@ use actix_http::{h1, HttpMessage, Request};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use super::state::HttpState;
 use crate::actors::session::ChatSession;
 use crate::error::ChatError;
-use crate::startup::AppState;
-use crate::ws::{handshake, Transport, TransportLimits};
+use crate::ws::{handshake, Transport};
 
 /// Answers an upgrade request and, if it is a good WebSocket handshake on
 /// `/ws`, starts the connection's session actor on this worker's thread.
 pub async fn upgrade(
-    app: Arc<AppState>,
+    app: Arc<HttpState>,
     req: Request,
     framed: Framed<TcpStream, h1::Codec>,
 ) -> std::io::Result<()> {
@@ -40,17 +39,11 @@ pub async fn upgrade(
         }
     };
     io.write_all(&response).await?;
-    let settings = &app.settings;
-    let limits = TransportLimits {
-        max_message_bytes: settings.max_frame_bytes,
-        max_queued_bytes: settings.session_buffer_bytes,
-        client_timeout: settings.client_timeout,
-    };
-    let peer = super::client_ip(req.headers(), req.peer_addr(), settings);
-    let number = app.next_session.fetch_add(1, Ordering::Relaxed);
+    let peer = super::client_ip(req.headers(), req.peer_addr(), &app.settings);
+    let chat = app.chat.clone();
     // Input the client sent right behind its handshake is the session's.
-    let transport = Transport::new(io, &parts.read_buf, limits);
-    ChatSession::new(number, app, peer, transport).start();
+    let transport = Transport::new(io, &parts.read_buf, chat.limits.transport);
+    ChatSession::new(chat, peer, transport).start();
     Ok(())
 }
 

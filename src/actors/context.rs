@@ -1,0 +1,76 @@
+//! What a session actor may reach, and nothing more: the store, the room
+//! manager, its limits, the registry of open sessions and the room-creation
+//! limiter. Built once by `startup` and shared by every session; the HTTP
+//! layer keeps its own state (templates, settings, health) in `http`.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::Addr;
+
+use super::open_sessions::OpenSessions;
+use super::room_manager::RoomManager;
+use crate::domain::{SocketId, TextLimits};
+use crate::rate_limit::KeyedLimiter;
+use crate::store::SharedStore;
+use crate::ws::TransportLimits;
+
+/// The per-connection limits a session enforces.
+#[derive(Debug, Clone)]
+pub struct SessionLimits {
+    /// Longest title, nickname and message.
+    pub text: TextLimits,
+    /// Client frames per second (sustained) and in a burst.
+    pub frames_per_sec: f64,
+    pub frames_burst: f64,
+    /// Events the session's mailbox holds before a room treats the session
+    /// as a slow consumer.
+    pub queue_capacity: usize,
+    /// The store's own bound on one call; a session waits a small multiple
+    /// of it for a room's answer before giving up.
+    pub store_timeout: Duration,
+    /// Frame size, queued bytes and silence bounds of the socket itself.
+    pub transport: TransportLimits,
+}
+
+/// Shared by every session of the process.
+pub struct SessionContext {
+    /// This process's name; every socket id starts with it.
+    pub instance_id: String,
+    pub store: SharedStore,
+    pub manager: Addr<RoomManager>,
+    pub limits: SessionLimits,
+    /// Rooms a client address may create (shared with `POST /api/rooms`).
+    pub room_create_limiter: KeyedLimiter<IpAddr>,
+    /// Every open session, for the heartbeat and for shutdown.
+    pub sessions: Arc<OpenSessions>,
+    next_number: AtomicU64,
+}
+
+impl SessionContext {
+    pub fn new(
+        instance_id: String,
+        store: SharedStore,
+        manager: Addr<RoomManager>,
+        limits: SessionLimits,
+        room_create_limiter: KeyedLimiter<IpAddr>,
+    ) -> Self {
+        SessionContext {
+            instance_id,
+            store,
+            manager,
+            limits,
+            room_create_limiter,
+            sessions: Arc::new(OpenSessions::default()),
+            next_number: AtomicU64::new(1),
+        }
+    }
+
+    /// A fresh connection's number in this process and its cluster-wide id.
+    pub fn next_socket(&self) -> (u64, SocketId) {
+        let number = self.next_number.fetch_add(1, Ordering::Relaxed);
+        (number, SocketId::new(&self.instance_id, number))
+    }
+}

@@ -91,7 +91,7 @@ const MAX_CONTROL_PAYLOAD: usize = 125;
 
 /// One frame from the client, unmasked.
 #[derive(Debug, PartialEq, Eq)]
-pub struct ClientFrame {
+pub struct InboundFrame {
     /// Last frame of its message (fragmented messages end with one).
     pub fin: bool,
     pub opcode: OpCode,
@@ -115,7 +115,7 @@ pub enum FrameError {
 
 /// Takes one whole frame off the front of `buf`, or returns `Ok(None)` when
 /// more bytes are needed. `max_payload` bounds a data frame's payload.
-pub fn decode(buf: &mut BytesMut, max_payload: usize) -> Result<Option<ClientFrame>, FrameError> {
+pub fn decode(buf: &mut BytesMut, max_payload: usize) -> Result<Option<InboundFrame>, FrameError> {
     if buf.len() < 2 {
         return Ok(None);
     }
@@ -175,7 +175,7 @@ pub fn decode(buf: &mut BytesMut, max_payload: usize) -> Result<Option<ClientFra
     for (i, byte) in payload.iter_mut().enumerate() {
         *byte ^= mask[i & 3];
     }
-    Ok(Some(ClientFrame {
+    Ok(Some(InboundFrame {
         fin,
         opcode,
         payload,

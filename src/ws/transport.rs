@@ -35,7 +35,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 
-use super::frame::{self, ClientFrame, CloseCode, FrameError, OpCode};
+use super::frame::{self, CloseCode, FrameError, InboundFrame, OpCode};
 
 /// Reads done in one poll before yielding, so one chatty client cannot
 /// starve the other connections of its thread.
@@ -357,7 +357,7 @@ enum Inbound {
 impl Transport {
     /// Applies one client frame: control frames are answered here, data
     /// frames are joined into messages.
-    fn on_frame(&mut self, f: ClientFrame) -> Inbound {
+    fn on_frame(&mut self, f: InboundFrame) -> Inbound {
         let max = self.limits.max_message_bytes;
         match f.opcode {
             // Pongs count against the queue bound like any frame: a client

@@ -1,32 +1,43 @@
 //! A chat server on the actix actor model.
 //!
-//! Module map (follow one chat message top to bottom):
+//! Module map, following one chat message from a socket to the other
+//! sockets (dependencies run one way: [`startup`] → [`http`] → [`actors`] →
+//! [`store`], [`domain`]; [`ws`], [`protocol`], [`rate_limit`] and
+//! [`error`] are leaves the layers above use):
 //! - [`http::ws`] takes `GET /ws` upgrades over from actix-http and starts a
 //!   [`actors::session::ChatSession`], one actor per socket, which drives
-//!   the socket through [`ws`] (handshake, framing, bounded queues); it
-//!   parses frames ([`protocol`]) into validated
-//!   commands ([`domain`]), applies the rate limit ([`rate_limit`]) and the
-//!   heartbeat, and keeps the connection's state (lobby, joining, in a room).
+//!   its socket through [`ws`] (handshake, framing, bounded queues), parses
+//!   frames ([`protocol`]) into validated commands ([`domain`]), applies the
+//!   rate limit ([`rate_limit`]) and the heartbeat, and keeps the
+//!   connection's state (lobby, joining, in a room). Sessions reach the rest
+//!   of the server only through their [`actors::context::SessionContext`].
 //! - [`actors::room_manager::RoomManager`], one per process, finds or
 //!   starts the [`actors::room::RoomActor`] of a room and runs the empty-room
 //!   sweep and shutdown.
-//! - [`actors::room::RoomActor`], one per room with members here, owns the
-//!   member list, the recent history and the message sequence: it stores
-//!   each batch of chats through the [`store`] and only then fans the
-//!   serialized frames out to its members' sessions.
+//! - [`actors::room::RoomActor`], one per room with members here, queues
+//!   chats and stores them in batches through the [`store`], one store write
+//!   at a time; a stored batch is published on the bus
+//!   ([`actors::redis_bridge::RedisBridge`], when there is a cluster) and
+//!   enters the room's sequencer, where batches other processes published
+//!   enter too; what the sequencer releases, every id once and in order, is
+//!   framed once and fanned out to the members' sessions.
 //! - [`store`] is the persistence contract with two implementations
 //!   (embedded memory, MySQL); [`http::rooms`] serves the REST API from the
 //!   store and the room actors.
 //! - [`config`] reads every setting from the environment, [`startup`] wires
 //!   it all together, [`error`] maps failures to the contract's codes.
 
-pub mod actors;
+// The library's public surface is what the binary and the test suites use:
+// the settings, the application, the store contract and the domain types.
+// Everything else is the crate's own, so the compiler reports dead code.
 pub mod config;
 pub mod domain;
-pub mod error;
-pub mod http;
-pub mod protocol;
-pub mod rate_limit;
 pub mod startup;
 pub mod store;
-pub mod ws;
+
+pub(crate) mod actors;
+pub(crate) mod error;
+pub(crate) mod http;
+pub(crate) mod protocol;
+pub(crate) mod rate_limit;
+pub(crate) mod ws;

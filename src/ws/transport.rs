@@ -150,8 +150,9 @@ impl Transport {
         }
     }
 
-    /// Whether frames are still accepted.
-    pub fn is_open(&self) -> bool {
+    /// Whether frames are still accepted (the tests' view of the phase).
+    #[cfg(test)]
+    fn is_open(&self) -> bool {
         self.phase == Phase::Open
     }
 

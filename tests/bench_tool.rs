@@ -5,6 +5,8 @@
 
 #[path = "api/helpers.rs"]
 mod helpers;
+#[path = "common/wait.rs"]
+mod wait;
 
 use std::process::{Command, Output};
 

@@ -8,6 +8,7 @@ use serde_json::json;
 
 use crate::both_stores_with;
 use crate::helpers::*;
+use crate::wait::within;
 
 both_stores_with!(
     a_client_that_never_answers_pings_is_dropped,

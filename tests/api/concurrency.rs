@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 
 use crate::both_stores_with;
 use crate::helpers::*;
+use crate::wait::{eventually, within};
 
 /// Reads until `n` `message` frames arrived; returns the whole frames (so a
 /// sender can see which ones carry its refs).

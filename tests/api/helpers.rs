@@ -18,6 +18,8 @@ use chat_server::startup::{Application, Stopper};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 
+use crate::wait::{eventually, within};
+
 /// How long any single expected frame may take.
 pub const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -134,17 +136,12 @@ pub async fn spawn_app_with(mode: StoreMode, tweak: impl FnOnce(&mut Settings)) 
     let database = (mode == StoreMode::MySql).then(TestDatabase::new);
     settings.mysql_url = database.as_ref().map(|d| d.url.clone());
     tweak(&mut settings);
-    let app = tokio::time::timeout(
+    let app = within(
         Duration::from_secs(30),
+        &format!("server start (is MySQL at {} up?)", mysql_base_url()),
         Application::build(settings.clone()),
     )
     .await
-    .unwrap_or_else(|_| {
-        panic!(
-            "server did not start within 30 s (is MySQL at {} up?)",
-            mysql_base_url()
-        )
-    })
     .unwrap_or_else(|e| panic!("server failed to start: {e}"));
     let port = app.port();
     let stopper = app.stopper();
@@ -458,36 +455,6 @@ macro_rules! both_stores {
 
 /// Upper bound for a whole concurrent scenario (`join_all` of many clients).
 pub const SCENARIO_TIMEOUT: Duration = Duration::from_secs(20);
-
-/// Awaits `fut`, panicking with `what` if it takes longer than `limit`.
-pub async fn within<T>(
-    limit: Duration,
-    what: &str,
-    fut: impl std::future::Future<Output = T>,
-) -> T {
-    tokio::time::timeout(limit, fut)
-        .await
-        .unwrap_or_else(|_| panic!("{what}: not done within {limit:?}"))
-}
-
-/// Polls `check` every 50 ms until it returns true; panics with `what`
-/// after `limit`.
-pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if check().await {
-            return;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            panic!("{what}: still not true after {limit:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 /// Asserts `body` is the contract's error envelope
 /// `{"error":{"code":<code>,"message":<non-empty string>}}` and nothing else.

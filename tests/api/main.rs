@@ -1,9 +1,12 @@
 //! Integration tests: the real server on a random port, driven over HTTP
 //! and WebSocket, in both store modes.
 
+mod helpers;
+#[path = "../common/wait.rs"]
+mod wait;
+
 mod backpressure;
 mod concurrency;
-mod helpers;
 mod protocol_errors;
 mod rest;
 mod rooms;

@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 
 use crate::both_stores_with;
 use crate::helpers::*;
+use crate::wait::within;
 
 /// How long a deletion that follows a leave may take to become visible.
 const DELETE_WITHIN: Duration = Duration::from_secs(5);

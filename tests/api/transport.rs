@@ -11,6 +11,7 @@ use tokio::net::TcpStream;
 
 use crate::helpers::*;
 use crate::memory_only_with;
+use crate::wait::within;
 
 const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
 

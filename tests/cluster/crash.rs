@@ -7,7 +7,8 @@
 use std::time::{Duration, Instant};
 
 use crate::helpers::{nicknames, Incoming, WsClient};
-use crate::procs::{bounded, heavy_test_lock, Cluster};
+use crate::procs::{heavy_test_lock, Cluster};
+use crate::wait::within;
 
 /// The guarantee's bound.
 const LIMIT: Duration = Duration::from_secs(30);
@@ -50,7 +51,7 @@ async fn await_member_left(
 #[actix_rt::test]
 async fn a_killed_process_members_vanish_from_the_survivors_and_its_rooms_are_deleted() {
     let _heavy = heavy_test_lock().await;
-    bounded(Duration::from_secs(90), async {
+    within(Duration::from_secs(90), "the test", async {
         let mut cluster = Cluster::start(3).await;
 
         // Room `shared`: members on every node, two on the doomed node 2.
@@ -148,7 +149,7 @@ async fn a_killed_process_members_vanish_from_the_survivors_and_its_rooms_are_de
 #[actix_rt::test]
 async fn a_process_killed_and_restarted_within_its_liveness_ttl_drops_its_old_members() {
     let _heavy = heavy_test_lock().await;
-    bounded(Duration::from_secs(60), async {
+    within(Duration::from_secs(60), "the test", async {
         let mut cluster = Cluster::start(3).await;
         let mut ann = cluster.ws(0).await;
         let shared = ann.create("shared", "ann").await["room"]["id"]

@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use crate::helpers::nicknames;
-use crate::procs::{eventually, Cluster};
+use crate::procs::Cluster;
+use crate::wait::eventually;
 
 #[actix_rt::test]
 async fn members_on_three_processes_chat_and_see_each_other() {

@@ -12,7 +12,8 @@ use mysql_async::prelude::Queryable;
 use serde_json::{json, Value};
 
 use crate::helpers::{nicknames, WsClient};
-use crate::procs::{bounded, redis_url, Cluster};
+use crate::procs::{redis_url, Cluster};
+use crate::wait::within;
 
 const ALL: [usize; 3] = [0, 1, 2];
 const AGREE: Duration = Duration::from_secs(5);
@@ -72,7 +73,7 @@ async fn expect_left(mut ws: WsClient, closed: bool) {
 
 #[actix_rt::test]
 async fn member_lists_and_counts_agree_on_every_process_after_joins_and_leaves() {
-    bounded(Duration::from_secs(60), async {
+    within(Duration::from_secs(60), "the test", async {
         let cluster = Cluster::start(3).await;
         let room = cluster.create_room(0, "lists").await;
         let mut clients: Vec<(String, WsClient)> = Vec::new();
@@ -152,7 +153,7 @@ async fn member_lists_and_counts_agree_on_every_process_after_joins_and_leaves()
 
 #[actix_rt::test]
 async fn last_two_leaves_on_two_processes_delete_the_room_once() {
-    bounded(Duration::from_secs(90), async {
+    within(Duration::from_secs(90), "the test", async {
         let cluster = Cluster::start_logged(3, &redis_url(), &[]).await;
         let pool = mysql_async::Pool::new(cluster.database.url.as_str());
         let mut conn = pool.get_conn().await.expect("connect to the test database");
@@ -232,7 +233,7 @@ async fn last_two_leaves_on_two_processes_delete_the_room_once() {
 
 #[actix_rt::test]
 async fn a_join_racing_the_last_leave_gets_a_live_room_or_room_not_found() {
-    bounded(Duration::from_secs(90), async {
+    within(Duration::from_secs(90), "the test", async {
         let cluster = Cluster::start_logged(3, &redis_url(), &[]).await;
         let pool = mysql_async::Pool::new(cluster.database.url.as_str());
         let mut conn = pool.get_conn().await.expect("connect to the test database");
@@ -331,7 +332,7 @@ async fn a_join_racing_the_last_leave_gets_a_live_room_or_room_not_found() {
 
 #[actix_rt::test]
 async fn a_room_nobody_joins_is_deleted_after_the_grace_period_on_every_process() {
-    bounded(Duration::from_secs(40), async {
+    within(Duration::from_secs(40), "the test", async {
         let cluster = Cluster::start_with(3, &redis_url(), &[("EMPTY_ROOM_GRACE_SECS", "1")]).await;
         // Creation times are whole seconds: create just after a second
         // starts, so the room surely lives long enough to be seen.

@@ -5,6 +5,8 @@
 #[path = "../api/helpers.rs"]
 mod helpers;
 mod procs;
+#[path = "../common/wait.rs"]
+mod wait;
 
 mod crash;
 mod cross_process;

@@ -7,13 +7,14 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::helpers::nicknames;
-use crate::procs::{bounded, Cluster};
+use crate::procs::Cluster;
+use crate::wait::within;
 
 const ALL: [usize; 3] = [0, 1, 2];
 
 #[actix_rt::test]
 async fn members_are_listed_by_a_process_without_a_local_member_in_join_order() {
-    bounded(Duration::from_secs(40), async {
+    within(Duration::from_secs(40), "the test", async {
         let cluster = Cluster::start(3).await;
         // Created on node 2, which never gets a member of its own.
         let room = cluster.create_room(2, "elsewhere").await;
@@ -86,7 +87,7 @@ async fn stored_order(conn: &mut mysql_async::Conn, room: u64) -> Vec<String> {
 
 #[actix_rt::test]
 async fn joins_at_the_same_moment_on_two_processes_are_listed_in_one_join_order_everywhere() {
-    bounded(Duration::from_secs(40), async {
+    within(Duration::from_secs(40), "the test", async {
         let cluster = Cluster::start(3).await;
         let pool = mysql_async::Pool::new(cluster.database.url.as_str());
         let mut conn = pool.get_conn().await.expect("connect to the test database");

@@ -9,7 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use crate::helpers::{nicknames, TestDatabase, WsClient};
-use crate::procs::{eventually, free_port, redis_url};
+use crate::procs::{free_port, redis_url};
+use crate::wait::eventually;
 
 const INSTANCES: u16 = 3;
 

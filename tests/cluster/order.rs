@@ -15,7 +15,8 @@ use serde_json::{json, Value};
 use tokio::sync::Barrier;
 
 use crate::helpers::{client_thread, connect_ws, ClientThread, Incoming, WsClient};
-use crate::procs::{bounded, heavy_test_lock, Cluster};
+use crate::procs::{heavy_test_lock, Cluster};
+use crate::wait::within;
 
 const NODES: usize = 3;
 const PER_SENDER: usize = 50;
@@ -144,7 +145,7 @@ fn check(seen: &Seen, senders: &[String]) {
 #[actix_rt::test]
 async fn order_holds_for_concurrent_senders_on_three_processes_in_two_rooms() {
     let _heavy = heavy_test_lock().await;
-    bounded(Duration::from_secs(60), async {
+    within(Duration::from_secs(60), "the test", async {
         let cluster = Cluster::start(NODES).await;
         let mut rooms = Vec::new();
         for r in 0..ROOMS {
@@ -235,7 +236,7 @@ async fn hears(ws: &mut WsClient, content: &str, wait: Duration) -> bool {
 
 #[actix_rt::test]
 async fn a_member_joining_as_the_last_local_member_leaves_still_gets_every_message() {
-    bounded(Duration::from_secs(60), async {
+    within(Duration::from_secs(60), "the test", async {
         let cluster = Cluster::start(3).await;
         let mut ann = cluster.ws(0).await;
         let room = ann.create("handover", "ann").await["room"]["id"]

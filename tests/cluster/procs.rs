@@ -222,19 +222,6 @@ impl Drop for Node {
     }
 }
 
-/// Polls `check` every 100 ms until it returns true or `within` passes.
-pub async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    while !check().await {
-        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 // ---------------------------------------------------------------------------
 // Additions for the guarantee modules (order, lifecycle, crash, redis_outage,
 // member_lists). Existing helpers above behave as before.
@@ -246,13 +233,6 @@ where
 pub async fn heavy_test_lock() -> tokio::sync::MutexGuard<'static, ()> {
     static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     HEAVY.lock().await
-}
-
-/// Runs a whole test body under a time limit, so no test can hang the suite.
-pub async fn bounded<T>(limit: Duration, fut: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(limit, fut)
-        .await
-        .unwrap_or_else(|_| panic!("test did not finish within {limit:?}"))
 }
 
 impl Cluster {

@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::helpers::{Incoming, WsClient};
-use crate::procs::{bounded, free_port, heavy_test_lock, Cluster};
+use crate::procs::{free_port, heavy_test_lock, Cluster};
+use crate::wait::within;
 
 const ALL: [usize; 3] = [0, 1, 2];
 /// How long the processes may take to notice Redis is gone.
@@ -233,7 +234,7 @@ async fn wait_health(cluster: &Cluster, healthy: bool, within: Duration) -> Dura
 #[actix_rt::test]
 async fn members_keep_chatting_through_a_redis_outage_and_miss_nothing_after_it() {
     let _heavy = heavy_test_lock().await;
-    bounded(Duration::from_secs(90), async {
+    within(Duration::from_secs(90), "the test", async {
         let mut redis = RedisServer::start(free_port());
         let mut cluster = Cluster::start_logged(3, &redis.url(), &[]).await;
 

@@ -3,7 +3,7 @@
 //! the report's structure and values are checked (deliveries add up,
 //! percentiles are ordered, nothing went wrong).
 
-#[path = "api/helpers.rs"]
+#[path = "api/helpers/mod.rs"]
 mod helpers;
 #[path = "common/wait.rs"]
 mod wait;

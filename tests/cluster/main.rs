@@ -2,7 +2,7 @@
 //! database, one real Redis. Each test is named after the guarantee it
 //! checks (PROTOCOL.md, "Guarantees").
 
-#[path = "../api/helpers.rs"]
+#[path = "../api/helpers/mod.rs"]
 mod helpers;
 mod procs;
 #[path = "../common/wait.rs"]

@@ -71,9 +71,8 @@ fn client(
         let mut ws = connect_ws(port).await;
         let joined = ws.join(room, &nickname).await;
         assert_eq!(joined["history"], json!([]), "{nickname}: {joined}");
-        tokio::time::timeout(Duration::from_secs(30), start.wait())
-            .await
-            .unwrap_or_else(|_| panic!("{nickname}: the other clients never got ready"));
+        let others = format!("{nickname}: the other clients getting ready");
+        within(Duration::from_secs(30), &others, start.wait()).await;
         if sender {
             for j in 0..PER_SENDER {
                 ws.send(

@@ -11,11 +11,12 @@ use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
 use crate::helpers::{nicknames, TestDatabase, WsClient};
+use crate::wait::eventually;
 
 /// The local Redis the suite uses unless `TEST_REDIS_URL` says otherwise.
 pub fn redis_url() -> String {
@@ -139,19 +140,15 @@ impl Cluster {
     }
 
     /// Waits until node `i` answers `/health` with 200.
-    pub async fn wait_healthy(&self, i: usize, within: Duration) {
-        let deadline = Instant::now() + within;
-        loop {
-            let (status, body) = self.get(i, "/health").await;
-            if status == 200 {
-                return;
+    pub async fn wait_healthy(&self, i: usize, limit: Duration) {
+        let cluster = self;
+        eventually(limit, &format!("node {i} healthy"), || async move {
+            match cluster.get(i, "/health").await {
+                (200, _) => Ok(()),
+                (status, body) => Err(format!("{status} {body}")),
             }
-            assert!(
-                Instant::now() < deadline,
-                "node {i} not healthy within {within:?}: {status} {body}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        })
+        .await;
     }
 
     /// A WebSocket to node `i`.
@@ -343,22 +340,24 @@ impl Cluster {
     /// Polls until every node in `nodes` lists exactly `expected` (in that
     /// order) as the members of `room` and reports the same `memberCount`,
     /// both in `GET /api/rooms/{id}` and in `GET /api/rooms`; returns how
-    /// long that took. Panics after `within` with what each node showed.
+    /// long that took. Panics after `limit` with what each node showed.
     pub async fn wait_members_agree(
         &self,
         nodes: &[usize],
         room: u64,
         expected: &[&str],
-        within: Duration,
+        limit: Duration,
     ) -> Duration {
-        let start = Instant::now();
+        let cluster = self;
         let count = expected.len() as u64;
-        loop {
+        let what =
+            format!("room {room}: nodes {nodes:?} agree on members {expected:?} (count {count})");
+        eventually(limit, &what, || async move {
             let mut seen = Vec::new();
             for &i in nodes {
-                let names = self.member_names(i, room).await;
-                let single = self.member_count(i, room).await;
-                let (_, list) = self.get(i, "/api/rooms").await;
+                let names = cluster.member_names(i, room).await;
+                let single = cluster.member_count(i, room).await;
+                let (_, list) = cluster.get(i, "/api/rooms").await;
                 let listed = list.as_array().and_then(|rooms| {
                     rooms
                         .iter()
@@ -372,38 +371,35 @@ impl Cluster {
                     && *single == Some(count)
                     && *listed == Some(count)
             }) {
-                return start.elapsed();
+                Ok(())
+            } else {
+                Err(format!(
+                    "(node, members, memberCount, count in /api/rooms): {seen:?}"
+                ))
             }
-            assert!(
-                start.elapsed() < within,
-                "room {room}: nodes {nodes:?} did not agree on members {expected:?} \
-                 (count {count}) within {within:?}; (node, members, memberCount, \
-                 count in /api/rooms): {seen:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        })
+        .await
     }
 
     /// Polls until `GET /api/rooms/{room}` is 404 on every node in `nodes`;
-    /// returns how long that took. Panics after `within`.
-    pub async fn wait_room_gone(&self, nodes: &[usize], room: u64, within: Duration) -> Duration {
-        let start = Instant::now();
-        loop {
+    /// returns how long that took. Panics after `limit`.
+    pub async fn wait_room_gone(&self, nodes: &[usize], room: u64, limit: Duration) -> Duration {
+        let cluster = self;
+        let what = format!("room {room} gone from nodes {nodes:?}");
+        eventually(limit, &what, || async move {
             let mut alive = Vec::new();
             for &i in nodes {
-                if !self.room_gone(i, room).await {
+                if !cluster.room_gone(i, room).await {
                     alive.push(i);
                 }
             }
             if alive.is_empty() {
-                return start.elapsed();
+                Ok(())
+            } else {
+                Err(format!("still served by nodes {alive:?}"))
             }
-            assert!(
-                start.elapsed() < within,
-                "room {room} still served by nodes {alive:?} after {within:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        })
+        .await
     }
 
     /// Captured log lines of every node at level WARN or ERROR, or with a

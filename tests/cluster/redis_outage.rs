@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 
 use crate::helpers::{Incoming, WsClient};
 use crate::procs::{free_port, heavy_test_lock, Cluster};
-use crate::wait::within;
+use crate::wait::{eventually, within};
 
 const ALL: [usize; 3] = [0, 1, 2];
 /// How long the processes may take to notice Redis is gone.
@@ -204,9 +204,12 @@ fn ids(messages: &[Value]) -> Vec<u64> {
 }
 
 /// Polls every node's `/health` until `healthy` matches; returns how long.
-async fn wait_health(cluster: &Cluster, healthy: bool, within: Duration) -> Duration {
-    let start = Instant::now();
-    loop {
+async fn wait_health(cluster: &Cluster, healthy: bool, limit: Duration) -> Duration {
+    let what = format!(
+        "/health {} on every node",
+        if healthy { "ok" } else { "degraded (redis)" }
+    );
+    eventually(limit, &what, || async move {
         let mut states = Vec::new();
         for i in ALL {
             states.push(cluster.get(i, "/health").await);
@@ -220,15 +223,12 @@ async fn wait_health(cluster: &Cluster, healthy: bool, within: Duration) -> Dura
             }
         });
         if done {
-            return start.elapsed();
+            Ok(())
+        } else {
+            Err(format!("{states:?}"))
         }
-        assert!(
-            start.elapsed() < within,
-            "/health not {} on every node within {within:?}: {states:?}",
-            if healthy { "ok" } else { "degraded (redis)" }
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await
 }
 
 #[actix_rt::test]

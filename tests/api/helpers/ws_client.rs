@@ -8,6 +8,8 @@ use awc::BoxedSocket;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 
+use crate::wait::{eventually, within};
+
 /// How long any single expected frame may take.
 pub const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -295,35 +297,33 @@ impl<T> ClientThread<T> {
     /// For a client whose body failed: re-raises its panic (waiting at
     /// most 10 s for the thread to end).
     pub async fn take_panic(&mut self) {
-        let name = self.name.clone();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while self.handle.as_ref().is_some_and(|h| !h.is_finished()) {
-            if tokio::time::Instant::now() >= deadline {
-                panic!("client thread {name} is stuck");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        if let Some(Err(panic)) = self.handle.take().map(std::thread::JoinHandle::join) {
-            std::panic::resume_unwind(panic);
-        }
-        panic!("client thread {name} ended without a result");
+        let handle = &self.handle;
+        let ended = format!("client thread {} ended", self.name);
+        eventually(Duration::from_secs(10), &ended, || async move {
+            handle
+                .as_ref()
+                .is_none_or(std::thread::JoinHandle::is_finished)
+        })
+        .await;
+        self.reraise();
     }
 
     /// The client's result; panics if it panicked or took longer than
     /// `limit`.
     pub async fn result(mut self, limit: Duration) -> T {
-        let name = self.name.clone();
-        match tokio::time::timeout(limit, &mut self.rx).await {
-            Ok(Ok(value)) => value,
-            Ok(Err(_)) => {
-                // The sender was dropped: the body panicked. Re-raise it.
-                let handle = self.handle.take();
-                match handle.map(std::thread::JoinHandle::join) {
-                    Some(Err(panic)) => std::panic::resume_unwind(panic),
-                    _ => panic!("client thread {name} ended without a result"),
-                }
-            }
-            Err(_) => panic!("client thread {name}: no result within {limit:?}"),
+        let what = format!("client thread {}'s result", self.name);
+        match within(limit, &what, &mut self.rx).await {
+            Ok(value) => value,
+            // The sender was dropped: the body panicked.
+            Err(_) => self.reraise(),
         }
+    }
+
+    /// Re-raises the panic of a body that ended without a result.
+    fn reraise(&mut self) -> ! {
+        if let Some(Err(panic)) = self.handle.take().map(std::thread::JoinHandle::join) {
+            std::panic::resume_unwind(panic);
+        }
+        panic!("client thread {} ended without a result", self.name);
     }
 }

@@ -31,19 +31,7 @@ pub const SCENARIO_TIMEOUT: Duration = Duration::from_secs(20);
 #[macro_export]
 macro_rules! both_stores {
     ($name:ident, |$app:ident| $body:block) => {
-        mod $name {
-            use super::*;
-            #[actix_rt::test]
-            async fn memory() {
-                let $app = $crate::helpers::spawn_app($crate::helpers::StoreMode::Memory).await;
-                $body
-            }
-            #[actix_rt::test]
-            async fn mysql() {
-                let $app = $crate::helpers::spawn_app($crate::helpers::StoreMode::MySql).await;
-                $body
-            }
-        }
+        $crate::both_stores_with!($name, |_| {}, |$app| $body);
     };
 }
 
@@ -52,24 +40,7 @@ macro_rules! both_stores {
 #[macro_export]
 macro_rules! both_stores_with {
     ($name:ident, $tweak:expr, |$app:ident| $body:block) => {
-        mod $name {
-            #[allow(unused_imports)]
-            use super::*;
-            #[actix_rt::test]
-            async fn memory() {
-                let $app =
-                    $crate::helpers::spawn_app_with($crate::helpers::StoreMode::Memory, $tweak)
-                        .await;
-                $body
-            }
-            #[actix_rt::test]
-            async fn mysql() {
-                let $app =
-                    $crate::helpers::spawn_app_with($crate::helpers::StoreMode::MySql, $tweak)
-                        .await;
-                $body
-            }
-        }
+        $crate::store_tests!($name, $tweak, |$app| $body, memory: Memory, mysql: MySql);
     };
 }
 
@@ -79,16 +50,31 @@ macro_rules! both_stores_with {
 #[macro_export]
 macro_rules! memory_only_with {
     ($name:ident, $tweak:expr, |$app:ident| $body:block) => {
+        $crate::store_tests!($name, $tweak, |$app| $body, memory: Memory);
+    };
+}
+
+/// The expansion of the macros above: a module `$name` with one
+/// `#[actix_rt::test]` per `$test: $mode`, each running `$body` against a
+/// fresh server in that store mode.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! store_tests {
+    ($name:ident, $tweak:expr, |$app:ident| $body:block, $($test:ident: $mode:ident),+) => {
         mod $name {
             #[allow(unused_imports)]
             use super::*;
-            #[actix_rt::test]
-            async fn memory() {
-                let $app =
-                    $crate::helpers::spawn_app_with($crate::helpers::StoreMode::Memory, $tweak)
-                        .await;
-                $body
-            }
+            $(
+                #[actix_rt::test]
+                async fn $test() {
+                    let $app = $crate::helpers::spawn_app_with(
+                        $crate::helpers::StoreMode::$mode,
+                        $tweak,
+                    )
+                    .await;
+                    $body
+                }
+            )+
         }
     };
 }

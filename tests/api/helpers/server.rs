@@ -170,11 +170,6 @@ pub async fn spawn_app_with(mode: StoreMode, tweak: impl FnOnce(&mut Settings)) 
     }
 }
 
-/// Starts a server with test defaults.
-pub async fn spawn_app(mode: StoreMode) -> TestApp {
-    spawn_app_with(mode, |_| {}).await
-}
-
 impl TestApp {
     /// GET `path`, returning status and JSON body.
     pub async fn get(&self, path: &str) -> (u16, Value) {

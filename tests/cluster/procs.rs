@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::helpers::{nicknames, TestDatabase, WsClient};
+use crate::helpers::{nicknames, read_json, TestDatabase, WsClient};
 use crate::wait::eventually;
 
 /// The local Redis the suite uses unless `TEST_REDIS_URL` says otherwise.
@@ -121,21 +121,15 @@ impl Cluster {
     }
 
     /// GET on node `i`: status and JSON body.
-    pub async fn get(&self, i: usize, path: &str) -> (u16, serde_json::Value) {
+    pub async fn get(&self, i: usize, path: &str) -> (u16, Value) {
         match self
             .http
             .get(format!("{}{path}", self.base(i)))
             .send()
             .await
         {
-            Ok(mut res) => {
-                let body = res.body().limit(1 << 24).await.unwrap_or_default();
-                (
-                    res.status().as_u16(),
-                    serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
-                )
-            }
-            Err(_) => (0, serde_json::Value::Null),
+            Ok(res) => read_json(res).await,
+            Err(_) => (0, Value::Null),
         }
     }
 
@@ -242,13 +236,7 @@ impl Cluster {
             .send_body(body.to_string())
             .await
         {
-            Ok(mut res) => {
-                let body = res.body().limit(1 << 24).await.unwrap_or_default();
-                (
-                    res.status().as_u16(),
-                    serde_json::from_slice(&body).unwrap_or(Value::Null),
-                )
-            }
+            Ok(res) => read_json(res).await,
             Err(_) => (0, Value::Null),
         }
     }

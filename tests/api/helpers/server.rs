@@ -170,36 +170,33 @@ pub async fn spawn_app_with(mode: StoreMode, tweak: impl FnOnce(&mut Settings)) 
     }
 }
 
+/// A response's status and JSON body (`Null` when the body is not JSON).
+pub async fn read_json<S>(mut res: awc::ClientResponse<S>) -> (u16, Value)
+where
+    S: futures_util::Stream<Item = Result<bytes::Bytes, awc::error::PayloadError>>,
+{
+    let body = res.body().limit(1 << 24).await.unwrap_or_default();
+    (
+        res.status().as_u16(),
+        serde_json::from_slice(&body).unwrap_or(Value::Null),
+    )
+}
+
 impl TestApp {
     /// GET `path`, returning status and JSON body.
     pub async fn get(&self, path: &str) -> (u16, Value) {
-        let mut res = self
+        let res = self
             .http
             .get(format!("{}{path}", self.base))
             .send()
             .await
             .unwrap_or_else(|e| panic!("GET {path}: {e}"));
-        let body = res.body().limit(1 << 24).await.unwrap_or_default();
-        (
-            res.status().as_u16(),
-            serde_json::from_slice(&body).unwrap_or(Value::Null),
-        )
+        read_json(res).await
     }
 
     /// POST a raw body to `path`.
     pub async fn post_raw(&self, path: &str, body: impl Into<Vec<u8>>) -> (u16, Value) {
-        let mut res = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .insert_header(("content-type", "application/json"))
-            .send_body(body.into())
-            .await
-            .unwrap_or_else(|e| panic!("POST {path}: {e}"));
-        let body = res.body().limit(1 << 24).await.unwrap_or_default();
-        (
-            res.status().as_u16(),
-            serde_json::from_slice(&body).unwrap_or(Value::Null),
-        )
+        self.request("POST", path, Some(body.into())).await
     }
 
     /// POST /api/rooms and return the room, asserting 201.
@@ -253,12 +250,7 @@ impl TestApp {
             Some(b) => req.send_body(b).await,
             None => req.send().await,
         };
-        let mut res = sent.unwrap_or_else(|e| panic!("{method} {path}: {e}"));
-        let body = res.body().limit(1 << 24).await.unwrap_or_default();
-        (
-            res.status().as_u16(),
-            serde_json::from_slice(&body).unwrap_or(Value::Null),
-        )
+        read_json(sent.unwrap_or_else(|e| panic!("{method} {path}: {e}"))).await
     }
 
     /// GET `path` as text: status, content type and body.
@@ -290,18 +282,14 @@ impl TestApp {
                 .into_iter()
                 .map(|c| Ok::<_, std::io::Error>(bytes::Bytes::from(c))),
         );
-        let mut res = self
+        let res = self
             .http
             .post(format!("{}{path}", self.base))
             .insert_header(("content-type", "application/json"))
             .send_stream(stream)
             .await
             .unwrap_or_else(|e| panic!("POST {path}: {e}"));
-        let body = res.body().limit(1 << 24).await.unwrap_or_default();
-        (
-            res.status().as_u16(),
-            serde_json::from_slice(&body).unwrap_or(Value::Null),
-        )
+        read_json(res).await
     }
 
     /// GET a room's messages with `query` (e.g. `"after=3&limit=2"`),

@@ -103,7 +103,7 @@ fn spawn_member(plan: Plan) -> Member {
             expected,
             until_left,
         } = plan;
-        let mut c = connect_ws(port).await;
+        let mut c = WsClient::connect(port).await;
         c.join(room_id, nickname).await;
         let _ = joined_tx.send(());
         let chat = json!({"type":"chat","content":content,"ref":"f"});

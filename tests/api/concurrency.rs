@@ -12,19 +12,6 @@ use crate::both_stores_with;
 use crate::helpers::*;
 use crate::wait::{eventually, within};
 
-/// Reads until `n` `message` frames arrived; returns the whole frames (so a
-/// sender can see which ones carry its refs).
-async fn recv_message_frames(c: &mut WsClient, n: usize) -> Vec<Value> {
-    let mut out = Vec::with_capacity(n);
-    while out.len() < n {
-        let v = c.recv().await;
-        if v["type"] == "message" {
-            out.push(v);
-        }
-    }
-    out
-}
-
 /// Sends `contents` as chats (refs `"<tag>-<i>"`) without waiting for echoes.
 async fn send_chats(c: &mut WsClient, tag: &str, contents: &[String]) {
     for (i, content) in contents.iter().enumerate() {
@@ -90,7 +77,7 @@ both_stores_with!(
             join_all(clients.iter_mut().enumerate().map(|(i, c)| async move {
                 let contents: Vec<String> = (0..EACH).map(|k| format!("u{i}-{k}")).collect();
                 send_chats(c, "m", &contents).await;
-                recv_message_frames(c, N * EACH).await
+                c.recv_message_frames(N * EACH).await
             })),
         )
         .await;
@@ -152,9 +139,9 @@ both_stores_with!(
         let sending = join_all(senders.iter_mut().enumerate().map(|(k, c)| async move {
             let contents: Vec<String> = (0..EACH).map(|i| format!("s{k}-{i}")).collect();
             send_chats(c, &format!("s{k}"), &contents).await;
-            recv_message_frames(c, TOTAL).await
+            c.recv_message_frames(TOTAL).await
         }));
-        let listening = join_all(listeners.iter_mut().map(|c| recv_message_frames(c, TOTAL)));
+        let listening = join_all(listeners.iter_mut().map(|c| c.recv_message_frames(TOTAL)));
         let (sent_views, listened) = within(
             SCENARIO_TIMEOUT,
             "5 senders x 20 messages",
@@ -285,7 +272,7 @@ both_stores_with!(
                         let contents: Vec<String> =
                             (0..EACH).map(|k| format!("{id}/{nick}/{k}")).collect();
                         send_chats(c, "m", &contents).await;
-                        recv_message_frames(c, MEMBERS * EACH).await
+                        c.recv_message_frames(MEMBERS * EACH).await
                     }),
             ),
         )

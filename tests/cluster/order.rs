@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tokio::sync::Barrier;
 
-use crate::helpers::{client_thread, connect_ws, ClientThread, Incoming, WsClient};
+use crate::helpers::{client_thread, ClientThread, Incoming, WsClient};
 use crate::procs::{heavy_test_lock, Cluster};
 use crate::wait::within;
 
@@ -68,7 +68,7 @@ fn client(
     start: Arc<Barrier>,
 ) -> ClientThread<Seen> {
     client_thread(&nickname.clone(), move || async move {
-        let mut ws = connect_ws(port).await;
+        let mut ws = WsClient::connect(port).await;
         let joined = ws.join(room, &nickname).await;
         assert_eq!(joined["history"], json!([]), "{nickname}: {joined}");
         let others = format!("{nickname}: the other clients getting ready");

@@ -43,15 +43,12 @@ impl WsClient {
         (WsClient { framed }, instance)
     }
 
-    /// Opens a WebSocket to `/ws` on a loopback port.
+    /// Opens a WebSocket to `/ws` on a loopback port (on any thread that
+    /// runs an actix system).
     pub async fn connect(port: u16) -> WsClient {
-        let (_resp, framed) = awc::Client::new()
-            .ws(format!("ws://127.0.0.1:{port}/ws"))
-            .max_frame_size(1 << 22)
-            .connect()
+        Self::connect_url(&format!("ws://127.0.0.1:{port}/ws"))
             .await
-            .unwrap_or_else(|e| panic!("ws connect to port {port}: {e}"));
-        WsClient { framed }
+            .0
     }
 
     /// Sends a JSON value as one text frame.
@@ -203,17 +200,28 @@ impl WsClient {
         assert_eq!(v, json!({"type":"pong","ref":"alive?"}));
     }
 
-    /// Reads until `n` `message` frames arrived; returns their `message`
-    /// objects in arrival order (other frames are skipped).
-    pub async fn recv_messages(&mut self, n: usize) -> Vec<Value> {
+    /// Reads until `n` `message` frames arrived; returns the whole frames
+    /// (so a sender can see which ones carry its refs) in arrival order
+    /// (other frames are skipped).
+    pub async fn recv_message_frames(&mut self, n: usize) -> Vec<Value> {
         let mut out = Vec::with_capacity(n);
         while out.len() < n {
             let v = self.recv().await;
             if v["type"] == "message" {
-                out.push(v["message"].clone());
+                out.push(v);
             }
         }
         out
+    }
+
+    /// Like `recv_message_frames`, but returns the frames' `message`
+    /// objects.
+    pub async fn recv_messages(&mut self, n: usize) -> Vec<Value> {
+        let frames = self.recv_message_frames(n).await;
+        frames
+            .into_iter()
+            .map(|mut f| f["message"].take())
+            .collect()
     }
 
     /// Sends each of `contents` as a chat (refs `"c0"`, `"c1"`, ...) without
@@ -245,18 +253,6 @@ impl WsClient {
         self.send(json!({"type":"leave","ref":"bye"})).await;
         self.reply_to("bye").await
     }
-}
-
-/// Opens a WebSocket to `/ws` on `port` (usable on any thread that runs an
-/// actix system, unlike `TestApp::ws`).
-pub async fn connect_ws(port: u16) -> WsClient {
-    let (_resp, framed) = awc::Client::new()
-        .ws(format!("ws://127.0.0.1:{port}/ws"))
-        .max_frame_size(1 << 22)
-        .connect()
-        .await
-        .unwrap_or_else(|e| panic!("ws connect: {e}"));
-    WsClient { framed }
 }
 
 /// Runs `body` on its own OS thread with its own actix system, like a

@@ -5,8 +5,6 @@
 //! `REDIS_PREFIX`, so concurrent test runs never see each other's rooms,
 //! channels or liveness keys.
 
-#![allow(dead_code)]
-
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -29,6 +27,14 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .unwrap_or_else(|e| panic!("no free port: {e}"))
+}
+
+/// Serializes the timing-sensitive tests of this binary (they measure or
+/// race against the liveness timings), so they do not compete for the two
+/// cores with each other. Hold the guard for the whole test.
+pub async fn heavy_test_lock() -> tokio::sync::MutexGuard<'static, ()> {
+    static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    HEAVY.lock().await
 }
 
 /// One server process.
@@ -160,73 +166,7 @@ impl Cluster {
         self.nodes[i].spawn();
         self.wait_healthy(i, Duration::from_secs(30)).await;
     }
-}
 
-impl Node {
-    fn spawn(&mut self) {
-        if self.port == 0 {
-            self.port = free_port();
-        }
-        let print = std::env::var("CLUSTER_LOGS").is_ok();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_chat-server"))
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .env("PORT", self.port.to_string())
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(if self.logs.is_some() {
-                Stdio::piped()
-            } else if print {
-                Stdio::inherit()
-            } else {
-                Stdio::null()
-            })
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start chat-server: {e}"));
-        if let (Some(logs), Some(stderr)) = (self.logs.clone(), child.stderr.take()) {
-            // Ends by itself at EOF, when the process exits.
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    if print {
-                        eprintln!("{line}");
-                    }
-                    if let Ok(mut logs) = logs.lock() {
-                        logs.push(line);
-                    }
-                }
-            });
-        }
-        self.child = Some(child);
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill(); // SIGKILL
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-// ---------------------------------------------------------------------------
-// Additions for the guarantee modules (order, lifecycle, crash, redis_outage,
-// member_lists). Existing helpers above behave as before.
-// ---------------------------------------------------------------------------
-
-/// Serializes the timing-sensitive tests of this binary (they measure or
-/// race against the liveness timings), so they do not compete for the two
-/// cores with each other. Hold the guard for the whole test.
-pub async fn heavy_test_lock() -> tokio::sync::MutexGuard<'static, ()> {
-    static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-    HEAVY.lock().await
-}
-
-impl Cluster {
     /// POST a JSON body to node `i`: status and JSON body.
     pub async fn post(&self, i: usize, path: &str, body: &Value) -> (u16, Value) {
         match self
@@ -322,9 +262,7 @@ impl Cluster {
             );
         }
     }
-}
 
-impl Cluster {
     /// Polls until every node in `nodes` lists exactly `expected` (in that
     /// order) as the members of `room` and reports the same `memberCount`,
     /// both in `GET /api/rooms/{id}` and in `GET /api/rooms`; returns how
@@ -403,5 +341,56 @@ impl Cluster {
                     .map(move |l| format!("node {i}: {l}"))
             })
             .collect()
+    }
+}
+
+impl Node {
+    fn spawn(&mut self) {
+        if self.port == 0 {
+            self.port = free_port();
+        }
+        let print = std::env::var("CLUSTER_LOGS").is_ok();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_chat-server"))
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("PORT", self.port.to_string())
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(if self.logs.is_some() {
+                Stdio::piped()
+            } else if print {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start chat-server: {e}"));
+        if let (Some(logs), Some(stderr)) = (self.logs.clone(), child.stderr.take()) {
+            // Ends by itself at EOF, when the process exits.
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if print {
+                        eprintln!("{line}");
+                    }
+                    if let Ok(mut logs) = logs.lock() {
+                        logs.push(line);
+                    }
+                }
+            });
+        }
+        self.child = Some(child);
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill(); // SIGKILL
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
     }
 }

@@ -110,6 +110,15 @@ where
     F: FnOnce(SharedStore) -> Fut,
     Fut: Future<Output = ()>,
 {
+    with_mysql_db(|store, _db| test(store)).await;
+}
+
+/// Like `with_mysql`, also passing `test` the name of the database.
+async fn with_mysql_db<F, Fut>(test: F)
+where
+    F: FnOnce(SharedStore, String) -> Fut,
+    Fut: Future<Output = ()>,
+{
     let (base, query) = mysql_base();
     let db = unique_db_name();
     let url = format!("{base}/{db}{query}");
@@ -124,7 +133,9 @@ where
         }
     };
     let shared: SharedStore = store.clone();
-    let outcome = AssertUnwindSafe(test(shared)).catch_unwind().await;
+    let outcome = AssertUnwindSafe(test(shared, db.clone()))
+        .catch_unwind()
+        .await;
     store.disconnect().await;
     drop_database(&base, &query, &db).await;
     if let Err(panic) = outcome {
@@ -1222,30 +1233,6 @@ mod mysql_only {
     use super::*;
     use mysql_async::prelude::Queryable;
 
-    /// Runs `test` with the store and the name of its database.
-    async fn with_db<F, Fut>(test: F)
-    where
-        F: FnOnce(SharedStore, String) -> Fut,
-        Fut: Future<Output = ()>,
-    {
-        let (base, query) = mysql_base();
-        let db = unique_db_name();
-        let url = format!("{base}/{db}{query}");
-        let store = MySqlStore::connect(&url, Duration::from_secs(20))
-            .await
-            .unwrap_or_else(|e| panic!("MySQL at {base} is not usable: {e}"));
-        let store = Arc::new(store);
-        let shared: SharedStore = store.clone();
-        let outcome = AssertUnwindSafe(test(shared, db.clone()))
-            .catch_unwind()
-            .await;
-        store.disconnect().await;
-        drop_database(&base, &query, &db).await;
-        if let Err(panic) = outcome {
-            std::panic::resume_unwind(panic);
-        }
-    }
-
     async fn count(conn: &mut mysql_async::Conn, sql: &str) -> u64 {
         conn.query_first::<u64, _>(sql)
             .await
@@ -1255,7 +1242,7 @@ mod mysql_only {
 
     #[actix_rt::test]
     async fn schema_is_idempotent_and_utf8mb4() {
-        with_db(|store, db| async move {
+        with_mysql_db(|store, db| async move {
             let room = new_room(&store, "kept").await;
             // A second process starting on the same database.
             let (base, query) = mysql_base();
@@ -1292,7 +1279,7 @@ mod mysql_only {
 
     #[actix_rt::test]
     async fn two_processes_writing_the_same_rooms_never_deadlock_or_collide() {
-        with_db(|store, db| async move {
+        with_mysql_db(|store, db| async move {
             // A second store on the same database is a second process, with
             // its own message writer grouping rooms in its own transactions.
             let (base, query) = mysql_base();
@@ -1315,7 +1302,7 @@ mod mysql_only {
 
     #[actix_rt::test]
     async fn deleting_a_room_leaves_no_orphan_rows() {
-        with_db(|store, db| async move {
+        with_mysql_db(|store, db| async move {
             let mut conn = raw_conn(&db).await;
             for round in 0..5 {
                 let room = new_room(&store, &format!("r{round}")).await;

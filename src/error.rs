@@ -1,6 +1,10 @@
 //! One error type for everything a client can be told. Each variant maps to a
 //! stable snake_case code (PROTOCOL.md) and, for REST, an HTTP status; the
 //! cause of `Unavailable` is kept for the logs but never shown to clients.
+//! [`Chain`] prints an error with all its causes, for those logs.
+
+use std::error::Error;
+use std::fmt;
 
 use actix_web::{http::StatusCode, HttpResponse, ResponseError};
 use serde_json::json;
@@ -34,11 +38,37 @@ pub enum ChatError {
     RateLimited(String),
     #[error("you are not in a room")]
     NotInRoom,
-    #[error("service unavailable: {0}")]
-    Unavailable(String),
+    /// A backing service (the store, an actor) failed. `reason` says what
+    /// could not be done and `source` is the underlying error, if any; both
+    /// are for the logs only (see [`ChatError::client_message`]).
+    #[error("service unavailable: {reason}")]
+    Unavailable {
+        reason: String,
+        #[source]
+        source: Option<Box<dyn Error + Send + Sync>>,
+    },
 }
 
 impl ChatError {
+    /// `Unavailable` with no underlying error (an actor did not answer, say).
+    pub fn unavailable(reason: impl Into<String>) -> Self {
+        ChatError::Unavailable {
+            reason: reason.into(),
+            source: None,
+        }
+    }
+
+    /// `Unavailable` caused by `source`, which the logs show in full.
+    pub fn unavailable_because(
+        reason: impl Into<String>,
+        source: impl Error + Send + Sync + 'static,
+    ) -> Self {
+        ChatError::Unavailable {
+            reason: reason.into(),
+            source: Some(Box::new(source)),
+        }
+    }
+
     /// The stable code clients switch on.
     pub fn code(&self) -> &'static str {
         match self {
@@ -54,7 +84,7 @@ impl ChatError {
             ChatError::PayloadTooLarge(_) => "payload_too_large",
             ChatError::RateLimited(_) => "rate_limited",
             ChatError::NotInRoom => "not_in_room",
-            ChatError::Unavailable(_) => "unavailable",
+            ChatError::Unavailable { .. } => "unavailable",
         }
     }
 
@@ -62,7 +92,7 @@ impl ChatError {
     /// error, say) goes to the log only.
     pub fn client_message(&self) -> String {
         match self {
-            ChatError::Unavailable(_) => {
+            ChatError::Unavailable { .. } => {
                 "a backing service is unavailable; please retry shortly".to_owned()
             }
             other => other.to_string(),
@@ -90,15 +120,41 @@ impl ResponseError for ChatError {
             ChatError::NicknameTaken(_) => StatusCode::CONFLICT,
             ChatError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ChatError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
-            ChatError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ChatError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
     fn error_response(&self) -> HttpResponse {
-        if let ChatError::Unavailable(cause) = self {
-            log::warn!("answering 503 unavailable: {cause}");
+        if let ChatError::Unavailable { .. } = self {
+            log::warn!("answering 503: {}", Chain(self));
         }
         HttpResponse::build(self.status_code()).json(json!({ "error": self.to_json() }))
+    }
+}
+
+/// Displays an error followed by its causes, outermost first, joined with
+/// ": " (`a: b: c`), so that one log line tells the whole story.
+///
+/// Some libraries (`mysql_async`, `redis`) both print their cause in their
+/// own message and return it from `source()`; a cause whose text already
+/// appears in the message before it is therefore not repeated (its own
+/// causes still are).
+pub struct Chain<'a>(pub &'a (dyn Error + 'a));
+
+impl fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut shown = self.0.to_string();
+        f.write_str(&shown)?;
+        let mut next = self.0.source();
+        while let Some(cause) = next {
+            let text = cause.to_string();
+            if !shown.contains(&text) {
+                write!(f, ": {text}")?;
+            }
+            shown = text;
+            next = cause.source();
+        }
+        Ok(())
     }
 }
 
@@ -106,12 +162,64 @@ impl ResponseError for ChatError {
 mod tests {
     use super::*;
 
+    /// A test error: `text`, caused by `cause`.
+    #[derive(Debug)]
+    struct Layer(&'static str, Option<Box<Layer>>);
+
+    impl fmt::Display for Layer {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl Error for Layer {
+        fn source(&self) -> Option<&(dyn Error + 'static)> {
+            self.1.as_deref().map(|e| e as &(dyn Error + 'static))
+        }
+    }
+
+    fn layers(texts: &[&'static str]) -> Layer {
+        let (first, rest) = texts.split_first().expect("at least one layer");
+        Layer(first, (!rest.is_empty()).then(|| Box::new(layers(rest))))
+    }
+
+    #[test]
+    fn chain_joins_every_cause() {
+        assert_eq!(Chain(&layers(&["a"])).to_string(), "a");
+        assert_eq!(Chain(&layers(&["a", "b", "c"])).to_string(), "a: b: c");
+    }
+
+    #[test]
+    fn chain_does_not_repeat_a_cause_its_error_already_printed() {
+        // As mysql_async's `Io(IoError::Io(io::Error))` does.
+        let e = layers(&[
+            "Input/output error: Input/output error: refused",
+            "Input/output error: refused",
+            "refused",
+        ]);
+        assert_eq!(
+            Chain(&e).to_string(),
+            "Input/output error: Input/output error: refused"
+        );
+        let e = layers(&["outer: inner", "inner", "root"]);
+        assert_eq!(Chain(&e).to_string(), "outer: inner: root");
+    }
+
     #[test]
     fn unavailable_hides_its_cause_from_clients() {
-        let e = ChatError::Unavailable("mysql: access denied for secret_user".into());
+        let e = ChatError::unavailable_because(
+            "store call failed",
+            layers(&["mysql: access denied for secret_user"]),
+        );
         assert_eq!(e.code(), "unavailable");
-        assert!(!e.client_message().contains("secret_user"));
+        assert_eq!(
+            e.client_message(),
+            "a backing service is unavailable; please retry shortly"
+        );
+        assert!(!e.to_json().to_string().contains("secret_user"));
         assert_eq!(e.status_code(), StatusCode::SERVICE_UNAVAILABLE);
+        // The logs still get it.
+        assert!(Chain(&e).to_string().contains("secret_user"));
     }
 
     #[test]

@@ -198,7 +198,7 @@ impl ChatSession {
                         reference: None,
                     };
                     self.send(left.to_wire(), ctx);
-                    let e = ChatError::Unavailable(format!("room {room_id} failed"));
+                    let e = ChatError::unavailable(format!("room {room_id} failed"));
                     self.send_error(ctx, &e, reference.as_deref());
                 }
                 None => self.send_error(ctx, &ChatError::NotInRoom, reference.as_deref()),
@@ -317,7 +317,7 @@ impl ChatSession {
                     ctx.run_later(wait, move |act, ctx| {
                         if act.join_attempt == this_attempt && act.joining == Some(room_id) {
                             let e =
-                                ChatError::Unavailable(format!("room {room_id} did not answer"));
+                                ChatError::unavailable(format!("room {room_id} did not answer"));
                             act.join_failed(error_frame(&e, reference.as_deref()), ctx);
                         }
                     });
@@ -332,7 +332,7 @@ impl ChatSession {
                     move |act, ctx| act.begin_join(room_id, nickname, reference, attempt + 1, ctx),
                 );
             } else {
-                let e = ChatError::Unavailable(format!("room {room_id} did not answer the join"));
+                let e = ChatError::unavailable(format!("room {room_id} did not answer the join"));
                 act.join_failed(error_frame(&e, reference.as_deref()), ctx);
             }
         }));

@@ -19,7 +19,7 @@ pub async fn chat_page(app: web::Data<HttpState>) -> Result<HttpResponse, ChatEr
     let html = app
         .templates
         .render("chat", &data)
-        .map_err(|e| ChatError::Unavailable(format!("template: {e}")))?;
+        .map_err(|e| ChatError::unavailable_because("cannot render the chat page", e))?;
     Ok(HttpResponse::Ok()
         .content_type("text/html; charset=utf-8")
         .body(html))

@@ -69,7 +69,7 @@ pub async fn list_members(
         .manager
         .send(GetMembers { room_id })
         .await
-        .map_err(|e| ChatError::Unavailable(format!("room manager: {e}")))??;
+        .map_err(|e| ChatError::unavailable_because("the room manager did not answer", e))??;
     Ok(HttpResponse::Ok().json(members))
 }
 

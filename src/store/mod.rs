@@ -44,7 +44,9 @@ impl From<StoreError> for ChatError {
         match e {
             StoreError::RoomNotFound(id) => ChatError::RoomNotFound(id),
             StoreError::NicknameTaken(n) => ChatError::NicknameTaken(n),
-            StoreError::Unavailable(why) => ChatError::Unavailable(why),
+            unavailable @ StoreError::Unavailable(_) => {
+                ChatError::unavailable_because("store call failed", unavailable)
+            }
         }
     }
 }

@@ -20,6 +20,7 @@ use crate::actors::redis_bridge::{AnnounceRemoved, BridgeConfig, BusHealth, Redi
 use crate::actors::room::RoomConfig;
 use crate::actors::room_manager::{RoomManager, Shutdown};
 use crate::config::Settings;
+use crate::error::Chain;
 use crate::http::state::HttpState;
 use crate::rate_limit::KeyedLimiter;
 use crate::store::{MemoryStore, MySqlStore, SharedStore};
@@ -98,7 +99,7 @@ impl Application {
                 }
             }
             Ok(_) => {}
-            Err(e) => log::warn!("could not clear stale members: {e}"),
+            Err(e) => log::warn!("could not clear stale members: {}", Chain(&e)),
         }
 
         let manager = RoomManager::new(
@@ -281,7 +282,7 @@ async fn connect_store(settings: &Settings) -> Result<SharedStore, StartupError>
         match MySqlStore::connect(url, settings.store_timeout).await {
             Ok(store) => return Ok(Arc::new(store)),
             Err(e) => {
-                log::warn!("MySQL not ready ({e}); retrying in {backoff:?}");
+                log::warn!("MySQL not ready ({}); retrying in {backoff:?}", Chain(&e));
                 actix_web::rt::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }

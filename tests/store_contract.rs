@@ -1231,6 +1231,7 @@ async fn concurrent_appends_to_many_rooms_keep_each_sequence(store: SharedStore)
 
 mod mysql_only {
     use super::*;
+    use chat_server::error::Chain;
     use mysql_async::prelude::Queryable;
 
     async fn count(conn: &mut mysql_async::Conn, sql: &str) -> u64 {
@@ -1368,7 +1369,7 @@ mod mysql_only {
                 .add_member(room, &member("a", "sa", "inst-a", 1))
                 .await
                 .unwrap_err();
-            assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+            assert!(matches!(err, StoreError::Unavailable { .. }), "{err:?}");
             tx.rollback().await.unwrap();
             conn.disconnect().await.unwrap();
             // The abandoned attempt did not half-happen, and the store works.
@@ -1391,19 +1392,35 @@ mod mysql_only {
             .await
             .err()
             .expect("no server on port 1");
-        assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+        assert!(
+            matches!(
+                &err,
+                StoreError::Unavailable {
+                    what: "connecting",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        // The driver's error is kept as the cause, for the logs.
+        let cause = std::error::Error::source(&err).expect("the driver error");
+        assert!(
+            Chain(&err).to_string().contains(&cause.to_string()),
+            "{err:?}"
+        );
         let err = MySqlStore::connect("postgres://nope", Duration::from_secs(5))
             .await
             .err()
             .expect("not a MySQL URL");
-        assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+        assert!(matches!(err, StoreError::Unavailable { .. }), "{err:?}");
         let (base, query) = mysql_base();
         let err = MySqlStore::connect(&format!("{base}{query}"), Duration::from_secs(5))
             .await
             .err()
             .expect("a URL without a database");
         assert!(
-            matches!(&err, StoreError::Unavailable(why) if why.contains("must name a database")),
+            matches!(&err, StoreError::Unavailable { .. })
+                && Chain(&err).to_string().contains("must name a database"),
             "{err:?}"
         );
     }

@@ -16,7 +16,7 @@ use actix::prelude::*;
 use super::redis_bridge::{AnnounceRemoved, Drain};
 use super::room::{CloseRoom, ListMembers, RoomActor, RoomConfig};
 use crate::domain::{self, Member, RoomId};
-use crate::error::ChatError;
+use crate::error::{Chain, ChatError};
 use crate::store::SharedStore;
 
 /// Find the live actor of `room_id`, starting one if there is none. The
@@ -111,7 +111,7 @@ impl RoomManager {
         ctx.spawn(fut.into_actor(self).map(|res, _, _| match res {
             Ok(ids) if !ids.is_empty() => log::info!("deleted unjoined rooms {ids:?}"),
             Ok(_) => {}
-            Err(e) => log::warn!("empty-room sweep failed (will retry): {e}"),
+            Err(e) => log::warn!("empty-room sweep failed (will retry): {}", Chain(&e)),
         }));
     }
 }
@@ -221,7 +221,10 @@ impl Handler<Shutdown> for RoomManager {
                             .await;
                     }
                 }
-                Err(e) => log::warn!("shutdown: could not remove this instance's members: {e}"),
+                Err(e) => log::warn!(
+                    "shutdown: could not remove this instance's members: {}",
+                    Chain(&e)
+                ),
             }
         })
     }

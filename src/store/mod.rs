@@ -22,6 +22,10 @@ mod mysql;
 pub use memory::MemoryStore;
 pub use mysql::MySqlStore;
 
+use std::error::Error;
+use std::sync::Arc;
+use std::time::Duration;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
@@ -35,8 +39,33 @@ pub enum StoreError {
     RoomNotFound(RoomId),
     #[error("nickname {0:?} is taken")]
     NicknameTaken(String),
-    #[error("store unavailable: {0}")]
-    Unavailable(String),
+    /// The backing database failed, or did not answer, during `what` (an
+    /// operation such as `"add_member"` or `"connecting"`). The cause is
+    /// shared so that one failure can be reported to several callers (the
+    /// message writer fails a whole group at once).
+    #[error("store unavailable: {what}")]
+    Unavailable {
+        what: &'static str,
+        #[source]
+        cause: Arc<dyn Error + Send + Sync>,
+    },
+}
+
+impl StoreError {
+    /// `Unavailable` during `what`, because of `cause`.
+    pub fn unavailable(what: &'static str, cause: impl Error + Send + Sync + 'static) -> Self {
+        StoreError::Unavailable {
+            what,
+            cause: Arc::new(cause),
+        }
+    }
+}
+
+/// The cause of an `Unavailable` store call that ran out of time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("no answer within {} ms", .after.as_millis())]
+pub struct TimedOut {
+    pub after: Duration,
 }
 
 impl From<StoreError> for ChatError {
@@ -44,7 +73,7 @@ impl From<StoreError> for ChatError {
         match e {
             StoreError::RoomNotFound(id) => ChatError::RoomNotFound(id),
             StoreError::NicknameTaken(n) => ChatError::NicknameTaken(n),
-            unavailable @ StoreError::Unavailable(_) => {
+            unavailable @ StoreError::Unavailable { .. } => {
                 ChatError::unavailable_because("store call failed", unavailable)
             }
         }
@@ -232,4 +261,82 @@ pub trait Store: Send + Sync + 'static {
     /// in. Run at start-up by a process configured to run alone: whatever
     /// members the store still holds belong to a previous run that died.
     async fn remove_all_members(&self) -> Result<Vec<RemovedMember>, StoreError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Chain;
+
+    fn driver_error() -> StoreError {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused by 10.0.0.7");
+        StoreError::unavailable("add_member", io)
+    }
+
+    #[test]
+    fn unavailable_keeps_its_cause() {
+        let e = driver_error();
+        assert_eq!(e.to_string(), "store unavailable: add_member");
+        assert_eq!(
+            Chain(&e).to_string(),
+            "store unavailable: add_member: refused by 10.0.0.7"
+        );
+        // Clones share the cause.
+        assert_eq!(Chain(&e.clone()).to_string(), Chain(&e).to_string());
+    }
+
+    #[test]
+    fn a_timeout_says_how_long() {
+        let e = StoreError::unavailable(
+            "ping",
+            TimedOut {
+                after: Duration::from_millis(1500),
+            },
+        );
+        assert_eq!(
+            Chain(&e).to_string(),
+            "store unavailable: ping: no answer within 1500 ms"
+        );
+    }
+
+    #[test]
+    fn chat_error_keeps_the_store_error_as_its_source_but_hides_it() {
+        let chat = ChatError::from(driver_error());
+        assert_eq!(chat.code(), "unavailable");
+        let source = chat.source().expect("the store error is kept");
+        assert!(
+            matches!(
+                source.downcast_ref::<StoreError>(),
+                Some(StoreError::Unavailable {
+                    what: "add_member",
+                    ..
+                })
+            ),
+            "{source:?}"
+        );
+        assert_eq!(
+            Chain(&chat).to_string(),
+            "service unavailable: store call failed: store unavailable: add_member: \
+             refused by 10.0.0.7"
+        );
+        assert_eq!(
+            chat.to_json(),
+            serde_json::json!({
+                "code": "unavailable",
+                "message": "a backing service is unavailable; please retry shortly",
+            })
+        );
+    }
+
+    #[test]
+    fn client_errors_convert_as_before() {
+        assert!(matches!(
+            ChatError::from(StoreError::RoomNotFound(RoomId::new(4))),
+            ChatError::RoomNotFound(id) if id == RoomId::new(4)
+        ));
+        assert!(matches!(
+            ChatError::from(StoreError::NicknameTaken("ann".into())),
+            ChatError::NicknameTaken(n) if n == "ann"
+        ));
+    }
 }

@@ -46,7 +46,7 @@ use mysql_async::{
 
 use super::{
     JoinOutcome, LeaveOutcome, MemberRecord, NewMember, NewMessage, RemovedMember, Store,
-    StoreError, StoreKind,
+    StoreError, StoreKind, TimedOut,
 };
 use crate::domain::{Member, Message, MessageSeq, Room, RoomId, RoomTitle, SocketId};
 
@@ -120,20 +120,17 @@ impl MySqlStore {
     /// Errors are `StoreError::Unavailable` (bad URL, unreachable server,
     /// missing privileges); the caller decides whether to retry.
     pub async fn connect(url: &str, op_timeout: Duration) -> Result<MySqlStore, StoreError> {
-        let opts = Opts::from_url(url)
-            .map_err(|e| StoreError::Unavailable(format!("invalid MySQL URL: {e}")))?;
-        if opts.db_name().is_none() {
-            return Err(StoreError::Unavailable(
-                "the MySQL URL must name a database: mysql://user:pass@host:port/db".into(),
-            ));
-        }
+        let opts = parse_url(url)?;
 
         // One dedicated connection prepares the database before the pool
         // exists, so the pool never holds connections to a missing database.
         let mut conn = bounded(op_timeout, "connecting", open_creating_db(&opts)).await?;
-        let applied = bounded(op_timeout, "applying the schema", async {
+        const SCHEMA_STEP: &str = "applying the schema";
+        let applied = bounded(op_timeout, SCHEMA_STEP, async {
             for statement in schema_statements(SCHEMA) {
-                conn.query_drop(statement).await.map_err(unavailable)?;
+                conn.query_drop(statement)
+                    .await
+                    .map_err(unavailable(SCHEMA_STEP))?;
             }
             Ok(())
         })
@@ -195,41 +192,51 @@ impl MySqlStore {
     /// Runs `call` under the operation timeout.
     async fn bounded<T>(
         &self,
-        what: &str,
+        what: &'static str,
         call: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
         bounded(self.op_timeout, what, call).await
     }
 
-    /// Runs `body` on a pooled connection outside any explicit transaction.
-    /// With `idempotent`, a dead connection (the server restarted since the
-    /// pool opened it) is replaced and the body run again; a write that may
-    /// already have happened is not repeated.
-    async fn with_conn<T, F, Fut>(&self, idempotent: bool, mut body: F) -> Result<T, StoreError>
+    /// Runs `body` on a pooled connection outside any explicit transaction,
+    /// under the operation timeout; a failure is `Unavailable` during
+    /// `what`. With `idempotent`, a dead connection (the server restarted
+    /// since the pool opened it) is replaced and the body run again; a write
+    /// that may already have happened is not repeated.
+    async fn with_conn<T, F, Fut>(
+        &self,
+        what: &'static str,
+        idempotent: bool,
+        mut body: F,
+    ) -> Result<T, StoreError>
     where
         F: FnMut(Conn) -> Fut + Send,
         Fut: Future<Output = SqlResult<T>> + Send,
         T: Send,
     {
-        let mut attempt = 1;
-        loop {
-            let result = match self.pool.get_conn().await {
-                Ok(conn) => body(conn).await,
-                Err(e) => Err(e),
-            };
-            match result {
-                Ok(value) => return Ok(value),
-                Err(e) if idempotent && is_broken_connection(&e) && attempt < TX_ATTEMPTS => {
-                    log::debug!("MySQL connection lost ({e}); retrying");
-                    attempt += 1;
+        let call = async move {
+            let mut attempt = 1;
+            loop {
+                let result = match self.pool.get_conn().await {
+                    Ok(conn) => body(conn).await,
+                    Err(e) => Err(e),
+                };
+                match result {
+                    Ok(value) => return Ok(value),
+                    Err(e) if idempotent && is_broken_connection(&e) && attempt < TX_ATTEMPTS => {
+                        log::debug!("MySQL connection lost during {what} ({e}); retrying");
+                        attempt += 1;
+                    }
+                    Err(e) => return Err(StoreError::unavailable(what, e)),
                 }
-                Err(e) => return Err(unavailable(e)),
             }
-        }
+        };
+        self.bounded(what, call).await
     }
 
     /// Runs `body` in a transaction: commits when it returns `Ok(Ok(_))`,
-    /// rolls back otherwise. A lock conflict (deadlock victim, lock wait
+    /// rolls back otherwise; a database failure or the operation timeout is
+    /// `Unavailable` during `what`. A lock conflict (deadlock victim, lock wait
     /// timeout) or a connection that died before the commit was sent rolls
     /// the whole attempt back, so running it again is safe; that happens up
     /// to `TX_ATTEMPTS` times. A failed commit is never repeated: it may have
@@ -238,13 +245,14 @@ impl MySqlStore {
     /// `body` takes the transaction by value and hands it back, which lets
     /// its future borrow the caller's arguments without higher-ranked
     /// lifetimes.
-    async fn transact<T, F, Fut>(&self, body: F) -> Result<T, StoreError>
+    async fn transact<T, F, Fut>(&self, what: &'static str, body: F) -> Result<T, StoreError>
     where
         F: FnMut(Transaction<'static>) -> Fut + Send,
         Fut: Future<Output = (Transaction<'static>, TxResult<T>)> + Send,
         T: Send,
     {
-        transact_on(&self.pool, body).await
+        self.bounded(what, transact_on(&self.pool, what, body))
+            .await
     }
 
     /// Bulk removal shared by `remove_instance_members` (`Some(instance)`)
@@ -253,10 +261,11 @@ impl MySqlStore {
     /// room lock and joins elsewhere are not held up.
     async fn remove_members_where(
         &self,
+        what: &'static str,
         instance: Option<&str>,
     ) -> Result<Vec<RemovedMember>, StoreError> {
         let room_ids: Vec<RoomId> = self
-            .with_conn(true, |mut conn| async move {
+            .with_conn(what, true, |mut conn| async move {
                 match instance {
                     Some(instance) => {
                         rows(
@@ -284,7 +293,7 @@ impl MySqlStore {
         let mut removed = Vec::new();
         for room_id in room_ids {
             let gone = self
-                .transact(|mut tx| async move {
+                .transact(what, |mut tx| async move {
                     let r = remove_room_members_tx(&mut tx, room_id, instance).await;
                     (tx, r)
                 })
@@ -302,11 +311,8 @@ impl Store for MySqlStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        self.bounded(
-            "ping",
-            self.with_conn(true, |mut conn| async move { conn.ping().await }),
-        )
-        .await
+        self.with_conn("ping", true, |mut conn| async move { conn.ping().await })
+            .await
     }
 
     async fn create_room(
@@ -318,7 +324,7 @@ impl Store for MySqlStore {
         let created = to_db(created);
         // A single autocommitted INSERT; not repeated on a lost connection,
         // since the room may already exist then.
-        let call = self.with_conn(false, |mut conn| async move {
+        self.with_conn("create_room", false, |mut conn| async move {
             conn.exec_drop(
                 "INSERT INTO chatRoom (title, join_member_count, last_msg_id, created) \
                  VALUES (?, 0, 0, ?)",
@@ -334,20 +340,20 @@ impl Store for MySqlStore {
                 member_count: 0,
                 created: from_db(created),
             })
-        });
-        self.bounded("create_room", call).await
+        })
+        .await
     }
 
     async fn room(&self, id: RoomId) -> Result<Option<Room>, StoreError> {
-        let call = self.with_conn(true, |mut conn| async move {
+        self.with_conn("room", true, |mut conn| async move {
             let row: Option<RoomRow> = first(&mut conn, SELECT_ROOM, (id,)).await?;
             Ok(row.map(room_from_row))
-        });
-        self.bounded("room", call).await
+        })
+        .await
     }
 
     async fn rooms(&self) -> Result<Vec<Room>, StoreError> {
-        let call = self.with_conn(true, |mut conn| async move {
+        self.with_conn("rooms", true, |mut conn| async move {
             let all: Vec<RoomRow> = rows(
                 &mut conn,
                 "SELECT id, title, join_member_count, created FROM chatRoom ORDER BY id DESC",
@@ -355,8 +361,8 @@ impl Store for MySqlStore {
             )
             .await?;
             Ok(all.into_iter().map(room_from_row).collect())
-        });
-        self.bounded("rooms", call).await
+        })
+        .await
     }
 
     async fn add_member(
@@ -364,11 +370,11 @@ impl Store for MySqlStore {
         room_id: RoomId,
         member: &NewMember,
     ) -> Result<JoinOutcome, StoreError> {
-        let call = self.transact(|mut tx| async move {
+        self.transact("add_member", |mut tx| async move {
             let r = add_member_tx(&mut tx, room_id, member).await;
             (tx, r)
-        });
-        self.bounded("add_member", call).await
+        })
+        .await
     }
 
     async fn remove_member(
@@ -376,15 +382,15 @@ impl Store for MySqlStore {
         room_id: RoomId,
         socket_id: &SocketId,
     ) -> Result<LeaveOutcome, StoreError> {
-        let call = self.transact(|mut tx| async move {
+        self.transact("remove_member", |mut tx| async move {
             let r = remove_member_tx(&mut tx, room_id, socket_id).await;
             (tx, r)
-        });
-        self.bounded("remove_member", call).await
+        })
+        .await
     }
 
     async fn member_records(&self, room_id: RoomId) -> Result<Vec<MemberRecord>, StoreError> {
-        let call = self.with_conn(true, |mut conn| async move {
+        let call = self.with_conn("members", true, |mut conn| async move {
             let found: Vec<(String, NaiveDateTime, String, u64)> = rows(
                 &mut conn,
                 "SELECT nickname, join_time, socket_id, id FROM chatMember \
@@ -397,10 +403,7 @@ impl Store for MySqlStore {
             let exists = !found.is_empty() || room_exists(&mut conn, room_id).await?;
             Ok(exists.then_some(found))
         });
-        let found = self
-            .bounded("members", call)
-            .await?
-            .ok_or(StoreError::RoomNotFound(room_id))?;
+        let found = call.await?.ok_or(StoreError::RoomNotFound(room_id))?;
         Ok(found
             .into_iter()
             .map(|(nickname, joined, socket_id, join_seq)| MemberRecord {
@@ -415,15 +418,15 @@ impl Store for MySqlStore {
     }
 
     async fn instances_with_members(&self) -> Result<Vec<String>, StoreError> {
-        let call = self.with_conn(true, |mut conn| async move {
+        self.with_conn("instances_with_members", true, |mut conn| async move {
             rows(
                 &mut conn,
                 "SELECT DISTINCT instance_id FROM chatMember ORDER BY instance_id",
                 (),
             )
             .await
-        });
-        self.bounded("instances_with_members", call).await
+        })
+        .await
     }
 
     async fn append_messages(
@@ -450,14 +453,15 @@ impl Store for MySqlStore {
         after: MessageSeq,
         limit: usize,
     ) -> Result<Vec<Message>, StoreError> {
-        let call = self.read_messages(
+        self.read_messages(
+            "messages_after",
             room_id,
             "SELECT id, nickname, content, chat_time FROM chatMsg \
              WHERE room_id = ? AND id > ? ORDER BY id ASC LIMIT ?",
             after,
             limit,
-        );
-        self.bounded("messages_after", call).await
+        )
+        .await
     }
 
     async fn recent_messages(
@@ -465,14 +469,16 @@ impl Store for MySqlStore {
         room_id: RoomId,
         limit: usize,
     ) -> Result<Vec<Message>, StoreError> {
-        let call = self.read_messages(
-            room_id,
-            "SELECT id, nickname, content, chat_time FROM chatMsg \
-             WHERE room_id = ? AND id > ? ORDER BY id DESC LIMIT ?",
-            MessageSeq::ZERO,
-            limit,
-        );
-        let mut newest_first = self.bounded("recent_messages", call).await?;
+        let mut newest_first = self
+            .read_messages(
+                "recent_messages",
+                room_id,
+                "SELECT id, nickname, content, chat_time FROM chatMsg \
+                 WHERE room_id = ? AND id > ? ORDER BY id DESC LIMIT ?",
+                MessageSeq::ZERO,
+                limit,
+            )
+            .await?;
         newest_first.reverse();
         Ok(newest_first)
     }
@@ -482,26 +488,25 @@ impl Store for MySqlStore {
         created_before: DateTime<Utc>,
     ) -> Result<Vec<RoomId>, StoreError> {
         let cutoff = to_db(created_before);
-        let call = self.transact(|mut tx| async move {
+        self.transact("delete_unjoined_rooms", |mut tx| async move {
             let r = delete_unjoined_rooms_tx(&mut tx, cutoff).await;
             (tx, r)
-        });
-        self.bounded("delete_unjoined_rooms", call).await
+        })
+        .await
     }
 
     async fn remove_instance_members(
         &self,
         instance_id: &str,
     ) -> Result<Vec<RemovedMember>, StoreError> {
-        self.bounded(
-            "remove_instance_members",
-            self.remove_members_where(Some(instance_id)),
-        )
-        .await
+        const WHAT: &str = "remove_instance_members";
+        self.bounded(WHAT, self.remove_members_where(WHAT, Some(instance_id)))
+            .await
     }
 
     async fn remove_all_members(&self) -> Result<Vec<RemovedMember>, StoreError> {
-        self.bounded("remove_all_members", self.remove_members_where(None))
+        const WHAT: &str = "remove_all_members";
+        self.bounded(WHAT, self.remove_members_where(WHAT, None))
             .await
     }
 }
@@ -512,6 +517,7 @@ impl MySqlStore {
     /// a page costs `limit` rows however long the history is.
     async fn read_messages(
         &self,
+        what: &'static str,
         room_id: RoomId,
         sql: &'static str,
         after: MessageSeq,
@@ -519,7 +525,7 @@ impl MySqlStore {
     ) -> Result<Vec<Message>, StoreError> {
         let limit = u64::try_from(limit).unwrap_or(u64::MAX);
         let found = self
-            .with_conn(true, |mut conn| async move {
+            .with_conn(what, true, |mut conn| async move {
                 let found: Vec<(u64, String, String, NaiveDateTime)> =
                     rows(&mut conn, sql, (room_id, after, limit)).await?;
                 // Messages imply the room (foreign key); only an empty page
@@ -633,8 +639,13 @@ async fn remove_member_tx(
     }
 }
 
-/// [`MySqlStore::transact`] on `pool`, for callers that hold only the pool.
-async fn transact_on<T, F, Fut>(pool: &Pool, mut body: F) -> Result<T, StoreError>
+/// [`MySqlStore::transact`] on `pool`, for callers that hold only the pool,
+/// without the timeout (the caller adds it).
+async fn transact_on<T, F, Fut>(
+    pool: &Pool,
+    what: &'static str,
+    mut body: F,
+) -> Result<T, StoreError>
 where
     F: FnMut(Transaction<'static>) -> Fut + Send,
     Fut: Future<Output = (Transaction<'static>, TxResult<T>)> + Send,
@@ -646,7 +657,7 @@ where
             Err(e) => e,
             Ok(tx) => match body(tx).await {
                 (tx, Ok(Ok(value))) => {
-                    return tx.commit().await.map(|()| value).map_err(unavailable)
+                    return tx.commit().await.map(|()| value).map_err(unavailable(what))
                 }
                 (tx, Ok(Err(outcome))) => {
                     // Nothing worth keeping was written; a failed
@@ -664,9 +675,9 @@ where
         };
         let retry = is_lock_conflict(&failure) || is_broken_connection(&failure);
         if !retry || attempt >= TX_ATTEMPTS {
-            return Err(unavailable(failure));
+            return Err(StoreError::unavailable(what, failure));
         }
-        log::debug!("MySQL transaction attempt {attempt} failed ({failure}); retrying");
+        log::debug!("MySQL transaction attempt {attempt} of {what} failed ({failure}); retrying");
         tokio::time::sleep(backoff(attempt)).await;
         attempt += 1;
     }
@@ -785,27 +796,31 @@ async fn remove_room_members_tx(
 /// Opens one connection to the database in `opts`, creating the database
 /// first if the server says it does not exist.
 async fn open_creating_db(opts: &Opts) -> Result<Conn, StoreError> {
+    const CONNECTING: &str = "connecting";
+    const CREATING: &str = "creating the database";
     match Conn::new(opts.clone()).await {
         Ok(conn) => Ok(conn),
         Err(SqlError::Server(e)) if e.code == ER_BAD_DB_ERROR => {
             let Some(db) = opts.db_name() else {
-                return Err(unavailable(SqlError::Server(e)));
+                return Err(StoreError::unavailable(CONNECTING, SqlError::Server(e)));
             };
             let server_only = OptsBuilder::from_opts(opts.clone()).db_name(None::<String>);
-            let mut conn = Conn::new(server_only).await.map_err(unavailable)?;
+            let mut conn = Conn::new(server_only)
+                .await
+                .map_err(unavailable(CONNECTING))?;
             conn.query_drop(format!(
                 "CREATE DATABASE IF NOT EXISTS {} CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci",
                 quote_identifier(db)
             ))
             .await
-            .map_err(unavailable)?;
+            .map_err(unavailable(CREATING))?;
             log::info!("created MySQL database {db:?}");
             conn.query_drop(format!("USE {}", quote_identifier(db)))
                 .await
-                .map_err(unavailable)?;
+                .map_err(unavailable(CONNECTING))?;
             Ok(conn)
         }
-        Err(e) => Err(unavailable(e)),
+        Err(e) => Err(StoreError::unavailable(CONNECTING, e)),
     }
 }
 
@@ -906,22 +921,37 @@ fn from_db(t: NaiveDateTime) -> DateTime<Utc> {
     t.and_utc()
 }
 
+/// Runs `call` for at most `limit`; past that, it is `Unavailable` during
+/// `what`, caused by [`TimedOut`].
 async fn bounded<T>(
     limit: Duration,
-    what: &str,
+    what: &'static str,
     call: impl Future<Output = Result<T, StoreError>>,
 ) -> Result<T, StoreError> {
     match tokio::time::timeout(limit, call).await {
         Ok(result) => result,
-        Err(_) => Err(StoreError::Unavailable(format!(
-            "MySQL did not complete {what} within {} ms",
-            limit.as_millis()
-        ))),
+        Err(_) => Err(StoreError::unavailable(what, TimedOut { after: limit })),
     }
 }
 
-fn unavailable(e: SqlError) -> StoreError {
-    StoreError::Unavailable(format!("MySQL: {e}"))
+/// For `map_err`: a database failure during `what`.
+fn unavailable(what: &'static str) -> impl FnOnce(SqlError) -> StoreError {
+    move |e| StoreError::unavailable(what, e)
+}
+
+/// Why a MySQL URL cannot be used although it parses.
+#[derive(Debug, thiserror::Error)]
+#[error("the MySQL URL must name a database: mysql://user:pass@host:port/db")]
+struct NoDatabaseInUrl;
+
+/// The connection options in `url`, which must name a database.
+fn parse_url(url: &str) -> Result<Opts, StoreError> {
+    const WHAT: &str = "reading the MySQL URL";
+    let opts = Opts::from_url(url).map_err(|e| StoreError::unavailable(WHAT, e))?;
+    if opts.db_name().is_none() {
+        return Err(StoreError::unavailable(WHAT, NoDatabaseInUrl));
+    }
+    Ok(opts)
 }
 
 /// InnoDB rolled back (deadlock) or gave up on (lock wait timeout) this
@@ -951,6 +981,7 @@ fn backoff(attempt: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Chain;
 
     #[test]
     fn schema_splits_into_its_three_tables() {
@@ -963,6 +994,56 @@ mod tests {
             );
             assert!(s.contains("ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"), "{s}");
         }
+    }
+
+    #[test]
+    fn a_driver_error_stays_in_the_chain() {
+        let e = unavailable("ping")(SqlError::Driver(DriverError::ConnectionClosed));
+        assert!(
+            matches!(&e, StoreError::Unavailable { what: "ping", .. }),
+            "{e:?}"
+        );
+        let chain = Chain(&e).to_string();
+        assert!(chain.starts_with("store unavailable: ping: "), "{chain}");
+        assert!(
+            chain.contains("Connection to the server is closed."),
+            "{chain}"
+        );
+        // mysql_async prints the cause in its own message too: once is enough.
+        assert_eq!(
+            chain.matches("Connection to the server").count(),
+            1,
+            "{chain}"
+        );
+    }
+
+    #[test]
+    fn bad_urls_say_why() {
+        let e = parse_url("postgres://nope").unwrap_err();
+        let chain = Chain(&e).to_string();
+        assert!(
+            chain.starts_with("store unavailable: reading the MySQL URL: "),
+            "{chain}"
+        );
+        assert!(chain.contains("postgres"), "{chain}");
+        let e = parse_url("mysql://root@127.0.0.1:3306").unwrap_err();
+        assert!(
+            Chain(&e).to_string().contains("must name a database"),
+            "{e:?}"
+        );
+        assert!(parse_url("mysql://root@127.0.0.1:3306/chat").is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_slow_call_times_out_with_its_limit() {
+        let limit = Duration::from_millis(5);
+        let e = bounded(limit, "ping", std::future::pending::<Result<(), _>>())
+            .await
+            .unwrap_err();
+        assert_eq!(
+            Chain(&e).to_string(),
+            "store unavailable: ping: no answer within 5 ms"
+        );
     }
 
     #[test]

@@ -38,7 +38,21 @@ use crate::store::{NewMessage, StoreError};
 /// Most chats in one group transaction; more wait for the next.
 const MAX_GROUP_ROWS: usize = 2000;
 
+/// The operation an append that fails is `Unavailable` during.
+const APPEND: &str = "append_messages";
+
 type Outcome = Result<Vec<Message>, StoreError>;
+
+/// Why the writer did not store a request (the cause of its `Unavailable`).
+#[derive(Debug, thiserror::Error)]
+enum WriterError {
+    #[error("the message writer has stopped")]
+    Stopped,
+    #[error("the message writer dropped the request")]
+    Dropped(#[source] oneshot::error::RecvError),
+    #[error("the batch waited more than {} ms for the message writer", .0.as_millis())]
+    Backlog(Duration),
+}
 
 /// One room's batch waiting for a group.
 struct Request {
@@ -86,13 +100,11 @@ impl MessageWriter {
             reply,
         };
         if self.requests.send(request).is_err() {
-            return Err(StoreError::Unavailable(
-                "the message writer has stopped".into(),
-            ));
+            return Err(StoreError::unavailable(APPEND, WriterError::Stopped));
         }
         answer
             .await
-            .unwrap_or_else(|_| Err(StoreError::Unavailable("the message writer failed".into())))
+            .unwrap_or_else(|e| Err(StoreError::unavailable(APPEND, WriterError::Dropped(e))))
     }
 }
 
@@ -115,21 +127,23 @@ async fn run(pool: Pool, op_timeout: Duration, mut queue: mpsc::UnboundedReceive
         let (late, ready): (Vec<Request>, Vec<Request>) =
             group.into_iter().partition(|r| r.deadline <= now);
         for request in late {
-            let why = "the store is too slow to take this batch now".to_owned();
-            let _ = request.reply.send(Err(StoreError::Unavailable(why)));
+            let why = WriterError::Backlog(op_timeout);
+            let _ = request
+                .reply
+                .send(Err(StoreError::unavailable(APPEND, why)));
         }
         let group: Vec<Request> = ready.into_iter().filter(|r| !r.reply.is_closed()).collect();
         if group.is_empty() {
             continue;
         }
-        let call = transact_on(&pool, |mut tx| {
+        let call = transact_on(&pool, APPEND, |mut tx| {
             let group = &group;
             async move {
                 let r = store_group(&mut tx, group).await;
                 (tx, r)
             }
         });
-        match bounded(op_timeout, "append_messages", call).await {
+        match bounded(op_timeout, APPEND, call).await {
             Ok(outcomes) => {
                 for (request, outcome) in group.into_iter().zip(outcomes) {
                     let _ = request.reply.send(outcome);

@@ -24,6 +24,7 @@
 //!   data, and the resync brings it.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,7 +34,8 @@ use deadpool_redis::redis::{self, aio::PubSubSink, AsyncCommands};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{Member, Message, RoomId, SocketId};
-use crate::store::SharedStore;
+use crate::error::Chain;
+use crate::store::{SharedStore, StoreError};
 
 /// Longest wait for a connection or a command before Redis counts as down.
 const REDIS_TIMEOUT: Duration = Duration::from_secs(3);
@@ -173,8 +175,43 @@ pub struct RedisBridge {
 
 /// Why the bridge could not be built (a malformed URL).
 #[derive(Debug, thiserror::Error)]
-#[error("invalid REDIS_URL: {0}")]
-pub struct BridgeError(String);
+pub enum BridgeError {
+    #[error("invalid REDIS_URL")]
+    Url(#[source] redis::RedisError),
+    #[error("cannot set up the redis connection pool")]
+    Pool(#[source] deadpool_redis::CreatePoolError),
+}
+
+/// Why talking to Redis (or, for the reaper, to the store) failed. The
+/// bridge logs it and, for Redis, reconnects.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("redis error")]
+    Redis(#[from] redis::RedisError),
+    #[error("no redis connection from the pool")]
+    Pool(#[from] deadpool_redis::PoolError),
+    #[error("{what} timed out after {} ms", .after.as_millis())]
+    TimedOut { what: &'static str, after: Duration },
+    #[error("the subscription connection closed")]
+    SubscriptionClosed,
+    #[error("store call failed")]
+    Store(#[from] StoreError),
+}
+
+/// Runs `call` for at most `REDIS_TIMEOUT`; `what` names it in the error.
+async fn timed<T>(
+    what: &'static str,
+    call: impl Future<Output = Result<T, BusError>>,
+) -> Result<T, BusError> {
+    tokio::time::timeout(REDIS_TIMEOUT, call)
+        .await
+        .unwrap_or_else(|_| {
+            Err(BusError::TimedOut {
+                what,
+                after: REDIS_TIMEOUT,
+            })
+        })
+}
 
 impl RedisBridge {
     /// Validates the URL and prepares the pool; connecting happens in the
@@ -184,8 +221,7 @@ impl RedisBridge {
         store: SharedStore,
         health: BusHealth,
     ) -> Result<Self, BridgeError> {
-        let client =
-            redis::Client::open(config.url.as_str()).map_err(|e| BridgeError(e.to_string()))?;
+        let client = redis::Client::open(config.url.as_str()).map_err(BridgeError::Url)?;
         let mut pool_config = deadpool_redis::Config::from_url(config.url.clone());
         pool_config.pool = Some(deadpool_redis::PoolConfig {
             max_size: 4,
@@ -198,7 +234,7 @@ impl RedisBridge {
         });
         let pool = pool_config
             .create_pool(Some(deadpool_redis::Runtime::Tokio1))
-            .map_err(|e| BridgeError(e.to_string()))?;
+            .map_err(BridgeError::Pool)?;
         Ok(RedisBridge {
             config,
             client: Some(client),
@@ -249,25 +285,19 @@ impl RedisBridge {
         let pool = self.pool.clone();
         let key = self.instance_key(&self.config.instance_id);
         let ttl = self.config.liveness_ttl;
-        let fut = async move {
-            tokio::time::timeout(REDIS_TIMEOUT, async move {
-                let (mut sink, stream) = client.get_async_pubsub().await?.split();
-                if !channels.is_empty() {
-                    sink.subscribe(&channels).await?;
-                }
-                let mut conn = pool
-                    .get()
-                    .await
-                    .map_err(|e| redis::RedisError::from(std::io::Error::other(e.to_string())))?;
-                let () = conn.pset_ex(&key, "alive", ttl.as_millis() as u64).await?;
-                Ok::<_, redis::RedisError>((sink, stream))
-            })
-            .await
-        };
+        let fut = timed("connecting", async move {
+            let (mut sink, stream) = client.get_async_pubsub().await?.split();
+            if !channels.is_empty() {
+                sink.subscribe(&channels).await?;
+            }
+            let mut conn = pool.get().await?;
+            let () = conn.pset_ex(&key, "alive", ttl.as_millis() as u64).await?;
+            Ok((sink, stream))
+        });
         ctx.spawn(fut.into_actor(self).map(|res, act, ctx| {
             act.connecting = false;
             match res {
-                Ok(Ok((sink, stream))) => {
+                Ok((sink, stream)) => {
                     log::info!(
                         "redis bus connected ({} rooms subscribed)",
                         act.subscribers.len()
@@ -284,15 +314,15 @@ impl RedisBridge {
                     act.announce(removed, ctx);
                     act.flush(ctx);
                 }
-                Ok(Err(e)) => act.retry_later(&e.to_string(), ctx),
-                Err(_) => act.retry_later("timed out", ctx),
+                Err(e) => act.retry_later(&e, ctx),
             }
         }));
     }
 
-    fn retry_later(&mut self, why: &str, ctx: &mut Context<Self>) {
+    fn retry_later(&mut self, why: &BusError, ctx: &mut Context<Self>) {
         log::warn!(
-            "redis bus unavailable ({why}); retrying in {:?}",
+            "redis bus unavailable ({}); retrying in {:?}",
+            Chain(why),
             self.backoff
         );
         ctx.run_later(self.backoff, |act, ctx| act.connect(ctx));
@@ -300,11 +330,11 @@ impl RedisBridge {
     }
 
     /// Forgets the connection and starts reconnecting.
-    fn disconnected(&mut self, why: &str, ctx: &mut Context<Self>) {
+    fn disconnected(&mut self, why: &BusError, ctx: &mut Context<Self>) {
         if self.connected_at.is_none() {
             return; // already reconnecting
         }
-        log::warn!("redis bus lost: {why}");
+        log::warn!("redis bus lost: {}", Chain(why));
         self.sink = None;
         if let Some(handle) = self.stream.take() {
             ctx.cancel_future(handle);
@@ -336,20 +366,15 @@ impl RedisBridge {
         self.publishing = true;
         let batch = std::mem::take(&mut self.queue);
         let pool = self.pool.clone();
-        let fut = async move {
-            tokio::time::timeout(REDIS_TIMEOUT, async move {
-                let mut conn = pool.get().await.map_err(|e| e.to_string())?;
-                let mut pipe = redis::pipe();
-                for (channel, payload) in &batch {
-                    pipe.publish(channel, payload).ignore();
-                }
-                pipe.query_async::<()>(&mut conn)
-                    .await
-                    .map_err(|e| e.to_string())
-            })
-            .await
-            .unwrap_or_else(|_| Err("publish timed out".into()))
-        };
+        let fut = timed("publishing", async move {
+            let mut conn = pool.get().await?;
+            let mut pipe = redis::pipe();
+            for (channel, payload) in &batch {
+                pipe.publish(channel, payload).ignore();
+            }
+            pipe.query_async::<()>(&mut conn).await?;
+            Ok(())
+        });
         ctx.spawn(fut.into_actor(self).map(|res, act, ctx| {
             act.publishing = false;
             match res {
@@ -407,16 +432,11 @@ impl RedisBridge {
         let pool = self.pool.clone();
         let key = self.instance_key(&self.config.instance_id);
         let ttl = self.config.liveness_ttl.as_millis() as u64;
-        let fut = async move {
-            tokio::time::timeout(REDIS_TIMEOUT, async move {
-                let mut conn = pool.get().await.map_err(|e| e.to_string())?;
-                conn.pset_ex::<_, _, ()>(&key, "alive", ttl)
-                    .await
-                    .map_err(|e| e.to_string())
-            })
-            .await
-            .unwrap_or_else(|_| Err("liveness refresh timed out".into()))
-        };
+        let fut = timed("refreshing liveness", async move {
+            let mut conn = pool.get().await?;
+            conn.pset_ex::<_, _, ()>(&key, "alive", ttl).await?;
+            Ok(())
+        });
         ctx.spawn(fut.into_actor(self).map(|res, act, ctx| {
             if let Err(e) = res {
                 act.disconnected(&e, ctx);
@@ -441,16 +461,10 @@ impl RedisBridge {
         let prefix = self.config.prefix.clone();
         let fut = async move {
             let mut reaped = Vec::new();
-            let instances = store
-                .instances_with_members()
-                .await
-                .map_err(|e| e.to_string())?;
-            let mut conn = pool.get().await.map_err(|e| e.to_string())?;
+            let instances = store.instances_with_members().await?;
+            let mut conn = pool.get().await?;
             for instance in instances.into_iter().filter(|i| *i != me) {
-                let alive: bool = conn
-                    .exists(format!("{prefix}:instance:{instance}"))
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let alive: bool = conn.exists(format!("{prefix}:instance:{instance}")).await?;
                 if alive {
                     continue;
                 }
@@ -461,26 +475,22 @@ impl RedisBridge {
                     .arg("PX")
                     .arg(REAP_LOCK.as_millis() as u64)
                     .query_async(&mut conn)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                    .await?;
                 if lock.is_none() {
                     continue; // another survivor is on it
                 }
-                let removed = store
-                    .remove_instance_members(&instance)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let removed = store.remove_instance_members(&instance).await?;
                 log::warn!(
                     "instance {instance} is gone: removed its {} members",
                     removed.len()
                 );
                 reaped.extend(removed);
             }
-            Ok::<_, String>(reaped)
+            Ok::<_, BusError>(reaped)
         };
         ctx.spawn(fut.into_actor(self).map(|res, act, ctx| match res {
             Ok(reaped) => act.announce(reaped, ctx),
-            Err(e) => log::warn!("reaper: {e}"),
+            Err(e) => log::warn!("reaper: {}", Chain(&e)),
         }));
     }
 }
@@ -521,7 +531,7 @@ impl StreamHandler<redis::Msg> for RedisBridge {
     fn finished(&mut self, ctx: &mut Self::Context) {
         // The subscription connection closed: Redis went away.
         self.stream = None;
-        self.disconnected("subscription connection closed", ctx);
+        self.disconnected(&BusError::SubscriptionClosed, ctx);
     }
 }
 
@@ -535,12 +545,10 @@ impl Handler<Subscribe> for RedisBridge {
         Box::pin(
             async move {
                 if let Some(mut sink) = sink {
-                    tokio::time::timeout(REDIS_TIMEOUT, sink.subscribe(&channel))
-                        .await
-                        .map_err(|_| "subscribe timed out".to_string())?
-                        .map_err(|e| e.to_string())?;
+                    let subscribe = async move { Ok(sink.subscribe(&channel).await?) };
+                    timed("subscribing", subscribe).await?;
                 }
-                Ok::<(), String>(())
+                Ok::<(), BusError>(())
             }
             .into_actor(self)
             .map(|res, act, ctx| {
@@ -595,5 +603,54 @@ impl Handler<Publish> for RedisBridge {
 
     fn handle(&mut self, msg: Publish, ctx: &mut Self::Context) {
         self.enqueue(msg.room_id, msg.event, ctx);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemoryStore;
+
+    #[test]
+    fn a_bad_url_keeps_the_redis_error() {
+        let config = BridgeConfig {
+            url: "foo://nowhere".into(),
+            prefix: "chat".into(),
+            instance_id: "a".into(),
+            liveness_ttl: Duration::from_secs(5),
+            liveness_refresh: Duration::from_secs(1),
+            reap_interval: Duration::from_secs(2),
+        };
+        let store: SharedStore = Arc::new(MemoryStore::new(10));
+        let Err(e) = RedisBridge::new(config, store, BusHealth::default()) else {
+            panic!("a foo:// URL was accepted");
+        };
+        assert!(matches!(e, BridgeError::Url(_)), "{e:?}");
+        let chain = Chain(&e).to_string();
+        assert!(chain.starts_with("invalid REDIS_URL: "), "{chain}");
+        assert!(chain.len() > "invalid REDIS_URL: ".len(), "{chain}");
+    }
+
+    #[test]
+    fn bus_errors_chain_their_causes() {
+        let timeout = BusError::TimedOut {
+            what: "publishing",
+            after: REDIS_TIMEOUT,
+        };
+        assert_eq!(
+            Chain(&timeout).to_string(),
+            "publishing timed out after 3000 ms"
+        );
+        let store = BusError::from(StoreError::unavailable(
+            "instances_with_members",
+            crate::store::TimedOut {
+                after: Duration::from_millis(5),
+            },
+        ));
+        assert_eq!(
+            Chain(&store).to_string(),
+            "store call failed: store unavailable: instances_with_members: \
+             no answer within 5 ms"
+        );
     }
 }

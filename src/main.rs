@@ -2,6 +2,7 @@
 //! application until a signal stops it.
 
 use chat_server::config::Settings;
+use chat_server::error::Chain;
 use chat_server::startup::Application;
 
 #[actix_web::main]
@@ -26,7 +27,7 @@ async fn main() -> std::process::ExitCode {
     let app = match Application::build(settings).await {
         Ok(app) => app,
         Err(e) => {
-            eprintln!("cannot start: {e}");
+            eprintln!("cannot start: {}", Chain(&e));
             return std::process::ExitCode::FAILURE;
         }
     };
@@ -37,7 +38,7 @@ async fn main() -> std::process::ExitCode {
     match app.run_until_stopped().await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("server error: {e}");
+            eprintln!("server error: {}", Chain(&e));
             std::process::ExitCode::FAILURE
         }
     }

@@ -16,27 +16,39 @@ use handlebars::Handlebars;
 
 use crate::actors::context::{SessionContext, SessionLimits};
 use crate::actors::open_sessions::OpenSessions;
-use crate::actors::redis_bridge::{AnnounceRemoved, BridgeConfig, BusHealth, RedisBridge};
+use crate::actors::redis_bridge::{
+    AnnounceRemoved, BridgeConfig, BridgeError, BusHealth, RedisBridge,
+};
 use crate::actors::room::RoomConfig;
 use crate::actors::room_manager::{RoomManager, Shutdown};
 use crate::config::Settings;
 use crate::error::Chain;
 use crate::http::state::HttpState;
 use crate::rate_limit::KeyedLimiter;
-use crate::store::{MemoryStore, MySqlStore, SharedStore};
+use crate::store::{MemoryStore, MySqlStore, SharedStore, StoreError};
 use crate::ws::TransportLimits;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
-    #[error("cannot bind {0}: {1}")]
-    Bind(String, std::io::Error),
-    #[error("cannot load template {0}: {1}")]
-    Template(String, String),
-    #[error("store: {0}")]
-    Store(String),
-    #[error("bus: {0}")]
-    Bus(String),
+    #[error("cannot bind {address}")]
+    Bind {
+        address: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot load template {path}")]
+    Template {
+        path: String,
+        #[source]
+        source: handlebars::TemplateError,
+    },
+    #[error("REDIS_URL (a cluster) needs MYSQL_URL: processes must share one store")]
+    ClusterWithoutSharedStore,
+    #[error("cannot open the store")]
+    Store(#[source] StoreError),
+    #[error("cannot set up the redis bus")]
+    Bus(#[source] BridgeError),
 }
 
 /// A bound, running server.
@@ -56,12 +68,13 @@ impl Application {
         let template_path = format!("{}/chat.hbs", settings.templates_dir);
         templates
             .register_template_file("chat", &template_path)
-            .map_err(|e| StartupError::Template(template_path.clone(), e.to_string()))?;
+            .map_err(|e| StartupError::Template {
+                path: template_path.clone(),
+                source: e,
+            })?;
         if settings.redis_url.is_some() && settings.mysql_url.is_none() {
             // Each process's memory store would be a different world.
-            return Err(StartupError::Bus(
-                "REDIS_URL (a cluster) needs MYSQL_URL: processes must share one store".into(),
-            ));
+            return Err(StartupError::ClusterWithoutSharedStore);
         }
         let store = connect_store(&settings).await?;
         let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -79,7 +92,7 @@ impl Application {
                     reap_interval: settings.reap_interval,
                 };
                 let bridge = RedisBridge::new(config, store.clone(), bus_health.clone())
-                    .map_err(|e| StartupError::Bus(e.to_string()))?;
+                    .map_err(StartupError::Bus)?;
                 Some(bridge.start())
             }
         };
@@ -134,15 +147,13 @@ impl Application {
         });
 
         let address = format!("{}:{}", settings.host, settings.port);
-        let listener =
-            TcpListener::bind(&address).map_err(|e| StartupError::Bind(address.clone(), e))?;
-        let port = listener
-            .local_addr()
-            .map_err(|e| StartupError::Bind(address.clone(), e))?
-            .port();
-        let local_addr = listener
-            .local_addr()
-            .map_err(|e| StartupError::Bind(address.clone(), e))?;
+        let bind_error = |source| StartupError::Bind {
+            address: address.clone(),
+            source,
+        };
+        let listener = TcpListener::bind(&address).map_err(bind_error)?;
+        let port = listener.local_addr().map_err(bind_error)?.port();
+        let local_addr = listener.local_addr().map_err(bind_error)?;
         let app_state = state.clone();
         let server = Server::build()
             .workers(settings.workers.unwrap_or(cpus))
@@ -180,7 +191,7 @@ impl Application {
                     .finish(map_config(app, |_| AppConfig::default()))
                     .tcp()
             })
-            .map_err(|e| StartupError::Bind(address, e))?
+            .map_err(bind_error)?
             .run();
         Ok(Application { port, server, chat })
     }
@@ -287,5 +298,51 @@ async fn connect_store(settings: &Settings) -> Result<SharedStore, StartupError>
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error;
+
+    fn settings(vars: &[(&str, &str)]) -> Settings {
+        Settings::from_lookup(|k| {
+            vars.iter()
+                .find(|(name, _)| *name == k)
+                .map(|(_, v)| (*v).to_owned())
+        })
+        .expect("valid settings")
+    }
+
+    #[actix_rt::test]
+    async fn a_missing_template_keeps_its_cause() {
+        let Err(e) = Application::build(settings(&[("TEMPLATES_DIR", "/nonexistent")])).await
+        else {
+            panic!("started without templates");
+        };
+        assert!(
+            matches!(&e, StartupError::Template { path, .. } if path == "/nonexistent/chat.hbs"),
+            "{e:?}"
+        );
+        let cause = e.source().expect("the handlebars error");
+        let chain = Chain(&e).to_string();
+        assert!(
+            chain.starts_with("cannot load template /nonexistent/chat.hbs: "),
+            "{chain}"
+        );
+        assert!(chain.contains(&cause.to_string()), "{chain}");
+    }
+
+    #[actix_rt::test]
+    async fn a_cluster_needs_a_shared_store() {
+        let Err(e) = Application::build(settings(&[("REDIS_URL", "redis://127.0.0.1:6379")])).await
+        else {
+            panic!("started a cluster on a memory store");
+        };
+        assert!(
+            matches!(e, StartupError::ClusterWithoutSharedStore),
+            "{e:?}"
+        );
     }
 }

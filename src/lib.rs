@@ -41,3 +41,6 @@ pub(crate) mod http;
 pub(crate) mod protocol;
 pub(crate) mod rate_limit;
 pub(crate) mod ws;
+
+/// Prints an error with its whole chain of causes (the binary's last words).
+pub use error::Chain;

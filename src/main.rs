@@ -2,8 +2,8 @@
 //! application until a signal stops it.
 
 use chat_server::config::Settings;
-use chat_server::error::Chain;
 use chat_server::startup::Application;
+use chat_server::Chain;
 
 #[actix_web::main]
 async fn main() -> std::process::ExitCode {

@@ -1231,7 +1231,7 @@ async fn concurrent_appends_to_many_rooms_keep_each_sequence(store: SharedStore)
 
 mod mysql_only {
     use super::*;
-    use chat_server::error::Chain;
+    use chat_server::Chain;
     use mysql_async::prelude::Queryable;
 
     async fn count(conn: &mut mysql_async::Conn, sql: &str) -> u64 {

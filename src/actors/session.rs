@@ -19,7 +19,7 @@ use super::context::SessionContext;
 use super::room::{Chat, Join, Leave, RoomActor, RoomClosing};
 use super::room_manager::GetRoom;
 use crate::domain::{self, Nickname, RoomId, SocketId};
-use crate::error::ChatError;
+use crate::error::{Chain, ChatError};
 use crate::protocol::{error_frame, parse_client_frame, ClientCommand, ClientFrame, ServerFrame};
 use crate::rate_limit::TokenBucket;
 use crate::ws::{CloseCode, Transport, WsActor};
@@ -415,7 +415,10 @@ impl ChatSession {
         let id = self.id.clone();
         actix_web::rt::spawn(async move {
             if let Err(e) = store.remove_member(room_id, &id).await {
-                log::warn!("could not remove {id} from failed room {room_id}: {e}");
+                log::warn!(
+                    "could not remove {id} from failed room {room_id}: {}",
+                    Chain(&e)
+                );
             }
         });
     }

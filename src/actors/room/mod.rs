@@ -61,7 +61,7 @@ use super::session::SessionEvent;
 use crate::domain::{
     self, Member, Message, MessageContent, MessageSeq, Nickname, RoomId, SocketId,
 };
-use crate::error::ChatError;
+use crate::error::{Chain, ChatError};
 use crate::protocol::{error_frame, ServerFrame};
 use crate::store::{
     JoinOutcome, LeaveOutcome, MemberRecord, NewMember, NewMessage, SharedStore, StoreError,
@@ -465,9 +465,10 @@ impl RoomActor {
     fn reject(&mut self, authors: Vec<Author>, e: StoreError, ctx: &mut Context<Self>) {
         let error = ChatError::from(e);
         log::warn!(
-            "room {}: {} chats not stored: {error}",
+            "room {}: {} chats not stored: {}",
             self.room_id,
-            authors.len()
+            authors.len(),
+            Chain(&error)
         );
         let mut removals = Vec::new();
         for author in &authors {
@@ -556,7 +557,10 @@ impl RoomActor {
                 }
                 Err(StoreError::RoomNotFound(_)) => false,
                 Err(e) => {
-                    log::warn!("room {room_id}: catching up ({why:?}) failed: {e}");
+                    log::warn!(
+                        "room {room_id}: catching up ({why:?}) failed: {}",
+                        Chain(&e)
+                    );
                     false
                 }
             };
@@ -671,7 +675,7 @@ impl RoomActor {
             Ok(records) => records,
             Err(StoreError::RoomNotFound(_)) => Vec::new(),
             Err(e) => {
-                log::warn!("room {}: member resync failed: {e}", self.room_id);
+                log::warn!("room {}: member resync failed: {}", self.room_id, Chain(&e));
                 return;
             }
         };
@@ -792,7 +796,10 @@ impl RoomActor {
                     }
                 }
                 Err(e) => {
-                    log::warn!("room {room_id}: leave of {socket_id} not recorded, retrying: {e}");
+                    log::warn!(
+                        "room {room_id}: leave of {socket_id} not recorded, retrying: {}",
+                        Chain(&e)
+                    );
                     ctx.run_later(backoff, move |act, ctx| {
                         let next = (backoff * 2).min(MAX_LEAVE_RETRY);
                         let retry: Step<Self> =

@@ -1,5 +1,5 @@
 //! One error type for everything a client can be told. Each variant maps to a
-//! stable snake_case code (PROTOCOL.md) and, for REST, an HTTP status; the
+//! stable snake_case code (docs/PROTOCOL.md) and, for REST, an HTTP status; the
 //! cause of `Unavailable` is kept for the logs but never shown to clients.
 //! [`Chain`] prints an error with all its causes, for those logs.
 

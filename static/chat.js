@@ -1,6 +1,6 @@
 // The browser chat page. Plain JS, no build step, no dependencies.
 //
-// It speaks the wire contract in PROTOCOL.md: REST for the room list and
+// It speaks the wire contract in docs/PROTOCOL.md: REST for the room list and
 // for catching up after a reconnect, one WebSocket for everything live.
 //
 // Safety rule for this file: text that came from a user (titles, nicknames,
@@ -74,7 +74,7 @@
 
   // ------------------------------------------------------------ validation --
 
-  // PROTOCOL.md: control characters are U+0000–U+001F and U+007F–U+009F;
+  // docs/PROTOCOL.md: control characters are U+0000–U+001F and U+007F–U+009F;
   // message content may still hold \n and \t.
   const CONTROL = /[\u0000-\u001f\u007f-\u009f]/u;
   const CONTROL_EXCEPT_NL_TAB = /[\u0000-\u0008\u000b-\u001f\u007f-\u009f]/u;

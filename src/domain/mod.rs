@@ -1,6 +1,6 @@
 //! The chat's vocabulary: validated input types and the three records the
 //! protocol exchanges (`Room`, `Member`, `Message`), serialized exactly as
-//! PROTOCOL.md shows them.
+//! docs/PROTOCOL.md shows them.
 
 mod ids;
 mod validated;
@@ -12,7 +12,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize, Serializer};
 
 /// Times go over the wire as RFC 3339 UTC with second precision
-/// (`2026-11-24T10:00:00Z`), the form PROTOCOL.md shows.
+/// (`2026-11-24T10:00:00Z`), the form docs/PROTOCOL.md shows.
 pub fn serialize_time<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&t.to_rfc3339_opts(SecondsFormat::Secs, true))
 }

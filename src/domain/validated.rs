@@ -26,7 +26,7 @@ impl Default for TextLimits {
     }
 }
 
-/// U+0000–U+001F and U+007F–U+009F, per PROTOCOL.md.
+/// U+0000–U+001F and U+007F–U+009F, per docs/PROTOCOL.md.
 fn is_control(c: char) -> bool {
     matches!(c, '\u{0}'..='\u{1f}' | '\u{7f}'..='\u{9f}')
 }

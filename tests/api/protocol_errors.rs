@@ -416,7 +416,7 @@ memory_only_with!(rate_limited_errors_echo_the_ref, tight_rate, |app| {
     for i in 0..20 {
         let v = c.recv().await;
         let expected = format!("p{i}");
-        // PROTOCOL.md: the direct reply to a frame carrying `ref`, an
+        // docs/PROTOCOL.md: the direct reply to a frame carrying `ref`, an
         // `error` included, carries the same `ref`.
         assert_eq!(v["ref"], expected.as_str(), "reply {i} lacks its ref: {v}");
         if v["type"] == "error" {

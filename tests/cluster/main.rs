@@ -1,6 +1,6 @@
 //! Cluster tests: several real `chat-server` processes, one real MariaDB
 //! database, one real Redis. Each test is named after the guarantee it
-//! checks (PROTOCOL.md, "Guarantees").
+//! checks (docs/PROTOCOL.md, "Guarantees").
 
 #[path = "../api/helpers/mod.rs"]
 mod helpers;

@@ -1,5 +1,5 @@
 //! `chat-bench`: a load generator for any server implementing
-//! `PROTOCOL.md` (REST + WebSocket JSON frames), on loopback only.
+//! `docs/PROTOCOL.md` (REST + WebSocket JSON frames), on loopback only.
 //!
 //! ```text
 //! chat-bench <fanout|rooms|idle|churn|cluster> --url http://127.0.0.1:3000 [options]

@@ -18,7 +18,8 @@ mkdir -p "$OUT"
 [ -x "$BIN/chat-server" ] && [ -x "$BIN/chat-bench" ] || cargo build --release
 SECTIONS=${*:-fanout latency idle mysql cluster sweep}
 DB=chat_bench_$$
-export WS_RATE_PER_SEC=1000000 WS_RATE_BURST=1000000 ROOM_CREATE_BURST=1000000 RUST_LOG=warn
+export WS_RATE_PER_SEC=1000000 WS_RATE_BURST=1000000 WS_JOIN_RATE_PER_SEC=1000000 WS_JOIN_BURST=1000000 \
+  ROOM_CREATE_BURST=1000000 RUST_LOG=warn
 
 PIDS=()
 cleanup() {

@@ -40,9 +40,22 @@ pub struct Settings {
     /// `WS_RATE_PER_SEC` / `WS_RATE_BURST`: client frames per connection.
     pub ws_rate_per_sec: f64,
     pub ws_rate_burst: f64,
+    /// `WS_RATE_VIOLATIONS`: frames over the rate a connection may send
+    /// (each answered `rate_limited`; the allowance refills at a tenth of
+    /// this per second) before it is closed with 1008.
+    pub ws_rate_violations: f64,
+    /// `WS_JOIN_RATE_PER_SEC` / `WS_JOIN_BURST`: `join` and `create`
+    /// frames per connection, on a budget of their own.
+    pub ws_join_rate_per_sec: f64,
+    pub ws_join_burst: f64,
     /// `ROOM_CREATE_RATE_PER_SEC` / `ROOM_CREATE_BURST`: rooms per client IP.
     pub room_create_rate_per_sec: f64,
     pub room_create_burst: f64,
+    /// `ROOM_QUEUE_MAX_MESSAGES` / `ROOM_QUEUE_MAX_BYTES`: chats a room
+    /// holds while they wait to be stored; beyond either, a chat is refused
+    /// with `rate_limited` (the room is busy).
+    pub room_queue_max_messages: usize,
+    pub room_queue_max_bytes: usize,
     /// `SESSION_QUEUE_CAPACITY`: events a session's mailbox holds; a room
     /// that finds it full (the session's thread is not keeping up) closes
     /// the session as a slow consumer.
@@ -123,8 +136,13 @@ impl Settings {
             client_timeout: Duration::from_secs_f64(env.parse("CLIENT_TIMEOUT_SECS", 30.0)?),
             ws_rate_per_sec: env.parse("WS_RATE_PER_SEC", 200.0)?,
             ws_rate_burst: env.parse("WS_RATE_BURST", 400.0)?,
+            ws_rate_violations: env.parse("WS_RATE_VIOLATIONS", 50.0)?,
+            ws_join_rate_per_sec: env.parse("WS_JOIN_RATE_PER_SEC", 2.0)?,
+            ws_join_burst: env.parse("WS_JOIN_BURST", 10.0)?,
             room_create_rate_per_sec: env.parse("ROOM_CREATE_RATE_PER_SEC", 10.0)?,
             room_create_burst: env.parse("ROOM_CREATE_BURST", 1000.0)?,
+            room_queue_max_messages: env.parse("ROOM_QUEUE_MAX_MESSAGES", 2048)?,
+            room_queue_max_bytes: env.parse("ROOM_QUEUE_MAX_BYTES", 4 * 1024 * 1024)?,
             session_queue_capacity: env.parse("SESSION_QUEUE_CAPACITY", 1024)?,
             session_buffer_bytes: env.parse("SESSION_BUFFER_BYTES", 512 * 1024)?,
             store_timeout: Duration::from_millis(env.parse("STORE_TIMEOUT_MS", 5000)?),

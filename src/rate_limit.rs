@@ -27,6 +27,13 @@ impl TokenBucket {
         }
     }
 
+    /// Whether a token is there to take (takes none).
+    pub fn has_token(&self) -> bool {
+        let now = Instant::now();
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens + elapsed * self.per_sec >= 1.0
+    }
+
     /// Takes one token if there is one.
     pub fn try_take(&mut self) -> bool {
         self.try_take_at(Instant::now())

@@ -120,6 +120,8 @@ impl Application {
             RoomConfig {
                 instance_id: settings.instance_id.clone(),
                 history_on_join: settings.history_on_join,
+                queue_max_messages: settings.room_queue_max_messages,
+                queue_max_bytes: settings.room_queue_max_bytes,
                 gap_timeout: settings.gap_timeout,
                 bus: bus.clone(),
             },
@@ -271,6 +273,9 @@ fn session_limits(settings: &Settings) -> SessionLimits {
         text: settings.limits,
         frames_per_sec: settings.ws_rate_per_sec,
         frames_burst: settings.ws_rate_burst,
+        rate_violations: settings.ws_rate_violations,
+        joins_per_sec: settings.ws_join_rate_per_sec,
+        joins_burst: settings.ws_join_burst,
         queue_capacity: settings.session_queue_capacity,
         store_timeout: settings.store_timeout,
         transport: TransportLimits {

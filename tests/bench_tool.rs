@@ -20,6 +20,8 @@ async fn generous_app() -> TestApp {
     spawn_app_with(StoreMode::Memory, |s| {
         s.ws_rate_per_sec = 1e6;
         s.ws_rate_burst = 1e6;
+        s.ws_join_rate_per_sec = 1e6;
+        s.ws_join_burst = 1e6;
         s.room_create_rate_per_sec = 1e6;
         s.room_create_burst = 1e6;
     })

@@ -25,6 +25,12 @@ pub struct SessionLimits {
     /// Client frames per second (sustained) and in a burst.
     pub frames_per_sec: f64,
     pub frames_burst: f64,
+    /// Frames over the rate a connection may send before it is closed
+    /// with 1008; the allowance refills at a tenth of this per second.
+    pub rate_violations: f64,
+    /// `join`/`create` frames per second (sustained) and in a burst.
+    pub joins_per_sec: f64,
+    pub joins_burst: f64,
     /// Events the session's mailbox holds before a room treats the session
     /// as a slow consumer.
     pub queue_capacity: usize,

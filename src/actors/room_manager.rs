@@ -17,13 +17,14 @@ use super::redis_bridge::{AnnounceRemoved, Drain};
 use super::room::{CloseRoom, ListMembers, RoomActor, RoomConfig};
 use crate::domain::{self, Member, RoomId};
 use crate::error::{Chain, ChatError};
-use crate::store::SharedStore;
+use crate::store::{SharedStore, StoreError};
 
-/// Find the live actor of `room_id`, starting one if there is none. The
-/// actor does not check that the room exists: its first join does, in the
-/// store transaction.
+/// Find the live actor of `room_id`, starting one if there is none and the
+/// room exists. Existence is checked before anything starts, so a join to a
+/// room id that does not exist costs one store read: no actor, no bus
+/// subscription, no reads of history and members.
 #[derive(Message)]
-#[rtype(result = "Addr<RoomActor>")]
+#[rtype(result = "Result<Addr<RoomActor>, StoreError>")]
 pub struct GetRoom {
     pub room_id: RoomId,
 }
@@ -126,12 +127,32 @@ impl Actor for RoomManager {
 }
 
 impl Handler<GetRoom> for RoomManager {
-    type Result = MessageResult<GetRoom>;
+    type Result = ResponseActFuture<Self, Result<Addr<RoomActor>, StoreError>>;
 
-    fn handle(&mut self, msg: GetRoom, ctx: &mut Self::Context) -> Self::Result {
-        if let Some(addr) = self.live(msg.room_id) {
-            return MessageResult(addr.clone());
+    fn handle(&mut self, msg: GetRoom, _: &mut Self::Context) -> Self::Result {
+        let room_id = msg.room_id;
+        if let Some(addr) = self.live(room_id) {
+            return Box::pin(actix::fut::ready(Ok(addr.clone())));
         }
+        let store = self.store.clone();
+        let exists = async move { store.room(room_id).await };
+        Box::pin(exists.into_actor(self).map(move |found, act, ctx| {
+            if found?.is_none() {
+                return Err(StoreError::RoomNotFound(room_id));
+            }
+            // Another join may have started the actor while the store was
+            // asked.
+            Ok(match act.live(room_id) {
+                Some(addr) => addr.clone(),
+                None => act.start_room(room_id, ctx),
+            })
+        }))
+    }
+}
+
+impl RoomManager {
+    /// Starts the actor of `room_id` on the next room thread.
+    fn start_room(&mut self, room_id: RoomId, ctx: &mut Context<Self>) -> Addr<RoomActor> {
         self.next_generation += 1;
         let generation = self.next_generation;
         let slot = self.next_arbiter % self.arbiters.len();
@@ -143,7 +164,6 @@ impl Handler<GetRoom> for RoomManager {
         }
         let arbiter = &self.arbiters[slot];
         let (store, config, manager) = (self.store.clone(), self.config.clone(), ctx.address());
-        let room_id = msg.room_id;
         let addr = RoomActor::start_in_arbiter(arbiter, move |_| {
             RoomActor::new(room_id, generation, store, config, manager)
         });
@@ -154,7 +174,7 @@ impl Handler<GetRoom> for RoomManager {
                 generation,
             },
         );
-        MessageResult(addr)
+        addr
     }
 }
 
@@ -227,5 +247,57 @@ impl Handler<Shutdown> for RoomManager {
                 ),
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{RoomTitle, TextLimits};
+    use crate::store::MemoryStore;
+
+    /// How many room actors the manager keeps.
+    #[derive(Message)]
+    #[rtype(result = "usize")]
+    struct LiveRooms;
+
+    impl Handler<LiveRooms> for RoomManager {
+        type Result = usize;
+
+        fn handle(&mut self, _: LiveRooms, _: &mut Self::Context) -> usize {
+            self.rooms.len()
+        }
+    }
+
+    #[actix_rt::test]
+    async fn a_join_to_a_missing_room_starts_nothing() {
+        let store: SharedStore = Arc::new(MemoryStore::new(100));
+        let config = RoomConfig {
+            instance_id: "test".into(),
+            history_on_join: 5,
+            queue_max_messages: 10,
+            queue_max_bytes: 1000,
+            gap_timeout: Duration::from_millis(300),
+            bus: None,
+        };
+        let manager = RoomManager::new(store.clone(), config, Duration::from_secs(60), 1).start();
+        let missing = RoomId::new(42);
+        let found = manager.send(GetRoom { room_id: missing }).await.unwrap();
+        assert!(
+            matches!(found, Err(StoreError::RoomNotFound(id)) if id == missing),
+            "{found:?}"
+        );
+        assert_eq!(
+            manager.send(LiveRooms).await.unwrap(),
+            0,
+            "no actor started"
+        );
+
+        let title = RoomTitle::parse("here", &TextLimits::default()).unwrap();
+        let room = store.create_room(&title, domain::now()).await.unwrap();
+        let first = manager.send(GetRoom { room_id: room.id }).await.unwrap();
+        let again = manager.send(GetRoom { room_id: room.id }).await.unwrap();
+        assert_eq!(first.unwrap(), again.unwrap(), "one actor per room");
+        assert_eq!(manager.send(LiveRooms).await.unwrap(), 1);
     }
 }

@@ -22,6 +22,7 @@ use crate::domain::{self, Nickname, RoomId, SocketId};
 use crate::error::{Chain, ChatError};
 use crate::protocol::{error_frame, parse_client_frame, ClientCommand, ClientFrame, ServerFrame};
 use crate::rate_limit::TokenBucket;
+use crate::store::StoreError;
 use crate::ws::{CloseCode, Transport, WsActor};
 
 /// Client frames held while a join is in progress; beyond this a client is
@@ -32,6 +33,18 @@ const MAX_QUEUED_WHILE_JOINING: usize = 64;
 const CREATING: RoomId = RoomId::new(0);
 /// How often a join is retried when it races the room actor's shutdown.
 const MAX_JOIN_ATTEMPTS: u32 = 20;
+
+/// How far a join request got.
+enum JoinSent {
+    /// The room queued the join; its outcome arrives as a `SessionEvent`.
+    Accepted,
+    /// The room's actor was stopping: ask the manager for a fresh one.
+    RoomClosing,
+    /// The manager found no such room (or could not ask the store).
+    Refused(StoreError),
+    /// The manager is gone (shutting down).
+    ManagerGone,
+}
 
 /// What a room (or the manager) tells a session.
 #[derive(Message)]
@@ -87,7 +100,13 @@ pub struct ChatSession {
     leaving: Option<RoomId>,
     /// Counts join attempts, so a watchdog can tell its join from a later one.
     join_attempt: u64,
+    /// Client frames; `violations` is the allowance of frames over it
+    /// before the connection is closed (see `handle_text`).
     rate: TokenBucket,
+    violations: TokenBucket,
+    /// `join` and `create` frames, on a budget of their own: a join is the
+    /// costliest thing a client can ask for.
+    joins: TokenBucket,
     /// Frames received while a join is in progress, replayed after it.
     queued: VecDeque<ClientFrame>,
     transport: Transport,
@@ -100,7 +119,10 @@ impl ChatSession {
     /// A session for a freshly upgraded socket.
     pub fn new(cx: Arc<SessionContext>, peer: Option<IpAddr>, transport: Transport) -> Self {
         let (number, id) = cx.next_socket();
-        let rate = TokenBucket::new(cx.limits.frames_per_sec, cx.limits.frames_burst);
+        let limits = &cx.limits;
+        let rate = TokenBucket::new(limits.frames_per_sec, limits.frames_burst);
+        let violations = TokenBucket::new(limits.rate_violations / 10.0, limits.rate_violations);
+        let joins = TokenBucket::new(limits.joins_per_sec, limits.joins_burst);
         ChatSession {
             number,
             id,
@@ -111,6 +133,8 @@ impl ChatSession {
             leaving: None,
             join_attempt: 0,
             rate,
+            violations,
+            joins,
             queued: VecDeque::new(),
             transport,
             in_handler: false,
@@ -143,7 +167,21 @@ impl ChatSession {
     }
 
     /// Handles one complete text message from the client.
+    ///
+    /// Over the frame rate, the first frames are answered `rate_limited`
+    /// (with their `ref`); a client that keeps sending past its allowance
+    /// (`WS_RATE_VIOLATIONS` frames, refilled at a tenth of that per second)
+    /// is closed with 1008, so a flood costs the server a bounded amount of
+    /// work and of answers instead of one error frame per frame.
     fn handle_text(&mut self, text: &str, ctx: &mut Context<Self>) {
+        if !self.transport.is_open() {
+            return;
+        }
+        if !self.rate.has_token() && !self.violations.try_take() {
+            log::info!("session {}: closing: frame rate exceeded", self.id);
+            self.close(ctx, CloseCode::Policy, "rate limit exceeded");
+            return;
+        }
         let parsed = parse_client_frame(text, &self.cx.limits.text);
         if !self.rate.try_take() {
             // The reply still carries the frame's `ref` when it has one.
@@ -179,31 +217,32 @@ impl ChatSession {
                 };
                 self.send(pong.to_wire(), ctx);
             }
-            ClientCommand::Chat { content } => match &self.current {
-                Some(current) if current.room.connected() => current.room.do_send(Chat {
+            ClientCommand::Chat { content } => {
+                let Some(current) = &self.current else {
+                    self.send_error(ctx, &ChatError::NotInRoom, reference.as_deref());
+                    return;
+                };
+                let chat = Chat {
                     socket_id: self.id.clone(),
                     content,
                     reference,
-                }),
-                Some(current) => {
-                    // The room's actor failed (a panic ends only that actor;
-                    // the manager starts a fresh one on the next join). This
-                    // connection is no longer in a room: say so.
-                    let room_id = current.room_id;
-                    log::error!("session {}: room {room_id} actor is gone", self.id);
-                    self.current = None;
-                    self.remove_membership_directly(room_id);
-                    let left = ServerFrame::Left {
-                        room_id,
-                        reference: None,
-                    };
-                    self.send(left.to_wire(), ctx);
-                    let e = ChatError::unavailable(format!("room {room_id} failed"));
-                    self.send_error(ctx, &e, reference.as_deref());
+                };
+                // Within the room's mailbox bound: a room that cannot take
+                // more is busy, and the sender hears it.
+                match current.room.try_send(chat) {
+                    Ok(()) => {}
+                    Err(SendError::Full(chat)) => {
+                        let e = ChatError::RateLimited("the room is busy; retry shortly".into());
+                        self.send_error(ctx, &e, chat.reference.as_deref());
+                    }
+                    Err(SendError::Closed(chat)) => self.room_failed(chat.reference, ctx),
                 }
-                None => self.send_error(ctx, &ChatError::NotInRoom, reference.as_deref()),
-            },
+            }
             ClientCommand::Leave => self.leave_and_confirm(reference, ctx),
+            ClientCommand::Join { .. } | ClientCommand::Create { .. } if !self.joins.try_take() => {
+                let e = ChatError::RateLimited("too many joins; wait a moment".into());
+                self.send_error(ctx, &e, reference.as_deref());
+            }
             ClientCommand::Join { room_id, nickname } => {
                 // Rejoining the room you are in: leave first, or the join
                 // would collide with your own nickname.
@@ -230,6 +269,24 @@ impl ChatSession {
                 }));
             }
         }
+    }
+
+    /// The room's actor failed (a panic ends only that actor; the manager
+    /// starts a fresh one on the next join). This connection is no longer in
+    /// a room: say so, and answer the frame that found out.
+    fn room_failed(&mut self, reference: Option<String>, ctx: &mut Context<Self>) {
+        let Some(CurrentRoom { room_id, .. }) = self.current.take() else {
+            return;
+        };
+        log::error!("session {}: room {room_id} actor is gone", self.id);
+        self.remove_membership_directly(room_id);
+        let left = ServerFrame::Left {
+            room_id,
+            reference: None,
+        };
+        self.send(left.to_wire(), ctx);
+        let e = ChatError::unavailable(format!("room {room_id} failed"));
+        self.send_error(ctx, &e, reference.as_deref());
     }
 
     /// An explicit `leave`: `left` is sent once the room has recorded it, so
@@ -304,12 +361,18 @@ impl ChatSession {
             reference: reference.clone(),
         };
         let fut = async move {
-            let room = manager.send(GetRoom { room_id }).await?;
-            Ok::<_, MailboxError>(room.send(join).await)
+            match manager.send(GetRoom { room_id }).await {
+                Err(_) => JoinSent::ManagerGone,
+                Ok(Err(e)) => JoinSent::Refused(e),
+                Ok(Ok(room)) => match room.send(join).await {
+                    Ok(Ok(())) => JoinSent::Accepted,
+                    Ok(Err(RoomClosing)) | Err(_) => JoinSent::RoomClosing,
+                },
+            }
         };
-        ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
-            let retry = match res {
-                Ok(Ok(Ok(()))) => {
+        ctx.spawn(fut.into_actor(self).map(move |sent, act, ctx| {
+            let retry = match sent {
+                JoinSent::Accepted => {
                     // The outcome arrives as a SessionEvent. Should the room
                     // die before answering, do not leave the client (and its
                     // queued frames) waiting forever.
@@ -323,8 +386,14 @@ impl ChatSession {
                     });
                     return;
                 }
-                Ok(Ok(Err(RoomClosing))) | Ok(Err(_)) => true,
-                Err(_) => false,
+                JoinSent::Refused(e) => {
+                    // No such room (or the store cannot say): nothing was
+                    // started for it.
+                    act.join_failed(error_frame(&e.into(), reference.as_deref()), ctx);
+                    return;
+                }
+                JoinSent::RoomClosing => true,
+                JoinSent::ManagerGone => false,
             };
             if retry && attempt < MAX_JOIN_ATTEMPTS {
                 ctx.run_later(

@@ -150,9 +150,9 @@ impl Transport {
         }
     }
 
-    /// Whether frames are still accepted (the tests' view of the phase).
-    #[cfg(test)]
-    fn is_open(&self) -> bool {
+    /// Whether the connection is open (not closing): frames a client sends
+    /// after the server started the close are not acted on.
+    pub fn is_open(&self) -> bool {
         self.phase == Phase::Open
     }
 

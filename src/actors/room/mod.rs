@@ -82,6 +82,9 @@ const MAX_LEAVE_RETRY: Duration = Duration::from_secs(5);
 pub struct RoomConfig {
     pub instance_id: String,
     pub history_on_join: usize,
+    /// Bounds of the chats waiting to be stored (see `pending.rs`).
+    pub queue_max_messages: usize,
+    pub queue_max_bytes: usize,
     pub gap_timeout: Duration,
     /// The cluster bus, when there is one.
     pub bus: Option<Addr<RedisBridge>>,
@@ -207,11 +210,11 @@ impl RoomActor {
             store,
             history: RecentHistory::new(config.history_on_join),
             sequencer: Sequencer::new(config.gap_timeout),
+            pending: PendingChats::new(config.queue_max_messages, config.queue_max_bytes),
             config,
             manager,
             members: MemberList::default(),
             gap_timer: None,
-            pending: PendingChats::default(),
             batch_queued: false,
             steps: StepQueue::default(),
             unsynced_leaves: 0,
@@ -420,7 +423,20 @@ impl Handler<Chat> for RoomActor {
             socket_id: msg.socket_id,
             reference: msg.reference,
         };
-        self.pending.push(message, author);
+        if let Err(full) = self.pending.push(message, author) {
+            // Refused, not dropped: the author hears it and may retry.
+            let error = ChatError::RateLimited(format!(
+                "the room is busy ({} messages wait to be stored); retry shortly",
+                full.waiting
+            ));
+            let author = full.author;
+            if let Some(outbox) = self.members.outbox(&author.socket_id) {
+                let wire = error_frame(&error, author.reference.as_deref());
+                let refused = self.offer(&author.socket_id, outbox, wire);
+                self.remove_members(refused.into_iter().collect(), ctx);
+            }
+            return;
+        }
         self.flush(ctx);
     }
 }

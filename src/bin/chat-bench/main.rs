@@ -55,8 +55,8 @@ common options:
   --json                  print one JSON object with the results on stdout
   --quiet                 no progress line
 
-Start the server with WS_RATE_PER_SEC=1000000 WS_RATE_BURST=1000000 ROOM_CREATE_BURST=1000000
-for benchmarks (see docs/bench/README.md).
+Start the server with WS_RATE_PER_SEC=1000000 WS_RATE_BURST=1000000 WS_JOIN_RATE_PER_SEC=1000000
+WS_JOIN_BURST=1000000 ROOM_CREATE_BURST=1000000 for benchmarks (see docs/bench/README.md).
 ";
 
 /// Options of every scenario.

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use crate::client_addr::TrustedProxies;
 use crate::domain::TextLimits;
 
 /// Everything the server can be configured with.
@@ -87,9 +88,12 @@ pub struct Settings {
     /// `GAP_TIMEOUT_MS`: how long a room waits for a missing message id
     /// before reading it from the store.
     pub gap_timeout: Duration,
-    /// `TRUST_FORWARDED_FOR`: key rate limits by the first
-    /// `X-Forwarded-For` address (set it only behind a proxy that sets it).
+    /// `TRUST_FORWARDED_FOR`: behind a proxy, key limits by the client's
+    /// address in `X-Forwarded-For` (see `client_addr.rs`).
     pub trust_forwarded_for: bool,
+    /// `TRUSTED_PROXIES`: the proxies whose `X-Forwarded-For` entries are
+    /// believed (addresses and networks; default loopback).
+    pub trusted_proxies: TrustedProxies,
 }
 
 /// A variable that is set but cannot be parsed.
@@ -153,6 +157,16 @@ impl Settings {
             workers: env.optional("WORKERS")?,
             room_threads: env.optional("ROOM_THREADS")?,
             trust_forwarded_for: env.parse("TRUST_FORWARDED_FOR", false)?,
+            trusted_proxies: match env.string("TRUSTED_PROXIES") {
+                None => TrustedProxies::loopback(),
+                Some(list) => TrustedProxies::parse(&list).map_err(|why| ConfigError {
+                    name: "TRUSTED_PROXIES".into(),
+                    value: list,
+                    why: format!(
+                        "{why}; expected a comma-separated list of addresses and networks"
+                    ),
+                })?,
+            },
             redis_prefix: env.string("REDIS_PREFIX").unwrap_or_else(|| "chat".into()),
             liveness_ttl: Duration::from_secs_f64(env.parse("LIVENESS_TTL_SECS", 5.0)?),
             liveness_refresh: Duration::from_millis(env.parse("LIVENESS_REFRESH_MS", 1000)?),

@@ -2,8 +2,8 @@
 //!
 //! Module map, following one chat message from a socket to the other
 //! sockets (dependencies run one way: [`startup`] → [`http`] → [`actors`] →
-//! [`store`], [`domain`]; [`ws`], [`protocol`], [`rate_limit`] and
-//! [`error`] are leaves the layers above use):
+//! [`store`], [`domain`]; [`ws`], [`protocol`], [`rate_limit`],
+//! [`client_addr`] and [`error`] are leaves the layers above use):
 //! - [`http::ws`] takes `GET /ws` upgrades over from actix-http and starts a
 //!   [`actors::session::ChatSession`], one actor per socket, which drives
 //!   its socket through [`ws`] (handshake, framing, bounded queues), parses
@@ -36,6 +36,7 @@ pub mod startup;
 pub mod store;
 
 pub(crate) mod actors;
+pub(crate) mod client_addr;
 pub(crate) mod error;
 pub(crate) mod http;
 pub(crate) mod protocol;

@@ -12,6 +12,7 @@ use std::net::{IpAddr, SocketAddr};
 use actix_web::http::header::HeaderMap;
 use actix_web::{web, HttpResponse};
 
+use crate::client_addr::{client_address, limit_key};
 use crate::config::Settings;
 use crate::error::ChatError;
 
@@ -40,23 +41,19 @@ async fn not_found() -> Result<HttpResponse, ChatError> {
     Err(ChatError::NotFound)
 }
 
-/// The address rate limits are keyed by: the peer, or the first
-/// `X-Forwarded-For` hop when `TRUST_FORWARDED_FOR` says a proxy (nginx)
-/// sits in front and sets it.
-pub fn client_ip(
+/// The key of the limits by client address (see [`crate::client_addr`]):
+/// the peer, or behind a trusted proxy the rightmost `X-Forwarded-For` hop
+/// it did not write itself; IPv6 clients by their /64.
+pub fn client_key(
     headers: &HeaderMap,
     peer: Option<SocketAddr>,
     settings: &Settings,
 ) -> Option<IpAddr> {
-    if settings.trust_forwarded_for {
-        let forwarded = headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(',').next())
-            .and_then(|v| v.trim().parse().ok());
-        if forwarded.is_some() {
-            return forwarded;
-        }
-    }
-    peer.map(|a| a.ip())
+    let forwarded = headers
+        .get_all("x-forwarded-for")
+        .filter_map(|v| v.to_str().ok());
+    let trusted = settings
+        .trust_forwarded_for
+        .then_some(&settings.trusted_proxies);
+    client_address(forwarded, peer.map(|a| a.ip()), trusted).map(limit_key)
 }

@@ -34,7 +34,7 @@ pub async fn create_room(
         Some(_) => return Err(ChatError::InvalidTitle("title must be a string".into())),
         None => return Err(ChatError::InvalidTitle("title is required".into())),
     };
-    if let Some(ip) = super::client_ip(req.headers(), req.peer_addr(), &app.settings) {
+    if let Some(ip) = super::client_key(req.headers(), req.peer_addr(), &app.settings) {
         if !app.chat.room_create_limiter.try_take(&ip) {
             return Err(ChatError::RateLimited(
                 "too many rooms created; wait a moment".into(),

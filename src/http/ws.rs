@@ -39,7 +39,7 @@ pub async fn upgrade(
         }
     };
     io.write_all(&response).await?;
-    let peer = super::client_ip(req.headers(), req.peer_addr(), &app.settings);
+    let peer = super::client_key(req.headers(), req.peer_addr(), &app.settings);
     let chat = app.chat.clone();
     // Input the client sent right behind its handshake is the session's.
     let transport = Transport::new(io, &parts.read_buf, chat.limits.transport);

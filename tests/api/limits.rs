@@ -166,3 +166,49 @@ store_tests!(
     },
     mysql: MySql
 );
+
+/// `POST /api/rooms` as if through nginx for the client chain `xff`.
+async fn create_via_proxy(app: &TestApp, xff: &str) -> u16 {
+    let res = app
+        .http
+        .post(format!("{}/api/rooms", app.base))
+        .insert_header(("content-type", "application/json"))
+        .insert_header(("x-forwarded-for", xff))
+        .send_body(json!({"title": "t"}).to_string())
+        .await
+        .expect("request");
+    res.status().as_u16()
+}
+
+/// Behind a proxy, with a room-creation burst of 5 and no refill to speak of.
+fn behind_proxy(s: &mut chat_server::config::Settings) {
+    s.trust_forwarded_for = true;
+    s.room_create_burst = 5.0;
+    s.room_create_rate_per_sec = 0.001;
+}
+
+memory_only_with!(
+    forged_forwarded_entries_do_not_buy_fresh_buckets,
+    behind_proxy,
+    |app| {
+        let mut statuses = Vec::new();
+        for i in 0..10 {
+            // The client writes its own entry first; nginx appends the
+            // address it saw.
+            let forged = format!("10.{i}.0.1, 203.0.113.9");
+            statuses.push(create_via_proxy(&app, &forged).await);
+        }
+        assert_eq!(statuses, [201, 201, 201, 201, 201, 429, 429, 429, 429, 429]);
+        // Another real client has a budget of its own.
+        assert_eq!(create_via_proxy(&app, "10.0.0.1, 198.51.100.4").await, 201);
+    }
+);
+
+memory_only_with!(ipv6_clients_share_a_budget_per_64, behind_proxy, |app| {
+    let mut statuses = Vec::new();
+    for i in 1..=10 {
+        statuses.push(create_via_proxy(&app, &format!("2001:db8:5:6::{i:x}")).await);
+    }
+    assert_eq!(statuses, [201, 201, 201, 201, 201, 429, 429, 429, 429, 429]);
+    assert_eq!(create_via_proxy(&app, "2001:db8:5:7::1").await, 201);
+});

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use crate::client_addr::TrustedProxies;
 use crate::domain::TextLimits;
+pub use crate::ws::origin::AllowedOrigins;
+pub use crate::ws::origin::AllowedOrigins;
 
 /// Everything the server can be configured with.
 #[derive(Debug, Clone)]
@@ -94,6 +96,10 @@ pub struct Settings {
     /// `TRUSTED_PROXIES`: the proxies whose `X-Forwarded-For` entries are
     /// believed (addresses and networks; default loopback).
     pub trusted_proxies: TrustedProxies,
+    /// `ALLOWED_ORIGINS`: the pages (`Origin`) that may open a WebSocket:
+    /// unset = the server's own (`http(s)://` + the request's `Host`), `*`
+    /// = any, or a comma-separated list of origins.
+    pub allowed_origins: AllowedOrigins,
 }
 
 /// A variable that is set but cannot be parsed.
@@ -165,6 +171,14 @@ impl Settings {
                     why: format!(
                         "{why}; expected a comma-separated list of addresses and networks"
                     ),
+                })?,
+            },
+            allowed_origins: match env.string("ALLOWED_ORIGINS") {
+                None => AllowedOrigins::SameHost,
+                Some(value) => AllowedOrigins::parse(&value).map_err(|why| ConfigError {
+                    name: "ALLOWED_ORIGINS".into(),
+                    value,
+                    why,
                 })?,
             },
             redis_prefix: env.string("REDIS_PREFIX").unwrap_or_else(|| "chat".into()),
@@ -244,6 +258,27 @@ mod tests {
         assert_eq!(s.history_on_join, 50);
         assert_eq!(s.messages_page_max, 500);
         assert!(s.instance_id.starts_with("chat-"));
+        assert_eq!(s.allowed_origins, AllowedOrigins::SameHost);
+    }
+
+    #[test]
+    fn allowed_origins_is_a_list_or_star_and_bad_ones_are_reported() {
+        let s = Settings::from_lookup(|k| {
+            (k == "ALLOWED_ORIGINS").then(|| "https://a.example, http://b.example:8080".into())
+        })
+        .unwrap();
+        assert_eq!(
+            s.allowed_origins,
+            AllowedOrigins::List(vec![
+                "https://a.example".into(),
+                "http://b.example:8080".into()
+            ])
+        );
+        let s = Settings::from_lookup(|k| (k == "ALLOWED_ORIGINS").then(|| "*".into())).unwrap();
+        assert_eq!(s.allowed_origins, AllowedOrigins::Any);
+        let err = Settings::from_lookup(|k| (k == "ALLOWED_ORIGINS").then(|| "a.example".into()))
+            .unwrap_err();
+        assert!(err.to_string().contains("ALLOWED_ORIGINS"), "{err}");
     }
 
     #[test]

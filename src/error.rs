@@ -30,6 +30,14 @@ pub enum ChatError {
     RoomNotFound(RoomId),
     #[error("not found")]
     NotFound,
+    /// A known path asked with a method it does not serve; the value is the
+    /// `Allow` header (`"GET, HEAD"`).
+    #[error("method not allowed; this path allows {0}")]
+    MethodNotAllowed(&'static str),
+    /// A WebSocket handshake from a page whose `Origin` is not allowed
+    /// (`ALLOWED_ORIGINS`); the value is that origin.
+    #[error("origin {0:?} may not open a WebSocket here")]
+    ForbiddenOrigin(String),
     #[error("nickname \"{0}\" is already taken in this room")]
     NicknameTaken(String),
     #[error("request body exceeds {0} bytes")]
@@ -80,6 +88,8 @@ impl ChatError {
             ChatError::InvalidMessage(_) => "invalid_message",
             ChatError::RoomNotFound(_) => "room_not_found",
             ChatError::NotFound => "not_found",
+            ChatError::MethodNotAllowed(_) => "method_not_allowed",
+            ChatError::ForbiddenOrigin(_) => "forbidden_origin",
             ChatError::NicknameTaken(_) => "nickname_taken",
             ChatError::PayloadTooLarge(_) => "payload_too_large",
             ChatError::RateLimited(_) => "rate_limited",
@@ -116,7 +126,9 @@ impl ResponseError for ChatError {
             | ChatError::InvalidParameter(_)
             | ChatError::InvalidMessage(_)
             | ChatError::NotInRoom => StatusCode::BAD_REQUEST,
+            ChatError::ForbiddenOrigin(_) => StatusCode::FORBIDDEN,
             ChatError::RoomNotFound(_) | ChatError::NotFound => StatusCode::NOT_FOUND,
+            ChatError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ChatError::NicknameTaken(_) => StatusCode::CONFLICT,
             ChatError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ChatError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
@@ -128,7 +140,11 @@ impl ResponseError for ChatError {
         if let ChatError::Unavailable { .. } = self {
             log::warn!("answering 503: {}", Chain(self));
         }
-        HttpResponse::build(self.status_code()).json(json!({ "error": self.to_json() }))
+        let mut response = HttpResponse::build(self.status_code());
+        if let ChatError::MethodNotAllowed(allow) = self {
+            response.insert_header((actix_web::http::header::ALLOW, *allow));
+        }
+        response.json(json!({ "error": self.to_json() }))
     }
 }
 
@@ -228,7 +244,9 @@ mod tests {
             (ChatError::InvalidJson("x".into()), 400),
             (ChatError::InvalidParameter("x".into()), 400),
             (ChatError::RoomNotFound(RoomId::new(1)), 404),
+            (ChatError::ForbiddenOrigin("http://evil.test".into()), 403),
             (ChatError::NotFound, 404),
+            (ChatError::MethodNotAllowed("GET, HEAD"), 405),
             (ChatError::NicknameTaken("a".into()), 409),
             (ChatError::PayloadTooLarge(65536), 413),
             (ChatError::RateLimited("x".into()), 429),
@@ -236,5 +254,20 @@ mod tests {
         for (e, status) in cases {
             assert_eq!(e.status_code().as_u16(), status, "{}", e.code());
         }
+    }
+
+    #[test]
+    fn method_not_allowed_names_the_allowed_methods() {
+        let e = ChatError::MethodNotAllowed("GET, HEAD, POST");
+        assert_eq!(e.code(), "method_not_allowed");
+        let response = e.error_response();
+        assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(
+            response
+                .headers()
+                .get("allow")
+                .and_then(|v| v.to_str().ok()),
+            Some("GET, HEAD, POST")
+        );
     }
 }

@@ -31,7 +31,11 @@ pub async fn upgrade(
     if !parts.write_buf.is_empty() {
         io.write_all(&parts.write_buf).await?;
     }
-    let response = match handshake::answer(req.head(), &app.settings.instance_id) {
+    let response = match handshake::answer(
+        req.head(),
+        &app.settings.instance_id,
+        &app.settings.allowed_origins,
+    ) {
         Ok(accepted) => accepted,
         Err(refused) => {
             io.write_all(&refused).await?;

@@ -3,11 +3,12 @@
 //! as raw HTTP/1.1, since the HTTP machinery is no longer in the way.
 
 use actix_http::header::{
-    HeaderMap, CONNECTION, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, UPGRADE,
+    HeaderMap, ALLOW, CONNECTION, HOST, ORIGIN, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, UPGRADE,
 };
 use actix_http::{Method, RequestHead};
 use bytes::{BufMut, Bytes, BytesMut};
 
+use super::origin::{origin_allowed, AllowedOrigins};
 use crate::error::ChatError;
 
 /// The path of the WebSocket endpoint.
@@ -15,14 +16,30 @@ pub const WS_PATH: &str = "/ws";
 
 /// Checks a request that asked to upgrade. `Ok` is the `101` response to
 /// write before the first frame; `Err` is a complete error response
-/// (`404` for another path or method, `400` for a malformed handshake),
+/// (`404` for another path, `405` for another method, `400` for a
+/// malformed handshake, `403` for an `Origin` that `allowed` refuses),
 /// after which the connection is closed.
-pub fn answer(head: &RequestHead, instance_id: &str) -> Result<Bytes, Bytes> {
-    if head.method != Method::GET || head.uri.path() != WS_PATH {
-        return Err(error_response(&ChatError::NotFound, instance_id));
+pub fn answer(
+    head: &RequestHead,
+    instance_id: &str,
+    allowed: &AllowedOrigins,
+) -> Result<Bytes, Bytes> {
+    let refuse = |error: ChatError| error_response(&error, instance_id);
+    if head.uri.path() != WS_PATH {
+        return Err(refuse(ChatError::NotFound));
+    }
+    if head.method == Method::HEAD {
+        // HEAD /ws is served (as 400) like GET /ws: it cannot upgrade.
+        return Err(refuse(ChatError::InvalidParameter(
+            "a WebSocket handshake must be a GET".into(),
+        )));
+    }
+    if head.method != Method::GET {
+        return Err(refuse(ChatError::MethodNotAllowed("GET, HEAD")));
     }
     let key = check_headers(&head.headers)
-        .map_err(|why| error_response(&ChatError::InvalidParameter(why.into()), instance_id))?;
+        .map_err(|why| refuse(ChatError::InvalidParameter(why.into())))?;
+    check_origin(&head.headers, allowed).map_err(refuse)?;
     let accept = actix_http::ws::hash_key(key);
     let mut out = BytesMut::with_capacity(192);
     out.put_slice(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-accept: ");
@@ -30,6 +47,24 @@ pub fn answer(head: &RequestHead, instance_id: &str) -> Result<Bytes, Bytes> {
     put_instance(&mut out, instance_id);
     out.put_slice(b"\r\n");
     Ok(out.freeze())
+}
+
+/// `Err(ForbiddenOrigin)` when the page that opens the socket is not one
+/// `allowed` names (see `origin.rs`).
+fn check_origin(headers: &HeaderMap, allowed: &AllowedOrigins) -> Result<(), ChatError> {
+    let text = |name| {
+        headers
+            .get(name)
+            .map(|v| v.to_str().unwrap_or("(not text)"))
+    };
+    let origin = text(ORIGIN);
+    if origin_allowed(origin, text(HOST), allowed) {
+        Ok(())
+    } else {
+        Err(ChatError::ForbiddenOrigin(
+            origin.unwrap_or_default().chars().take(200).collect(),
+        ))
+    }
 }
 
 /// The client's key, if the headers make a version 13 handshake.
@@ -73,6 +108,12 @@ fn error_response(error: &ChatError, instance_id: &str) -> Bytes {
         )
         .as_bytes(),
     );
+    if let ChatError::MethodNotAllowed(allow) = error {
+        out.put_slice(b"\r\n");
+        out.put_slice(ALLOW.as_str().as_bytes());
+        out.put_slice(b": ");
+        out.put_slice(allow.as_bytes());
+    }
     put_instance(&mut out, instance_id);
     out.put_slice(b"\r\n");
     out.put_slice(body.as_bytes());
@@ -123,7 +164,7 @@ mod tests {
 
     #[test]
     fn accepts_the_rfc_example_with_its_accept_key() {
-        let (ok, response) = text(answer(&head(Method::GET, "/ws?x=1", GOOD), "a1"));
+        let (ok, response) = text(answer(&head(Method::GET, "/ws?x=1", GOOD), "a1", &SAME));
         assert!(ok);
         assert!(response.starts_with("HTTP/1.1 101 Switching Protocols\r\n"));
         assert!(response.contains("\r\nsec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
@@ -131,14 +172,54 @@ mod tests {
         assert!(response.ends_with("\r\n\r\n"));
     }
 
+    const SAME: AllowedOrigins = AllowedOrigins::SameHost;
+
     #[test]
-    fn other_paths_and_methods_are_not_found() {
-        let (ok, response) = text(answer(&head(Method::GET, "/api/rooms", GOOD), "a"));
+    fn other_paths_are_not_found_and_other_methods_not_allowed() {
+        let (ok, response) = text(answer(&head(Method::GET, "/api/rooms", GOOD), "a", &SAME));
         assert!(!ok);
         assert!(response.starts_with("HTTP/1.1 404 Not Found\r\n"));
         assert!(response.ends_with(r#""code":"not_found","message":"not found"}}"#));
-        let (ok, _) = text(answer(&head(Method::POST, "/ws", GOOD), "a"));
+        let (ok, response) = text(answer(&head(Method::POST, "/ws", GOOD), "a", &SAME));
         assert!(!ok);
+        assert!(response.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"));
+        assert!(response.contains("\r\nallow: GET, HEAD\r\n"), "{response}");
+        assert!(response.contains(r#""code":"method_not_allowed""#));
+    }
+
+    #[test]
+    fn a_foreign_origin_is_refused_with_403() {
+        fn with(origin: &'static str) -> Vec<(&'static str, &'static str)> {
+            let mut headers = GOOD.to_vec();
+            headers.push(("host", "chat.example:8080"));
+            headers.push(("origin", origin));
+            headers
+        }
+        let (ok, response) = text(answer(
+            &head(Method::GET, "/ws", &with("http://evil.example")),
+            "a",
+            &SAME,
+        ));
+        assert!(!ok);
+        assert!(
+            response.starts_with("HTTP/1.1 403 Forbidden\r\n"),
+            "{response}"
+        );
+        let (head_part, body) = response.split_once("\r\n\r\n").unwrap();
+        assert!(head_part.contains(&format!("content-length: {}", body.len())));
+        assert!(body.contains(r#""code":"forbidden_origin""#), "{body}");
+        let (ok, _) = text(answer(
+            &head(Method::GET, "/ws", &with("http://chat.example:8080")),
+            "a",
+            &SAME,
+        ));
+        assert!(ok);
+        let (ok, _) = text(answer(
+            &head(Method::GET, "/ws", &with("http://evil.example")),
+            "a",
+            &AllowedOrigins::Any,
+        ));
+        assert!(ok);
     }
 
     #[test]
@@ -148,7 +229,7 @@ mod tests {
         let mut no_key = GOOD.to_vec();
         no_key.pop();
         for headers in [bad_version, no_key] {
-            let (ok, response) = text(answer(&head(Method::GET, "/ws", &headers), "a"));
+            let (ok, response) = text(answer(&head(Method::GET, "/ws", &headers), "a", &SAME));
             assert!(!ok);
             assert!(response.starts_with("HTTP/1.1 400 Bad Request\r\n"));
             let (head, body) = response.split_once("\r\n\r\n").unwrap();

@@ -7,6 +7,7 @@
 
 pub mod frame;
 pub mod handshake;
+pub mod origin;
 pub mod transport;
 
 pub use frame::CloseCode;

@@ -15,6 +15,15 @@ use crate::wait::within;
 
 const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
 
+/// A handshake to `/ws` with `Host: host` and, when given, `Origin`.
+fn handshake_from(host: &str, origin: Option<&str>) -> String {
+    let origin = origin.map_or(String::new(), |o| format!("Origin: {o}\r\n"));
+    format!(
+        "GET /ws HTTP/1.1\r\nHost: {host}\r\n{origin}Upgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+}
+
 fn handshake(path: &str, version: &str) -> String {
     format!(
         "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
@@ -206,6 +215,11 @@ memory_only_with!(
             (handshake("/api/rooms", "13"), "404", "not_found"),
             (handshake("/ws", "8"), "400", "invalid_parameter"),
             (
+                handshake("/ws", "13").replacen("GET", "POST", 1),
+                "405",
+                "method_not_allowed",
+            ),
+            (
                 "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Version: 13\r\n\r\n"
                     .to_string(),
@@ -337,3 +351,72 @@ memory_only_with!(a_malformed_close_frame_is_a_protocol_error, |_| {}, |app| {
         assert_eq!(&answer[..2], &u16::to_be_bytes(code), "{payload:?}");
     }
 });
+
+/// Opens a raw handshake and returns the response head and body.
+async fn handshake_answer(port: u16, host: &str, origin: Option<&str>) -> (String, String) {
+    let mut raw = Raw::open(port, handshake_from(host, origin).as_bytes()).await;
+    raw.response().await
+}
+
+/// Asserts a handshake answer is 403 `forbidden_origin` in the envelope.
+fn assert_forbidden_origin((head, body): (String, String)) {
+    assert!(head.starts_with("HTTP/1.1 403 Forbidden\r\n"), "{head}");
+    assert!(head.contains("content-type: application/json"), "{head}");
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_error_envelope(&body, "forbidden_origin");
+}
+
+fn assert_switched((head, _): (String, String)) {
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+}
+
+memory_only_with!(
+    a_handshake_from_another_origin_is_403_forbidden_origin,
+    |_| {},
+    |app| {
+        let host = format!("127.0.0.1:{}", app.port);
+        // Another site's page: another host, port or scheme, or "null".
+        for origin in [
+            "http://evil.example".to_string(),
+            format!("http://127.0.0.2:{}", app.port),
+            format!("http://127.0.0.1:{}", app.port + 1),
+            "null".to_string(),
+        ] {
+            assert_forbidden_origin(handshake_answer(app.port, &host, Some(&origin)).await);
+        }
+        // The server's own page, and a client that is not a browser.
+        let own = format!("http://{host}");
+        assert_switched(handshake_answer(app.port, &host, Some(&own)).await);
+        assert_switched(handshake_answer(app.port, &host, None).await);
+        // Behind a TLS proxy the page is https on the same host.
+        assert_switched(
+            handshake_answer(app.port, "chat.example", Some("https://chat.example")).await,
+        );
+    }
+);
+
+memory_only_with!(
+    allowed_origins_star_accepts_any_origin,
+    |s| s.allowed_origins = chat_server::config::AllowedOrigins::Any,
+    |app| {
+        let host = format!("127.0.0.1:{}", app.port);
+        assert_switched(handshake_answer(app.port, &host, Some("http://evil.example")).await);
+        assert_switched(handshake_answer(app.port, &host, Some("null")).await);
+    }
+);
+
+memory_only_with!(
+    allowed_origins_list_replaces_the_same_host_default,
+    |s| {
+        s.allowed_origins =
+            chat_server::config::AllowedOrigins::parse("https://chat.example").unwrap()
+    },
+    |app| {
+        let host = format!("127.0.0.1:{}", app.port);
+        assert_switched(handshake_answer(app.port, &host, Some("https://chat.example")).await);
+        assert_forbidden_origin(
+            handshake_answer(app.port, &host, Some(&format!("http://{host}"))).await,
+        );
+        assert_switched(handshake_answer(app.port, &host, None).await);
+    }
+);

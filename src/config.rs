@@ -7,7 +7,6 @@ use std::time::Duration;
 use crate::client_addr::TrustedProxies;
 use crate::domain::TextLimits;
 pub use crate::ws::origin::AllowedOrigins;
-pub use crate::ws::origin::AllowedOrigins;
 
 /// Everything the server can be configured with.
 #[derive(Debug, Clone)]

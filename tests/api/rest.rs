@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use awc::http::header::HeaderMap;
 use serde_json::{json, Value};
 
 use crate::helpers::*;
@@ -372,34 +373,105 @@ memory_only_with!(unknown_path_is_404_not_found_with_envelope, |_| {}, |app| {
     assert_error_envelope(&body, "not_found");
 });
 
+/// Sends `method path` (no body): status, headers and raw body.
+async fn exchange(app: &TestApp, method: &str, path: &str) -> (u16, HeaderMap, Vec<u8>) {
+    let method = awc::http::Method::from_bytes(method.as_bytes()).unwrap();
+    let mut res = app
+        .http
+        .request(method.clone(), format!("{}{path}", app.base))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+    let body = res.body().limit(1 << 24).await.unwrap_or_default();
+    (res.status().as_u16(), res.headers().clone(), body.to_vec())
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> &'a str {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+}
+
 memory_only_with!(
-    unsupported_method_on_a_known_path_gets_a_json_error,
+    a_wrong_method_on_a_known_path_is_405_with_allow_and_envelope,
     |_| {},
     |app| {
-        // The contract: every REST error is the JSON envelope. Which 4xx
-        // status is not specified; the body must still be the envelope.
-        for (method, path) in [
-            ("DELETE", "/api/rooms/1"),
-            ("PUT", "/api/rooms"),
-            ("POST", "/health"),
+        for (method, path, allow) in [
+            ("DELETE", "/api/rooms/1", "GET, HEAD"),
+            ("PUT", "/api/rooms", "GET, HEAD, POST"),
+            ("DELETE", "/api/rooms", "GET, HEAD, POST"),
+            ("POST", "/health", "GET, HEAD"),
+            ("POST", "/api/rooms/1/members", "GET, HEAD"),
+            ("PATCH", "/api/rooms/1/messages", "GET, HEAD"),
+            ("POST", "/chat", "GET, HEAD"),
+            ("POST", "/", "GET, HEAD"),
+            ("POST", "/ws", "GET, HEAD"),
+            ("OPTIONS", "/health", "GET, HEAD"),
+            ("POST", "/static/chat.js", "GET, HEAD"),
+            ("DELETE", "/static/missing.js", "GET, HEAD"),
         ] {
-            let (status, body) = app.request(method, path, Some(b"{}".to_vec())).await;
-            assert!(
-                (400..500).contains(&status),
-                "{method} {path}: {status} {body}"
-            );
-            let code = body["error"]["code"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string();
-            assert!(
-                !code.is_empty(),
-                "{method} {path}: {status} without envelope: {body}"
-            );
-            assert_error_envelope(&body, &code);
+            let (status, headers, body) = exchange(&app, method, path).await;
+            let text = String::from_utf8_lossy(&body);
+            assert_eq!(status, 405, "{method} {path}: {text}");
+            assert_eq!(header(&headers, "allow"), allow, "{method} {path}");
+            let body: Value = serde_json::from_slice(&body)
+                .unwrap_or_else(|_| panic!("{method} {path}: not JSON: {text}"));
+            assert_error_envelope(&body, "method_not_allowed");
         }
     }
 );
+
+memory_only_with!(head_is_answered_wherever_get_is, |_| {}, |app| {
+    let room = app.create_room("heads").await["id"].as_u64().unwrap();
+    for path in [
+        "/health".to_string(),
+        "/api/rooms".to_string(),
+        format!("/api/rooms/{room}"),
+        format!("/api/rooms/{room}/members"),
+        format!("/api/rooms/{room}/messages"),
+        "/api/rooms/999999".to_string(),
+        "/chat".to_string(),
+        "/".to_string(),
+        "/ws".to_string(),
+        "/static/chat.js".to_string(),
+        "/static/missing.js".to_string(),
+        "/nope".to_string(),
+    ] {
+        let (get_status, get_headers, _) = exchange(&app, "GET", &path).await;
+        let (status, headers, body) = exchange(&app, "HEAD", &path).await;
+        assert_eq!(status, get_status, "HEAD {path}");
+        assert_eq!(
+            header(&headers, "content-type"),
+            header(&get_headers, "content-type"),
+            "HEAD {path}"
+        );
+        assert!(body.is_empty(), "HEAD {path} has a body");
+    }
+    let (status, _, _) = exchange(&app, "HEAD", "/health").await;
+    assert_eq!(status, 200);
+});
+
+memory_only_with!(static_file_errors_use_the_json_envelope, |_| {}, |app| {
+    for (path, status, code) in [
+        ("/static/missing.js", 404, "not_found"),
+        ("/static/no/such/dir/", 404, "not_found"),
+        ("/static/", 404, "not_found"),
+        ("/static/.hidden", 400, "invalid_parameter"),
+        ("/static/*x", 400, "invalid_parameter"),
+    ] {
+        let (got, headers, body) = exchange(&app, "GET", path).await;
+        let text = String::from_utf8_lossy(&body);
+        assert_eq!(got, status, "GET {path}: {text}");
+        assert!(
+            header(&headers, "content-type").starts_with("application/json"),
+            "GET {path}: {headers:?}"
+        );
+        let body: Value = serde_json::from_slice(&body)
+            .unwrap_or_else(|_| panic!("GET {path}: not JSON: {text}"));
+        assert_error_envelope(&body, code);
+    }
+});
 
 memory_only_with!(
     room_creation_beyond_the_burst_is_429_rate_limited,

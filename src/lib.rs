@@ -45,3 +45,6 @@ pub(crate) mod ws;
 
 /// Prints an error with its whole chain of causes (the binary's last words).
 pub use error::Chain;
+/// The headers every HTTP response carries (the nginx site's test checks
+/// that nginx sets the same on the files it serves).
+pub use http::SECURITY_HEADERS;

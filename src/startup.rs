@@ -165,10 +165,15 @@ impl Application {
                 let data = web::Data::from(app_state.clone());
                 let static_dir = app_state.settings.static_dir.clone();
                 let instance = app_state.settings.instance_id.clone();
+                // Which process answered (for operators behind a balancer),
+                // and the page's security policy (`http::SECURITY_HEADERS`).
+                let headers = crate::http::SECURITY_HEADERS.iter().fold(
+                    DefaultHeaders::new().add(("X-Chat-Instance", instance.as_str())),
+                    |headers, &header| headers.add(header),
+                );
                 let app = App::new()
                     .app_data(data)
-                    // Which process answered: for operators behind a balancer.
-                    .wrap(DefaultHeaders::new().add(("X-Chat-Instance", instance.as_str())))
+                    .wrap(headers)
                     .configure(|cfg| crate::http::configure(cfg, &static_dir));
                 let ws_state = app_state.clone();
                 HttpService::build()

@@ -473,6 +473,60 @@ memory_only_with!(static_file_errors_use_the_json_envelope, |_| {}, |app| {
     }
 });
 
+memory_only_with!(page_and_files_carry_the_security_headers, |_| {}, |app| {
+    for path in [
+        "/chat",
+        "/static/chat.js",
+        "/static/favicon.svg",
+        "/static/missing",
+    ] {
+        let (_, headers, _) = exchange(&app, "GET", path).await;
+        let csp = header(&headers, "content-security-policy");
+        for directive in [
+            "default-src 'none'",
+            "script-src 'self'",
+            "style-src 'self'",
+            "connect-src 'self'",
+            "frame-ancestors 'none'",
+            "base-uri 'none'",
+        ] {
+            assert!(
+                csp.contains(directive),
+                "{path}: CSP {csp:?} lacks {directive}"
+            );
+        }
+        assert!(!csp.contains("unsafe"), "{path}: CSP {csp:?}");
+        assert_eq!(header(&headers, "x-frame-options"), "DENY", "{path}");
+        assert_eq!(
+            header(&headers, "x-content-type-options"),
+            "nosniff",
+            "{path}"
+        );
+        assert_eq!(header(&headers, "referrer-policy"), "no-referrer", "{path}");
+    }
+    // The policy allows no inline script or style: the page has none.
+    let (_, _, html) = app.get_text("/chat").await;
+    for tag in html.split("<script").skip(1) {
+        let open = &tag[..tag.find('>').unwrap()];
+        assert!(
+            open.contains("src="),
+            "inline script in /chat: <script{open}>"
+        );
+    }
+    let lower = html.to_lowercase();
+    assert!(!lower.contains("<style"), "inline style element in /chat");
+    assert!(
+        !lower.contains(" style="),
+        "inline style attribute in /chat"
+    );
+    assert!(
+        !lower.contains(" onclick=")
+            && !lower.contains(" onload=")
+            && !lower.contains("javascript:"),
+        "inline event handler in /chat"
+    );
+});
+
 memory_only_with!(
     room_creation_beyond_the_burst_is_429_rate_limited,
     |s| {

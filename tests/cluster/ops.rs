@@ -8,7 +8,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::helpers::{nicknames, TestDatabase, WsClient};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::helpers::{
+    assert_error_envelope, nicknames, spawn_app_with, StoreMode, TestDatabase, WsClient,
+};
 use crate::procs::{free_port, redis_url};
 use crate::wait::eventually;
 
@@ -87,7 +92,9 @@ struct Nginx {
 }
 
 impl Nginx {
-    fn start(dir: &Path, listen: u16, base: u16) -> Nginx {
+    /// Renders the site with nginx on `listen` and the site's three
+    /// upstream servers at `upstreams` (the same port may repeat).
+    fn start(dir: &Path, listen: u16, upstreams: [u16; INSTANCES as usize]) -> Nginx {
         std::fs::create_dir_all(dir.join("logs")).unwrap();
         let site = std::fs::read_to_string(repo().join("nginx/chat.conf")).unwrap();
         let mut site = site
@@ -99,14 +106,14 @@ impl Nginx {
                 "/opt/chat-server/static/",
                 &format!("{}/", repo().join("static").display()),
             );
-        for i in 0..INSTANCES {
+        for (i, port) in (0..).zip(upstreams) {
             site = site.replace(
                 &format!("server 127.0.0.1:{};", 3001 + i),
-                &format!("server 127.0.0.1:{};", base + i),
+                &format!("server 127.0.0.1:{port};"),
             );
             site = site.replace(
                 &format!("server 127.0.0.1:{} ", 3001 + i),
-                &format!("server 127.0.0.1:{} ", base + i),
+                &format!("server 127.0.0.1:{port} "),
             );
         }
         std::fs::write(dir.join("chat.conf"), site).unwrap();
@@ -222,7 +229,7 @@ async fn three_instances_under_pm2_behind_nginx_act_as_one_and_survive_a_restart
         )
         .await;
     }
-    let nginx = Nginx::start(&tmp.join("nginx"), listen, base);
+    let nginx = Nginx::start(&tmp.join("nginx"), listen, [base, base + 1, base + 2]);
     let front = format!("127.0.0.1:{listen}");
     eventually(Duration::from_secs(10), "nginx answering", || {
         let url = format!("http://{front}/health");
@@ -308,4 +315,182 @@ async fn three_instances_under_pm2_behind_nginx_act_as_one_and_survive_a_restart
     );
     drop(nginx);
     drop(pm2);
+}
+
+/// Sends a raw HTTP/1.1 request to nginx on `port` and returns the response
+/// head (lower-cased header names) and body, once the body announced by
+/// `Content-Length` (or, for a `101`, the head) is in, or nginx closes.
+async fn raw(port: u16, request: &[u8]) -> (String, String) {
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut input = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let read = tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await;
+        let n = match read {
+            Ok(n) => n.unwrap_or(0),
+            Err(_) => panic!(
+                "no complete answer within 10 s; got:\n{}",
+                String::from_utf8_lossy(&input)
+            ),
+        };
+        input.extend_from_slice(&chunk[..n]);
+        if n == 0 || complete(&input) {
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&input).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let head = head
+        .lines()
+        .enumerate()
+        .map(|(i, line)| match line.split_once(':') {
+            Some((name, value)) if i > 0 => format!("{}:{value}", name.to_ascii_lowercase()),
+            _ => line.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("\r\n");
+    (head, body.to_owned())
+}
+
+/// Whether `input` holds a whole response: a `101` head, or a head and
+/// the `Content-Length` bytes it announces.
+fn complete(input: &[u8]) -> bool {
+    let Some(end) = input.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let head = String::from_utf8_lossy(&input[..end]).to_ascii_lowercase();
+    let length = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|n| n.trim().parse::<usize>().ok());
+    head.starts_with("http/1.1 101") || length.is_some_and(|n| input.len() >= end + 4 + n)
+}
+
+fn request(method: &str, path: &str, port: u16, body: usize) -> Vec<u8> {
+    let mut out = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {body}\r\n\r\n"
+    )
+    .into_bytes();
+    out.resize(out.len() + body, b'x');
+    out
+}
+
+/// Asserts `head`/`body` is a `status` answer with the JSON envelope `code`.
+fn assert_json_error((head, body): &(String, String), status: u16, code: &str) {
+    assert!(
+        head.starts_with(&format!("HTTP/1.1 {status} ")),
+        "{head}\n\n{body}"
+    );
+    assert!(
+        head.contains("\r\ncontent-type: application/json"),
+        "{head}\n\n{body}"
+    );
+    let json: Value = serde_json::from_str(body)
+        .unwrap_or_else(|_| panic!("not the JSON envelope:\n{head}\n\n{body}"));
+    assert_error_envelope(&json, code);
+}
+
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}:")))
+        .map(str::trim)
+}
+
+#[actix_rt::test]
+async fn nginx_answers_its_own_errors_in_the_json_envelope() {
+    require("nginx");
+    // The site's three upstream ports, with nothing listening on them.
+    let base = free_port_run();
+    let listen = free_port();
+    let tmp = std::env::temp_dir().join(format!("chat-nginx-errors-{listen}"));
+    let _nginx = Nginx::start(&tmp, listen, [base, base + 1, base + 2]);
+    eventually(Duration::from_secs(10), "nginx answering", || async move {
+        tokio::net::TcpStream::connect(("127.0.0.1", listen))
+            .await
+            .is_ok()
+    })
+    .await;
+
+    // No instance answers: 502, not nginx's HTML page.
+    for path in ["/health", "/api/rooms", "/chat"] {
+        let answer = raw(listen, &request("GET", path, listen, 0)).await;
+        assert_json_error(&answer, 502, "unavailable");
+    }
+    // A body over MAX_BODY_BYTES never reaches an instance; one at the
+    // limit does (and finds none).
+    let answer = raw(
+        listen,
+        &request("POST", "/api/rooms", listen, 64 * 1024 + 1),
+    )
+    .await;
+    assert_json_error(&answer, 413, "payload_too_large");
+    let answer = raw(listen, &request("POST", "/api/rooms", listen, 64 * 1024)).await;
+    assert_json_error(&answer, 502, "unavailable");
+
+    // The static files nginx serves itself: errors in the envelope too,
+    // and the instances' security headers on the files.
+    for path in ["/static/missing.js", "/static/"] {
+        let answer = raw(listen, &request("GET", path, listen, 0)).await;
+        assert_json_error(&answer, 404, "not_found");
+    }
+    let answer = raw(listen, &request("POST", "/static/chat.js", listen, 2)).await;
+    assert_json_error(&answer, 405, "method_not_allowed");
+    assert_eq!(
+        header(&answer.0, "allow"),
+        Some("GET, HEAD"),
+        "{}",
+        answer.0
+    );
+    let (head, body) = raw(listen, &request("GET", "/static/chat.js", listen, 0)).await;
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    assert!(!body.is_empty());
+    for (name, value) in chat_server::SECURITY_HEADERS {
+        assert_eq!(
+            header(&head, &name.to_ascii_lowercase()),
+            Some(value),
+            "nginx's {name} differs from the instances'"
+        );
+    }
+}
+
+#[actix_rt::test]
+async fn through_nginx_the_pages_own_origin_may_open_a_socket_and_others_may_not() {
+    require("nginx");
+    let app = spawn_app_with(StoreMode::Memory, |_| {}).await;
+    let listen = free_port();
+    let tmp = std::env::temp_dir().join(format!("chat-nginx-origin-{listen}"));
+    let _nginx = Nginx::start(&tmp, listen, [app.port; INSTANCES as usize]);
+    eventually(Duration::from_secs(10), "nginx answering", || async move {
+        get(&format!("http://127.0.0.1:{listen}/health")).await.0 == 200
+    })
+    .await;
+    let handshake = |origin: &str| {
+        format!(
+            "GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{listen}\r\nOrigin: {origin}\r\n\
+             Upgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+    };
+    // The page nginx serves is http://127.0.0.1:<listen>: its socket opens.
+    let (head, _) = raw(
+        listen,
+        handshake(&format!("http://127.0.0.1:{listen}")).as_bytes(),
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    // Another site's page gets the instance's 403, passed through.
+    let answer = raw(listen, handshake("http://evil.example").as_bytes()).await;
+    assert_json_error(&answer, 403, "forbidden_origin");
+    // The page itself comes with its security policy through nginx.
+    let (head, _) = raw(listen, &request("GET", "/chat", listen, 0)).await;
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    assert!(
+        header(&head, "content-security-policy").is_some_and(|v| v.contains("connect-src 'self'")),
+        "{head}"
+    );
 }

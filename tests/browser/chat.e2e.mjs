@@ -4,8 +4,11 @@
 // It starts the server binary itself on a free port, drives several browser
 // contexts (separate users) through the page, and checks what a person
 // would see: rooms, members, messages, errors, a phone-sized layout, and a
-// reconnect that catches up on missed messages exactly once. It also saves
-// two screenshots to docs/.
+// reconnect that catches up on missed messages exactly once. The page runs
+// under the server's Content-Security-Policy and any violation fails the
+// test; a page of another origin (a small server of the test's own, on
+// 127.0.0.2) must not be able to open the chat's socket. It also saves two
+// screenshots to docs/.
 //
 //   cargo build && (cd tests/browser && npm install && node chat.e2e.mjs)
 //
@@ -21,6 +24,7 @@
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import fs from 'node:fs';
+import http from 'node:http';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -96,6 +100,7 @@ const serverLog = [];
 let browser = null;
 const users = [];
 const pageErrors = [];
+const cspViolations = [];
 const injectedRequests = [];
 let passed = 0;
 let currentStep = '(start-up)';
@@ -224,14 +229,22 @@ async function step(name, fn) {
 
 // Runs in every page before its scripts: wraps WebSocket so the test can
 // cut a page's connection and keep it from reconnecting for a while,
-// without touching the application code.
+// without touching the application code; and reports every Content
+// Security Policy violation (as a console error the test collects).
 function installSocketHook() {
+  window.addEventListener('securitypolicyviolation', (e) => {
+    console.error(`CSP violation: ${e.violatedDirective} blocked ${e.blockedURI || '(inline)'}`);
+  }, true);
   const Native = window.WebSocket;
   const sockets = [];
   let blocked = false;
   class HookedWebSocket extends Native {
     constructor(url, protocols) {
-      super(blocked ? 'ws://127.0.0.1:9/blocked-by-test' : url, protocols);
+      // A blocked socket asks the page's own server for a path that is not
+      // /ws (refused with 404): it fails without leaving the page's origin,
+      // which the page's connect-src 'self' would not allow.
+      const refused = `${location.protocol === 'https:' ? 'wss:' : 'ws:'}//${location.host}/blocked-by-test`;
+      super(blocked ? refused : url, protocols);
       sockets.push(this);
     }
   }
@@ -262,6 +275,12 @@ async function newUser(name, base, options = {}) {
   const page = await context.newPage();
   page.setDefaultTimeout(10_000);
   page.on('pageerror', (e) => pageErrors.push(`${name}: ${e.message}`));
+  page.on('console', (m) => {
+    // Our own report (above) and Chromium's "Refused to ... Content Security Policy".
+    if (m.type() === 'error' && /CSP violation|Content Security Policy/i.test(m.text())) {
+      cspViolations.push(`${name}: ${m.text()}`);
+    }
+  });
   page.on('dialog', (d) => {
     pageErrors.push(`${name}: unexpected dialog "${d.message()}"`);
     d.dismiss().catch(() => {});
@@ -332,6 +351,38 @@ async function xssFlag(page) {
   return page.evaluate(() => typeof window.__xss === 'undefined' ? 'undefined' : String(window.__xss));
 }
 
+/** Another web site: a page on another loopback address (another origin)
+ * whose script tries to open the chat's socket, as a hostile page visited
+ * by a chat user would. Resolves to { url, close }. */
+async function startForeignSite(chatBase) {
+  const wsUrl = `${chatBase.replace('http:', 'ws:')}/ws`;
+  const html = `<!doctype html><title>elsewhere</title><script>
+    window.__socketOutcome = '';
+    const ws = new WebSocket(${JSON.stringify(wsUrl)});
+    ws.onopen = () => { window.__socketOutcome = 'open'; };
+    ws.onclose = (e) => { window.__socketOutcome ||= 'closed ' + e.code; };
+  </script>`;
+  const srv = http.createServer((req, res) => {
+    res.writeHead(200, { 'content-type': 'text/html; charset=utf-8' });
+    res.end(html);
+  });
+  // 127.0.0.2 is another host; where it cannot be bound, another port of
+  // 127.0.0.1 is still another origin.
+  let host = '127.0.0.2';
+  try {
+    srv.listen(0, host);
+    await once(srv, 'listening');
+  } catch (_) {
+    host = '127.0.0.1';
+    srv.listen(0, host);
+    await once(srv, 'listening');
+  }
+  return {
+    url: `http://${host}:${srv.address().port}/`,
+    close: () => new Promise((resolve) => srv.close(resolve)),
+  };
+}
+
 // ------------------------------------------------------------------ test --
 
 async function main() {
@@ -358,6 +409,20 @@ async function main() {
     for (const asset of ['/static/chat.js', '/static/chat.css', '/static/favicon.svg']) {
       const r = await fetch(`${base}${asset}`);
       assertEqual(r.status, 200, `GET ${asset} status`);
+    }
+  });
+
+  await step('the page and its files come with a strict security policy', async () => {
+    for (const p of ['/chat', '/static/chat.js']) {
+      const h = (await fetch(`${base}${p}`)).headers;
+      const csp = h.get('content-security-policy') || '';
+      for (const d of ["script-src 'self'", "connect-src 'self'", "frame-ancestors 'none'"]) {
+        assert(csp.includes(d), `${p}: the CSP has ${d} (got ${JSON.stringify(csp)})`);
+      }
+      assert(!csp.includes('unsafe'), `${p}: the CSP allows nothing unsafe (got ${JSON.stringify(csp)})`);
+      assertEqual(h.get('x-frame-options'), 'DENY', `${p}: X-Frame-Options`);
+      assertEqual(h.get('x-content-type-options'), 'nosniff', `${p}: X-Content-Type-Options`);
+      assertEqual(h.get('referrer-policy'), 'no-referrer', `${p}: Referrer-Policy`);
     }
   });
 
@@ -610,7 +675,31 @@ async function main() {
     });
   }
 
+  await step('a page of another origin cannot open the chat socket; the chat page can', async () => {
+    const foreign = await startForeignSite(base);
+    try {
+      const context = await browser.newContext();
+      const page = await context.newPage();
+      const res = await page.goto(foreign.url);
+      assertEqual(res.status(), 200, 'the other site\'s page loads');
+      const outcome = await eventually('the other site\'s socket attempt ends',
+        () => page.evaluate(() => window.__socketOutcome), 10_000);
+      assert(outcome.startsWith('closed'), `the other origin's socket must not open (got ${outcome})`);
+      await context.close();
+      // The same attempt from the chat page itself succeeds.
+      const own = await alice.page.evaluate((url) => new Promise((resolve) => {
+        const ws = new WebSocket(url);
+        ws.onopen = () => { ws.close(); resolve('open'); };
+        ws.onclose = (e) => resolve(`closed ${e.code}`);
+      }), `${base.replace('http:', 'ws:')}/ws`);
+      assertEqual(own, 'open', 'a socket opened by the chat page');
+    } finally {
+      await foreign.close();
+    }
+  });
+
   await step('no script errors in any page, no injected HTML ran', async () => {
+    assertEqual(cspViolations.length, 0, `Content Security Policy violations (${cspViolations.join(' | ')})`);
     assertEqual(pageErrors.length, 0, `page errors (${pageErrors.join(' | ')})`);
     for (const u of users) assertEqual(await xssFlag(u.page), 'undefined', `${u.name}: window.__xss`);
     assertEqual(injectedRequests.length, 0, 'requests for the injected image');

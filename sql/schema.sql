@@ -28,7 +28,10 @@
 --      collation utf8mb4_bin: uniqueness is exact and case-sensitive, as in
 --      the in-memory store ("Alice" and "alice", "e" and "é" are different
 --      nicknames). utf8mb4_bin ignores trailing spaces when comparing, which
---      never matters because nicknames are stored trimmed.
+--      never matters because nicknames are stored trimmed. The server
+--      normalizes nicknames to NFC before they get here, so canonically
+--      equivalent spellings (precomposed "é" and "e" + U+0301) are one
+--      string and collide on this key as they should.
 --   8. chatMsg's primary key is (room_id, id) where id is the per-room
 --      sequence (1, 2, 3, ... in each room), not a table-wide AUTO_INCREMENT.
 --      Reading a page of a room's history walks this key.

@@ -42,6 +42,8 @@ pub enum ChatError {
     NicknameTaken(String),
     #[error("request body exceeds {0} bytes")]
     PayloadTooLarge(usize),
+    #[error("unsupported media type: {0}")]
+    UnsupportedMediaType(String),
     #[error("too many requests: {0}")]
     RateLimited(String),
     #[error("you are not in a room")]
@@ -92,6 +94,7 @@ impl ChatError {
             ChatError::ForbiddenOrigin(_) => "forbidden_origin",
             ChatError::NicknameTaken(_) => "nickname_taken",
             ChatError::PayloadTooLarge(_) => "payload_too_large",
+            ChatError::UnsupportedMediaType(_) => "unsupported_media_type",
             ChatError::RateLimited(_) => "rate_limited",
             ChatError::NotInRoom => "not_in_room",
             ChatError::Unavailable { .. } => "unavailable",
@@ -131,6 +134,7 @@ impl ResponseError for ChatError {
             ChatError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ChatError::NicknameTaken(_) => StatusCode::CONFLICT,
             ChatError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ChatError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ChatError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ChatError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -249,6 +253,7 @@ mod tests {
             (ChatError::MethodNotAllowed("GET, HEAD"), 405),
             (ChatError::NicknameTaken("a".into()), 409),
             (ChatError::PayloadTooLarge(65536), 413),
+            (ChatError::UnsupportedMediaType("x".into()), 415),
             (ChatError::RateLimited("x".into()), 429),
         ];
         for (e, status) in cases {

@@ -23,6 +23,7 @@ pub async fn create_room(
     body: web::Payload,
     app: web::Data<HttpState>,
 ) -> Result<HttpResponse, ChatError> {
+    require_json(&req)?;
     let body = read_body(&req, body, app.settings.max_body_bytes).await?;
     let value: Value =
         serde_json::from_slice(&body).map_err(|e| ChatError::InvalidJson(e.to_string()))?;
@@ -96,6 +97,36 @@ pub async fn list_messages(
         return Err(ChatError::RoomNotFound(room_id));
     }
     Ok(HttpResponse::Ok().json(messages))
+}
+
+/// Refuses, with 415 `unsupported_media_type`, a body whose `Content-Type`
+/// is missing or is not `application/json` (parameters such as
+/// `; charset=utf-8` allowed). A browser page of another site can send
+/// `text/plain`, form or multipart bodies without a CORS preflight, but not
+/// `application/json`: this is what keeps such pages from creating rooms.
+fn require_json(req: &HttpRequest) -> Result<(), ChatError> {
+    let Some(value) = req.headers().get(actix_web::http::header::CONTENT_TYPE) else {
+        return Err(ChatError::UnsupportedMediaType(
+            "Content-Type: application/json is required (none was sent)".into(),
+        ));
+    };
+    let essence = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.split(';').next())
+        .map(str::trim);
+    match essence {
+        Some(e) if e.eq_ignore_ascii_case("application/json") => Ok(()),
+        Some(e) => {
+            let shown: String = e.chars().take(80).collect();
+            Err(ChatError::UnsupportedMediaType(format!(
+                "Content-Type must be application/json, not {shown:?}"
+            )))
+        }
+        None => Err(ChatError::UnsupportedMediaType(
+            "Content-Type must be application/json".into(),
+        )),
+    }
 }
 
 fn parse_room_id(raw: &str) -> Result<RoomId, ChatError> {
@@ -201,6 +232,36 @@ mod tests {
         assert_eq!(percent_decode("%zz"), "%zz");
         assert_eq!(percent_decode("%C3%A9%"), "é%");
         assert_eq!(percent_decode("é%2"), "é%2");
+    }
+
+    #[test]
+    fn only_json_bodies_are_accepted() {
+        use actix_web::test::TestRequest;
+        let with = |ct: &str| TestRequest::default().insert_header(("content-type", ct));
+        for ok in [
+            "application/json",
+            "application/json; charset=utf-8",
+            "Application/JSON;charset=UTF-8",
+            " application/json ",
+        ] {
+            assert!(require_json(&with(ok).to_http_request()).is_ok(), "{ok}");
+        }
+        for refused in [
+            "",
+            "text/plain",
+            "text/plain; charset=utf-8",
+            "application/x-www-form-urlencoded",
+            "multipart/form-data; boundary=x",
+            "application/jsonx",
+            "application/json-seq",
+            "application/problem+json",
+            "text/json",
+        ] {
+            let err = require_json(&with(refused).to_http_request()).unwrap_err();
+            assert_eq!(err.code(), "unsupported_media_type", "{refused}");
+        }
+        let err = require_json(&TestRequest::default().to_http_request()).unwrap_err();
+        assert_eq!(err.code(), "unsupported_media_type");
     }
 
     #[test]

@@ -287,6 +287,80 @@ both_stores_with!(
     }
 );
 
+both_stores_with!(
+    invisible_characters_make_a_nickname_invalid_not_a_new_one,
+    |_| {},
+    |app| {
+        let (mut alice, id) = app.create_via_ws("lookalikes", "alice").await;
+        let mut other = app.ws().await;
+        for nickname in [
+            "alice\u{200B}",
+            "\u{200D}alice",
+            "ali\u{200C}ce",
+            "alice\u{2060}",
+            "\u{FEFF}alice",
+            "ali\u{AD}ce",
+            "\u{202E}ecila",
+            "\u{2067}alice\u{2069}",
+        ] {
+            rejects(
+                &mut other,
+                json!({"type":"join","roomId":id,"nickname":nickname}),
+                "invalid_nickname",
+            )
+            .await;
+            rejects(
+                &mut other,
+                json!({"type":"create","title":"t","nickname":nickname}),
+                "invalid_nickname",
+            )
+            .await;
+        }
+        rejects(
+            &mut other,
+            json!({"type":"create","title":"look\u{200B}alikes","nickname":"bob"}),
+            "invalid_title",
+        )
+        .await;
+        assert_eq!(app.member_names(id).await, ["alice"]);
+        alice.expect_silence(Duration::from_millis(200)).await;
+    }
+);
+
+both_stores_with!(
+    canonically_equivalent_nicknames_are_one_nickname,
+    |_| {},
+    |app| {
+        let precomposed = "Jos\u{E9}";
+        let decomposed = "Jose\u{301}";
+        // Either spelling first; the other one is taken.
+        for (first, second) in [(precomposed, decomposed), (decomposed, precomposed)] {
+            let (mut holder, id) = app.create_via_ws("accents", first).await;
+            let mut other = app.ws().await;
+            rejects(
+                &mut other,
+                json!({"type":"join","roomId":id,"nickname":second}),
+                "nickname_taken",
+            )
+            .await;
+            // Shown in NFC whatever the spelling sent.
+            assert_eq!(app.member_names(id).await, [precomposed]);
+            holder.expect_silence(Duration::from_millis(200)).await;
+
+            // Content is NFC too, and keeps the zero-width joiners of an
+            // emoji sequence.
+            let family = "\u{1F468}\u{200D}\u{1F469}\u{200D}\u{1F467}";
+            let sent = holder.chat(&format!("cafe\u{301} {family}")).await;
+            assert_eq!(sent["message"]["nickname"], precomposed, "{sent}");
+            let expected = format!("caf\u{E9} {family}");
+            assert_eq!(sent["message"]["content"], expected.as_str(), "{sent}");
+            let stored = app.messages(id, "").await;
+            assert_eq!(stored[0]["content"], expected.as_str());
+            assert_eq!(stored[0]["nickname"], precomposed);
+        }
+    }
+);
+
 both_stores_with!(chat_or_leave_outside_a_room_is_not_in_room, |_| {}, |app| {
     let mut c = app.ws().await;
     rejects(

@@ -315,6 +315,83 @@ memory_only_with!(
     }
 );
 
+both_stores!(
+    post_room_title_refuses_format_characters_and_is_nfc,
+    |app| {
+        for title in [
+            "evil\u{202E}gpj.exe",
+            "\u{202E}",
+            "gen\u{200B}eral",
+            "general\u{FEFF}",
+            "gen\u{AD}eral",
+            "\u{2066}general\u{2069}",
+        ] {
+            let body = json!({ "title": title });
+            let (status, reply) = app.post_raw("/api/rooms", body.to_string()).await;
+            assert_eq!(status, 400, "title {title:?}: {reply}");
+            assert_error_envelope(&reply, "invalid_title");
+        }
+        let (_, list) = app.get("/api/rooms").await;
+        assert_eq!(list, json!([]), "no room was created by a refused title");
+
+        // Stored, listed and shown in NFC; 50 characters counted after NFC.
+        let room = app.create_room(" Cafe\u{301} ").await;
+        assert_eq!(room["title"], "Caf\u{E9}");
+        let (_, shown) = app.room(room["id"].as_u64().unwrap()).await;
+        assert_eq!(shown["title"], "Caf\u{E9}");
+        let room = app.create_room(&"e\u{301}".repeat(50)).await;
+        assert_eq!(room["title"], "\u{E9}".repeat(50));
+    }
+);
+
+memory_only_with!(post_room_needs_application_json_else_415, |_| {}, |app| {
+    let json_body = json!({"title": "cross-site"}).to_string();
+    let refused: [(Option<&str>, &str); 7] = [
+        (None, json_body.as_str()),
+        (Some("text/plain"), json_body.as_str()),
+        (Some("text/plain;charset=UTF-8"), json_body.as_str()),
+        (
+            Some("application/x-www-form-urlencoded"),
+            "title=cross-site",
+        ),
+        (
+            Some("multipart/form-data; boundary=XyZ"),
+            "--XyZ\r\ncontent-disposition: form-data; name=\"title\"\r\n\r\n\
+                 cross-site\r\n--XyZ--\r\n",
+        ),
+        (Some("application/xml"), json_body.as_str()),
+        (Some("application/jsonp"), json_body.as_str()),
+    ];
+    for (content_type, body) in refused {
+        let (status, reply) = app.post_typed("/api/rooms", content_type, body).await;
+        assert_eq!(status, 415, "{content_type:?}: {reply}");
+        assert_error_envelope(&reply, "unsupported_media_type");
+    }
+    let (_, list) = app.get("/api/rooms").await;
+    assert_eq!(list, json!([]), "no room was created by a refused type");
+
+    // application/json, with or without parameters, in any case.
+    for content_type in [
+        "application/json",
+        "application/json; charset=utf-8",
+        "Application/JSON;charset=UTF-8",
+    ] {
+        let (status, room) = app
+            .post_typed("/api/rooms", Some(content_type), json_body.as_str())
+            .await;
+        assert_eq!(status, 201, "{content_type}: {room}");
+        assert_eq!(room["title"], "cross-site");
+    }
+    let (_, list) = app.get("/api/rooms").await;
+    assert_eq!(ids(&list).len(), 3);
+
+    // The type is checked before the body: a bad JSON body of the wrong
+    // type is 415, not 400.
+    let (status, reply) = app.post_typed("/api/rooms", Some("text/plain"), "{").await;
+    assert_eq!(status, 415, "{reply}");
+    assert_error_envelope(&reply, "unsupported_media_type");
+});
+
 memory_only_with!(
     post_body_over_64_kib_is_413_payload_too_large,
     |_| {},

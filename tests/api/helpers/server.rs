@@ -194,7 +194,7 @@ impl TestApp {
         read_json(res).await
     }
 
-    /// POST a raw body to `path`.
+    /// POST a raw body to `path` as `application/json`.
     pub async fn post_raw(&self, path: &str, body: impl Into<Vec<u8>>) -> (u16, Value) {
         self.request("POST", path, Some(body.into())).await
     }
@@ -251,6 +251,25 @@ impl TestApp {
             None => req.send().await,
         };
         read_json(sent.unwrap_or_else(|e| panic!("{method} {path}: {e}"))).await
+    }
+
+    /// POST `body` to `path` with the given `Content-Type` header, or with
+    /// none; status and JSON body.
+    pub async fn post_typed(
+        &self,
+        path: &str,
+        content_type: Option<&str>,
+        body: impl Into<Vec<u8>>,
+    ) -> (u16, Value) {
+        let mut req = self.http.post(format!("{}{path}", self.base));
+        if let Some(ct) = content_type {
+            req = req.insert_header(("content-type", ct));
+        }
+        let res = req
+            .send_body(body.into())
+            .await
+            .unwrap_or_else(|e| panic!("POST {path} ({content_type:?}): {e}"));
+        read_json(res).await
     }
 
     /// GET `path` as text: status, content type and body.

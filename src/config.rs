@@ -101,14 +101,40 @@ pub struct Settings {
     pub allowed_origins: AllowedOrigins,
 }
 
-/// A variable that is set but cannot be parsed.
-#[derive(Debug, thiserror::Error)]
-#[error("environment variable {name}={value:?}: {why}")]
+/// A setting that cannot be used: the variable, the value it was given and
+/// what it accepts. Displayed as one line, `NAME=value: must be ...`, with
+/// any password in a URL replaced by `***`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{name}={value}: {accepted}")]
 pub struct ConfigError {
-    name: String,
-    value: String,
-    why: String,
+    /// The environment variable.
+    pub name: &'static str,
+    /// Its value as given (passwords masked, control characters escaped).
+    pub value: String,
+    /// What the variable accepts, starting with "must".
+    pub accepted: String,
 }
+
+impl ConfigError {
+    fn new(name: &'static str, value: &str, accepted: impl Into<String>) -> Self {
+        ConfigError {
+            name,
+            value: printable(&mask_password(value)),
+            accepted: accepted.into(),
+        }
+    }
+}
+
+/// The longest duration any setting accepts: a year. Longer ones would
+/// overflow the timers' arithmetic (`Instant + Duration`) and mean nothing.
+pub const MAX_SECS: u64 = 365 * 24 * 3600;
+/// Widest title and nickname the MySQL columns (`VARCHAR(255)`) hold.
+pub const MYSQL_MAX_NAME_CHARS: usize = 255;
+/// Longest message the MySQL column (`TEXT`, 65,535 bytes) holds at 4 bytes
+/// a character.
+pub const MYSQL_MAX_CONTENT_CHARS: usize = 16_383;
+/// Most threads `WORKERS` or `ROOM_THREADS` may ask for.
+pub const MAX_THREADS: usize = 1024;
 
 impl Settings {
     /// Reads the process environment.
@@ -117,75 +143,116 @@ impl Settings {
     }
 
     /// Reads settings through `lookup`, so tests can supply their own map.
+    /// Every variable is checked (one line each below); the first one that
+    /// is set to something unusable is the error.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let env = Env(&lookup);
         let defaults = TextLimits::default();
-        Ok(Settings {
-            host: env.string("HOST").unwrap_or_else(|| "127.0.0.1".into()),
-            port: env.parse("PORT", 3000)?,
-            mysql_url: env.string("MYSQL_URL"),
-            redis_url: env.string("REDIS_URL"),
-            instance_id: env
-                .string("INSTANCE_ID")
-                .unwrap_or_else(generate_instance_id),
-            empty_room_grace: Duration::from_secs_f64(env.parse("EMPTY_ROOM_GRACE_SECS", 60.0)?),
+        let mysql_url = env.mysql_url("MYSQL_URL")?;
+        // The MySQL columns bound the text limits; memory has no columns.
+        let (max_name, max_content) = match mysql_url {
+            Some(_) => (MYSQL_MAX_NAME_CHARS, MYSQL_MAX_CONTENT_CHARS),
+            None => (usize::MAX, usize::MAX),
+        };
+        let settings = Settings {
+            host: env.text("HOST", "127.0.0.1", usize::MAX)?,
+            port: env.port("PORT", 3000)?,
+            redis_url: env.redis_url("REDIS_URL")?,
+            mysql_url,
+            instance_id: match env.value("INSTANCE_ID") {
+                Some(_) => env.text("INSTANCE_ID", "", 255)?,
+                None => generate_instance_id(),
+            },
+            empty_room_grace: env.secs("EMPTY_ROOM_GRACE_SECS", 60)?,
             limits: TextLimits {
-                title: env.parse("MAX_TITLE_CHARS", defaults.title)?,
-                nickname: env.parse("MAX_NICKNAME_CHARS", defaults.nickname)?,
-                content: env.parse("MAX_CONTENT_CHARS", defaults.content)?,
+                title: env.count("MAX_TITLE_CHARS", defaults.title, 1, max_name)?,
+                nickname: env.count("MAX_NICKNAME_CHARS", defaults.nickname, 1, max_name)?,
+                content: env.count("MAX_CONTENT_CHARS", defaults.content, 1, max_content)?,
             },
-            max_frame_bytes: env.parse("MAX_FRAME_BYTES", 64 * 1024)?,
-            max_body_bytes: env.parse("MAX_BODY_BYTES", 64 * 1024)?,
-            history_on_join: env.parse("HISTORY_ON_JOIN", 50)?,
-            messages_page_max: env.parse("MESSAGES_PAGE_MAX", 500)?,
-            memory_history_limit: env.parse("MEMORY_HISTORY_LIMIT", 10_000)?,
-            heartbeat_interval: Duration::from_secs_f64(
-                env.parse("HEARTBEAT_INTERVAL_SECS", 10.0)?,
-            ),
-            client_timeout: Duration::from_secs_f64(env.parse("CLIENT_TIMEOUT_SECS", 30.0)?),
-            ws_rate_per_sec: env.parse("WS_RATE_PER_SEC", 200.0)?,
-            ws_rate_burst: env.parse("WS_RATE_BURST", 400.0)?,
-            ws_rate_violations: env.parse("WS_RATE_VIOLATIONS", 50.0)?,
-            ws_join_rate_per_sec: env.parse("WS_JOIN_RATE_PER_SEC", 2.0)?,
-            ws_join_burst: env.parse("WS_JOIN_BURST", 10.0)?,
-            room_create_rate_per_sec: env.parse("ROOM_CREATE_RATE_PER_SEC", 10.0)?,
-            room_create_burst: env.parse("ROOM_CREATE_BURST", 1000.0)?,
-            room_queue_max_messages: env.parse("ROOM_QUEUE_MAX_MESSAGES", 2048)?,
-            room_queue_max_bytes: env.parse("ROOM_QUEUE_MAX_BYTES", 4 * 1024 * 1024)?,
-            session_queue_capacity: env.parse("SESSION_QUEUE_CAPACITY", 1024)?,
-            session_buffer_bytes: env.parse("SESSION_BUFFER_BYTES", 512 * 1024)?,
-            store_timeout: Duration::from_millis(env.parse("STORE_TIMEOUT_MS", 5000)?),
-            static_dir: env.string("STATIC_DIR").unwrap_or_else(|| "static".into()),
-            templates_dir: env
-                .string("TEMPLATES_DIR")
-                .unwrap_or_else(|| "templates".into()),
-            workers: env.optional("WORKERS")?,
-            room_threads: env.optional("ROOM_THREADS")?,
-            trust_forwarded_for: env.parse("TRUST_FORWARDED_FOR", false)?,
-            trusted_proxies: match env.string("TRUSTED_PROXIES") {
+            max_frame_bytes: env.count("MAX_FRAME_BYTES", 64 * 1024, 1, usize::MAX)?,
+            max_body_bytes: env.count("MAX_BODY_BYTES", 64 * 1024, 1, usize::MAX)?,
+            // 0 is meaningful: no history in `joined`.
+            history_on_join: env.count("HISTORY_ON_JOIN", 50, 0, usize::MAX)?,
+            messages_page_max: env.count("MESSAGES_PAGE_MAX", 500, 1, usize::MAX)?,
+            memory_history_limit: env.count("MEMORY_HISTORY_LIMIT", 10_000, 1, usize::MAX)?,
+            heartbeat_interval: env.secs("HEARTBEAT_INTERVAL_SECS", 10)?,
+            client_timeout: env.secs("CLIENT_TIMEOUT_SECS", 30)?,
+            ws_rate_per_sec: env.rate("WS_RATE_PER_SEC", 200.0)?,
+            ws_rate_burst: env.burst("WS_RATE_BURST", 400.0)?,
+            ws_rate_violations: env.burst("WS_RATE_VIOLATIONS", 50.0)?,
+            ws_join_rate_per_sec: env.rate("WS_JOIN_RATE_PER_SEC", 2.0)?,
+            ws_join_burst: env.burst("WS_JOIN_BURST", 10.0)?,
+            room_create_rate_per_sec: env.rate("ROOM_CREATE_RATE_PER_SEC", 10.0)?,
+            room_create_burst: env.burst("ROOM_CREATE_BURST", 1000.0)?,
+            room_queue_max_messages: env.count("ROOM_QUEUE_MAX_MESSAGES", 2048, 1, usize::MAX)?,
+            room_queue_max_bytes: env.count("ROOM_QUEUE_MAX_BYTES", 4 << 20, 1, usize::MAX)?,
+            session_queue_capacity: env.count("SESSION_QUEUE_CAPACITY", 1024, 1, usize::MAX)?,
+            session_buffer_bytes: env.count("SESSION_BUFFER_BYTES", 512 * 1024, 1, usize::MAX)?,
+            store_timeout: env.millis("STORE_TIMEOUT_MS", 5000)?,
+            static_dir: env.text("STATIC_DIR", "static", usize::MAX)?,
+            templates_dir: env.text("TEMPLATES_DIR", "templates", usize::MAX)?,
+            workers: env.threads("WORKERS")?,
+            room_threads: env.threads("ROOM_THREADS")?,
+            trust_forwarded_for: env.flag("TRUST_FORWARDED_FOR", false)?,
+            trusted_proxies: match env.value("TRUSTED_PROXIES") {
                 None => TrustedProxies::loopback(),
-                Some(list) => TrustedProxies::parse(&list).map_err(|why| ConfigError {
-                    name: "TRUSTED_PROXIES".into(),
-                    value: list,
-                    why: format!(
-                        "{why}; expected a comma-separated list of addresses and networks"
-                    ),
+                Some(list) => TrustedProxies::parse(&list).map_err(|why| {
+                    let accepted = format!(
+                        "must be a comma-separated list of IP addresses and networks ({why})"
+                    );
+                    ConfigError::new("TRUSTED_PROXIES", &list, accepted)
                 })?,
             },
-            allowed_origins: match env.string("ALLOWED_ORIGINS") {
+            allowed_origins: match env.value("ALLOWED_ORIGINS") {
                 None => AllowedOrigins::SameHost,
-                Some(value) => AllowedOrigins::parse(&value).map_err(|why| ConfigError {
-                    name: "ALLOWED_ORIGINS".into(),
-                    value,
-                    why,
+                Some(value) => AllowedOrigins::parse(&value).map_err(|why| {
+                    let accepted =
+                        format!("must be * or a comma-separated list of origins ({why})");
+                    ConfigError::new("ALLOWED_ORIGINS", &value, accepted)
                 })?,
             },
-            redis_prefix: env.string("REDIS_PREFIX").unwrap_or_else(|| "chat".into()),
-            liveness_ttl: Duration::from_secs_f64(env.parse("LIVENESS_TTL_SECS", 5.0)?),
-            liveness_refresh: Duration::from_millis(env.parse("LIVENESS_REFRESH_MS", 1000)?),
-            reap_interval: Duration::from_millis(env.parse("REAP_INTERVAL_MS", 2000)?),
-            gap_timeout: Duration::from_millis(env.parse("GAP_TIMEOUT_MS", 300)?),
-        })
+            redis_prefix: env.text("REDIS_PREFIX", "chat", usize::MAX)?,
+            liveness_ttl: env.secs("LIVENESS_TTL_SECS", 5)?,
+            liveness_refresh: env.millis("LIVENESS_REFRESH_MS", 1000)?,
+            reap_interval: env.millis("REAP_INTERVAL_MS", 2000)?,
+            gap_timeout: env.millis("GAP_TIMEOUT_MS", 300)?,
+        };
+        settings.check_together()?;
+        Ok(settings)
+    }
+
+    /// Rules between variables: each is reported on the second variable.
+    fn check_together(&self) -> Result<(), ConfigError> {
+        if self.client_timeout <= self.heartbeat_interval {
+            // Idle clients only answer pings: they would all be dropped.
+            return Err(ConfigError::new(
+                "CLIENT_TIMEOUT_SECS",
+                &self.client_timeout.as_secs().to_string(),
+                format!(
+                    "must be more than HEARTBEAT_INTERVAL_SECS ({})",
+                    self.heartbeat_interval.as_secs()
+                ),
+            ));
+        }
+        if self.liveness_refresh >= self.liveness_ttl {
+            // Every instance's key would expire between two renewals.
+            return Err(ConfigError::new(
+                "LIVENESS_REFRESH_MS",
+                &self.liveness_refresh.as_millis().to_string(),
+                format!(
+                    "must be less than LIVENESS_TTL_SECS ({} s)",
+                    self.liveness_ttl.as_secs()
+                ),
+            ));
+        }
+        if let (Some(redis), None) = (&self.redis_url, &self.mysql_url) {
+            return Err(ConfigError::new(
+                "REDIS_URL",
+                redis,
+                "needs MYSQL_URL too: the processes of a cluster must share one store",
+            ));
+        }
+        Ok(())
     }
 
     /// Settings for tests: an ephemeral port and defaults otherwise.
@@ -197,37 +264,231 @@ impl Settings {
     }
 }
 
+/// Reads and checks variables, one helper per kind of value. A variable
+/// that is unset or blank takes its default.
 struct Env<'a, F: Fn(&str) -> Option<String>>(&'a F);
 
 impl<F: Fn(&str) -> Option<String>> Env<'_, F> {
-    fn string(&self, name: &str) -> Option<String> {
-        (self.0)(name).filter(|v| !v.trim().is_empty())
+    /// The trimmed value, if set and not blank.
+    fn value(&self, name: &str) -> Option<String> {
+        (self.0)(name)
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
     }
 
-    fn optional<T: std::str::FromStr>(&self, name: &str) -> Result<Option<T>, ConfigError>
-    where
-        T::Err: std::fmt::Display,
-    {
-        match self.string(name) {
+    /// `value`, or the error `accepted` if `parse` refuses it.
+    fn checked<T>(
+        &self,
+        name: &'static str,
+        accepted: &str,
+        parse: impl FnOnce(&str) -> Option<T>,
+    ) -> Result<Option<T>, ConfigError> {
+        match self.value(name) {
             None => Ok(None),
-            Some(value) => value
-                .trim()
-                .parse()
+            Some(v) => parse(&v)
                 .map(Some)
-                .map_err(|e: T::Err| ConfigError {
-                    name: name.into(),
-                    value,
-                    why: e.to_string(),
-                }),
+                .ok_or_else(|| ConfigError::new(name, &v, accepted)),
         }
     }
 
-    fn parse<T: std::str::FromStr>(&self, name: &str, default: T) -> Result<T, ConfigError>
-    where
-        T::Err: std::fmt::Display,
-    {
-        Ok(self.optional(name)?.unwrap_or(default))
+    /// Free text of at most `max_chars` characters, without control
+    /// characters.
+    fn text(
+        &self,
+        name: &'static str,
+        default: &str,
+        max_chars: usize,
+    ) -> Result<String, ConfigError> {
+        let accepted = match max_chars {
+            usize::MAX => "must be text without control characters".to_owned(),
+            max => format!("must be at most {max} characters, without control characters"),
+        };
+        let ok = |v: &str| {
+            (v.chars().count() <= max_chars && !v.chars().any(char::is_control))
+                .then(|| v.to_owned())
+        };
+        Ok(self
+            .checked(name, &accepted, ok)?
+            .unwrap_or_else(|| default.to_owned()))
     }
+
+    /// A whole number from `min` to `max`.
+    fn count(
+        &self,
+        name: &'static str,
+        default: usize,
+        min: usize,
+        max: usize,
+    ) -> Result<usize, ConfigError> {
+        let accepted = format!("must be a whole number {}", range(min, max));
+        let ok = |v: &str| v.parse().ok().filter(|n| (min..=max).contains(n));
+        Ok(self.checked(name, &accepted, ok)?.unwrap_or(default))
+    }
+
+    /// A number of threads; unset means one per CPU.
+    fn threads(&self, name: &'static str) -> Result<Option<usize>, ConfigError> {
+        let accepted = format!("must be a whole number {}", range(1, MAX_THREADS));
+        self.checked(name, &accepted, |v| {
+            v.parse().ok().filter(|n| (1..=MAX_THREADS).contains(n))
+        })
+    }
+
+    /// A TCP port; 0 lets the system pick one.
+    fn port(&self, name: &'static str, default: u16) -> Result<u16, ConfigError> {
+        let accepted = "must be a port number from 0 to 65535 (0 = any free port)";
+        Ok(self
+            .checked(name, accepted, |v| v.parse().ok())?
+            .unwrap_or(default))
+    }
+
+    /// A duration in whole seconds, at least one.
+    fn secs(&self, name: &'static str, default: u64) -> Result<Duration, ConfigError> {
+        let accepted = format!("must be a whole number of seconds {}", range(1, MAX_SECS));
+        let ok = |v: &str| v.parse().ok().filter(|n| (1..=MAX_SECS).contains(n));
+        Ok(Duration::from_secs(
+            self.checked(name, &accepted, ok)?.unwrap_or(default),
+        ))
+    }
+
+    /// A duration in whole milliseconds, at least one.
+    fn millis(&self, name: &'static str, default: u64) -> Result<Duration, ConfigError> {
+        let max = MAX_SECS * 1000;
+        let accepted = format!("must be a whole number of milliseconds {}", range(1, max));
+        let ok = |v: &str| v.parse().ok().filter(|n| (1..=max).contains(n));
+        Ok(Duration::from_millis(
+            self.checked(name, &accepted, ok)?.unwrap_or(default),
+        ))
+    }
+
+    /// A rate per second: a finite number above zero.
+    fn rate(&self, name: &'static str, default: f64) -> Result<f64, ConfigError> {
+        let ok = |v: &str| v.parse().ok().filter(|r: &f64| r.is_finite() && *r > 0.0);
+        Ok(self
+            .checked(name, "must be a finite number > 0", ok)?
+            .unwrap_or(default))
+    }
+
+    /// A burst: a finite number of at least one (one frame or room).
+    fn burst(&self, name: &'static str, default: f64) -> Result<f64, ConfigError> {
+        let ok = |v: &str| v.parse().ok().filter(|b: &f64| b.is_finite() && *b >= 1.0);
+        Ok(self
+            .checked(name, "must be a finite number >= 1", ok)?
+            .unwrap_or(default))
+    }
+
+    /// `true`/`false` (also `1`/`0`, `yes`/`no`, any case).
+    fn flag(&self, name: &'static str, default: bool) -> Result<bool, ConfigError> {
+        let ok = |v: &str| match v.to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" => Some(true),
+            "false" | "0" | "no" => Some(false),
+            _ => None,
+        };
+        Ok(self
+            .checked(name, "must be true or false", ok)?
+            .unwrap_or(default))
+    }
+
+    /// A `mysql://` URL naming a database, whose options the driver accepts.
+    fn mysql_url(&self, name: &'static str) -> Result<Option<String>, ConfigError> {
+        let Some(url) = self.value(name) else {
+            return Ok(None);
+        };
+        let fail = |why: String| {
+            Err(ConfigError::new(
+                name,
+                &url,
+                format!("must be mysql://user:password@host:port/database[?options]: {why}"),
+            ))
+        };
+        if !url.starts_with("mysql://") {
+            return fail("the scheme is not mysql://".into());
+        }
+        match mysql_async::Opts::from_url(&url) {
+            Err(e) => fail(e.to_string()),
+            Ok(opts) if opts.db_name().is_none_or(str::is_empty) => fail("no database name".into()),
+            Ok(_) => Ok(Some(url)),
+        }
+    }
+
+    /// A `redis://` (or `rediss://`) URL the client accepts.
+    fn redis_url(&self, name: &'static str) -> Result<Option<String>, ConfigError> {
+        use deadpool_redis::redis::IntoConnectionInfo;
+        let Some(url) = self.value(name) else {
+            return Ok(None);
+        };
+        let fail = |why: String| {
+            Err(ConfigError::new(
+                name,
+                &url,
+                format!("must be redis://[:password@]host[:port][/db]: {why}"),
+            ))
+        };
+        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+            return fail("the scheme is not redis:// or rediss://".into());
+        }
+        match url.as_str().into_connection_info() {
+            Err(e) => fail(e.to_string()),
+            Ok(_) => Ok(Some(url)),
+        }
+    }
+}
+
+/// `from 1 to 10`, or `>= 1` when there is no upper bound.
+fn range<N: PartialEq + std::fmt::Display + Bounded>(min: N, max: N) -> String {
+    if max == N::MAX {
+        format!(">= {min}")
+    } else {
+        format!("from {min} to {max}")
+    }
+}
+
+/// Integer types with a largest value (`range` says nothing about it).
+trait Bounded {
+    const MAX: Self;
+}
+
+impl Bounded for usize {
+    const MAX: Self = usize::MAX;
+}
+
+impl Bounded for u64 {
+    const MAX: Self = u64::MAX;
+}
+
+/// `scheme://user:***@host...`: a URL's password masked, for messages.
+fn mask_password(value: &str) -> String {
+    let Some(scheme_end) = value.find("://").map(|i| i + 3) else {
+        return value.to_owned();
+    };
+    let rest = &value[scheme_end..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return value.to_owned();
+    };
+    match rest[..at].find(':') {
+        Some(colon) => format!(
+            "{}{}:***{}",
+            &value[..scheme_end],
+            &rest[..colon],
+            &rest[at..]
+        ),
+        None => value.to_owned(),
+    }
+}
+
+/// Control characters (newlines...) escaped, so an error stays one line.
+fn printable(value: &str) -> String {
+    value
+        .chars()
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .collect()
 }
 
 /// A name that is unique enough across a cluster's lifetime: host-ish
@@ -244,6 +505,31 @@ fn generate_instance_id() -> String {
 mod tests {
     use super::*;
     use std::collections::HashMap;
+
+    /// Settings from `vars` only.
+    fn load(vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let vars: HashMap<&str, &str> = vars.iter().copied().collect();
+        Settings::from_lookup(|k| vars.get(k).map(|v| v.to_string()))
+    }
+
+    /// The error for `name=value` alone; panics if it is accepted or the
+    /// error names another variable.
+    fn refused(name: &str, value: &str) -> ConfigError {
+        let err = match load(&[(name, value)]) {
+            Ok(_) => panic!("{name}={value:?} was accepted"),
+            Err(e) => e,
+        };
+        assert_eq!(err.name, name, "{err}");
+        let line = err.to_string();
+        assert!(!line.contains('\n'), "{line:?}");
+        assert!(line.starts_with(&format!("{name}=")), "{line}");
+        assert!(err.accepted.starts_with("must"), "{line}");
+        err
+    }
+
+    fn accepted(vars: &[(&str, &str)]) -> Settings {
+        load(vars).unwrap_or_else(|e| panic!("{vars:?} refused: {e}"))
+    }
 
     #[test]
     fn defaults_match_the_protocol() {
@@ -282,19 +568,247 @@ mod tests {
 
     #[test]
     fn variables_override_defaults_and_bad_values_are_reported() {
-        let vars: HashMap<&str, &str> = [
+        let s = accepted(&[
             ("PORT", "8080"),
             ("MAX_TITLE_CHARS", "10"),
-            ("INSTANCE_ID", "a"),
-        ]
-        .into_iter()
-        .collect();
-        let s = Settings::from_lookup(|k| vars.get(k).map(|v| v.to_string())).unwrap();
+            ("INSTANCE_ID", " a "),
+            ("HOST", ""),
+        ]);
         assert_eq!(s.port, 8080);
         assert_eq!(s.limits.title, 10);
         assert_eq!(s.instance_id, "a");
-        let err =
-            Settings::from_lookup(|k| (k == "PORT").then(|| "eighty".to_string())).unwrap_err();
-        assert!(err.to_string().contains("PORT"));
+        assert_eq!(s.host, "127.0.0.1", "blank means unset");
+        assert_eq!(
+            refused("PORT", "eighty").to_string(),
+            "PORT=eighty: must be a port number from 0 to 65535 (0 = any free port)"
+        );
+    }
+
+    #[test]
+    fn durations_in_seconds_are_whole_and_positive() {
+        assert_eq!(
+            refused("HEARTBEAT_INTERVAL_SECS", "0").to_string(),
+            "HEARTBEAT_INTERVAL_SECS=0: must be a whole number of seconds from 1 to 31536000"
+        );
+        for name in [
+            "HEARTBEAT_INTERVAL_SECS",
+            "CLIENT_TIMEOUT_SECS",
+            "EMPTY_ROOM_GRACE_SECS",
+            "LIVENESS_TTL_SECS",
+        ] {
+            for bad in ["0", "-1", "NaN", "inf", "1.5", "ten", "31536001", "1e400"] {
+                refused(name, bad);
+            }
+        }
+        let s = accepted(&[
+            ("EMPTY_ROOM_GRACE_SECS", "1"),
+            ("CLIENT_TIMEOUT_SECS", "31536000"),
+        ]);
+        assert_eq!(s.empty_room_grace, Duration::from_secs(1));
+        assert_eq!(s.client_timeout, Duration::from_secs(MAX_SECS));
+    }
+
+    #[test]
+    fn durations_in_milliseconds_are_whole_and_positive() {
+        for name in [
+            "STORE_TIMEOUT_MS",
+            "LIVENESS_REFRESH_MS",
+            "REAP_INTERVAL_MS",
+            "GAP_TIMEOUT_MS",
+        ] {
+            for bad in ["0", "-5", "NaN", "0.5", "18446744073709551615"] {
+                refused(name, bad);
+            }
+        }
+        assert_eq!(
+            accepted(&[("GAP_TIMEOUT_MS", "1")]).gap_timeout,
+            Duration::from_millis(1)
+        );
+    }
+
+    #[test]
+    fn counts_have_their_lower_bound() {
+        for name in [
+            "MAX_TITLE_CHARS",
+            "MAX_NICKNAME_CHARS",
+            "MAX_CONTENT_CHARS",
+            "MAX_FRAME_BYTES",
+            "MAX_BODY_BYTES",
+            "MESSAGES_PAGE_MAX",
+            "MEMORY_HISTORY_LIMIT",
+            "SESSION_QUEUE_CAPACITY",
+            "SESSION_BUFFER_BYTES",
+        ] {
+            let e = refused(name, "0");
+            assert_eq!(e.accepted, "must be a whole number >= 1", "{e}");
+            for bad in ["-1", "1.0", "many", "99999999999999999999999"] {
+                refused(name, bad);
+            }
+        }
+        refused("HISTORY_ON_JOIN", "-1");
+        assert_eq!(accepted(&[("HISTORY_ON_JOIN", "0")]).history_on_join, 0);
+    }
+
+    #[test]
+    fn mysql_columns_bound_the_text_limits() {
+        let url = ("MYSQL_URL", "mysql://u@h/db");
+        assert_eq!(
+            accepted(&[url, ("MAX_TITLE_CHARS", "255")]).limits.title,
+            255
+        );
+        assert_eq!(accepted(&[("MAX_TITLE_CHARS", "256")]).limits.title, 256);
+        let e = load(&[url, ("MAX_NICKNAME_CHARS", "256")]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "MAX_NICKNAME_CHARS=256: must be a whole number from 1 to 255"
+        );
+        let e = load(&[url, ("MAX_CONTENT_CHARS", "16384")]).unwrap_err();
+        assert_eq!(e.name, "MAX_CONTENT_CHARS");
+    }
+
+    #[test]
+    fn thread_counts_are_at_least_one() {
+        for name in ["WORKERS", "ROOM_THREADS"] {
+            assert_eq!(
+                refused(name, "0").to_string(),
+                format!("{name}=0: must be a whole number from 1 to 1024")
+            );
+            refused(name, "1025");
+            refused(name, "-2");
+        }
+        let s = accepted(&[("WORKERS", "3")]);
+        assert_eq!((s.workers, s.room_threads), (Some(3), None));
+    }
+
+    #[test]
+    fn rates_and_bursts_are_finite_and_positive() {
+        for name in ["WS_RATE_PER_SEC", "ROOM_CREATE_RATE_PER_SEC"] {
+            for bad in ["NaN", "nan", "inf", "-inf", "0", "-1", "1e999", "fast"] {
+                assert_eq!(refused(name, bad).accepted, "must be a finite number > 0");
+            }
+        }
+        for name in ["WS_RATE_BURST", "ROOM_CREATE_BURST"] {
+            for bad in ["NaN", "inf", "0", "0.5", "-1"] {
+                assert_eq!(refused(name, bad).accepted, "must be a finite number >= 1");
+            }
+        }
+        let s = accepted(&[("WS_RATE_PER_SEC", "0.5"), ("WS_RATE_BURST", "1")]);
+        assert_eq!((s.ws_rate_per_sec, s.ws_rate_burst), (0.5, 1.0));
+    }
+
+    #[test]
+    fn ports_are_in_range() {
+        for bad in ["70000", "-1", "65536", "http"] {
+            refused("PORT", bad);
+        }
+        assert_eq!(accepted(&[("PORT", "0")]).port, 0);
+        assert_eq!(accepted(&[("PORT", "65535")]).port, 65535);
+    }
+
+    #[test]
+    fn flags_are_true_or_false() {
+        assert!(accepted(&[("TRUST_FORWARDED_FOR", "TRUE")]).trust_forwarded_for);
+        assert!(!accepted(&[("TRUST_FORWARDED_FOR", "0")]).trust_forwarded_for);
+        assert_eq!(
+            refused("TRUST_FORWARDED_FOR", "maybe").accepted,
+            "must be true or false"
+        );
+    }
+
+    #[test]
+    fn texts_have_no_control_characters_and_fit_their_column() {
+        refused("INSTANCE_ID", &"x".repeat(256));
+        let e = refused("REDIS_PREFIX", "a\nb");
+        assert_eq!(e.value, "a\\nb", "escaped, so the error stays one line");
+        assert_eq!(
+            accepted(&[("INSTANCE_ID", &"x".repeat(255))])
+                .instance_id
+                .len(),
+            255
+        );
+    }
+
+    #[test]
+    fn mysql_urls_name_a_database_and_parse() {
+        let ok = accepted(&[("MYSQL_URL", "mysql://u:p@127.0.0.1:3306/chat?pool_max=50")]);
+        assert_eq!(
+            ok.mysql_url.as_deref(),
+            Some("mysql://u:p@127.0.0.1:3306/chat?pool_max=50")
+        );
+        for (bad, why) in [
+            ("redis://127.0.0.1:6379/chat", "the scheme is not mysql://"),
+            ("127.0.0.1:3306/chat", "the scheme is not mysql://"),
+            ("mysql://root@127.0.0.1:3306", "no database name"),
+            ("mysql://root@127.0.0.1:3306/", "no database name"),
+            (
+                "mysql://root@127.0.0.1/chat?pool_min=20&pool_max=5",
+                "pool_min (20) > pool_max (5)",
+            ),
+            ("mysql://root@127.0.0.1/chat?pool_max=many", "pool_max"),
+            // The driver's pool_min defaults to 10.
+            (
+                "mysql://root@127.0.0.1/chat?pool_max=5",
+                "pool_min (10) > pool_max (5)",
+            ),
+            (
+                "mysql://root@127.0.0.1/chat?no_such_option=1",
+                "no_such_option",
+            ),
+            ("mysql://root@[::1/chat", "URL parse error"),
+        ] {
+            let e = refused("MYSQL_URL", bad);
+            assert!(e.accepted.starts_with("must be mysql://"), "{e}");
+            assert!(e.accepted.contains(why), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn passwords_never_reach_the_message() {
+        let e = refused("MYSQL_URL", "redis://admin:s3cret@db:3306/chat");
+        assert_eq!(e.value, "redis://admin:***@db:3306/chat");
+        assert!(!e.to_string().contains("s3cret"), "{e}");
+        let e = refused("REDIS_URL", "http://:s3cret@cache:6379");
+        assert!(!e.to_string().contains("s3cret"), "{e}");
+        assert_eq!(mask_password("mysql://u@h/db"), "mysql://u@h/db");
+        assert_eq!(
+            mask_password("mysql://u:p@h/db?x=a@b"),
+            "mysql://u:***@h/db?x=a@b"
+        );
+        assert_eq!(mask_password("plain"), "plain");
+    }
+
+    #[test]
+    fn redis_urls_have_a_redis_scheme() {
+        let mysql = ("MYSQL_URL", "mysql://u@h/db");
+        let s = accepted(&[mysql, ("REDIS_URL", "redis://127.0.0.1:6379/2")]);
+        assert_eq!(s.redis_url.as_deref(), Some("redis://127.0.0.1:6379/2"));
+        for bad in [
+            "http://127.0.0.1:6379",
+            "127.0.0.1:6379",
+            "redis://127.0.0.1:6379/notadb",
+        ] {
+            let e = load(&[mysql, ("REDIS_URL", bad)]).unwrap_err();
+            assert_eq!(e.name, "REDIS_URL", "{e}");
+        }
+    }
+
+    #[test]
+    fn settings_that_contradict_each_other_are_refused() {
+        let e = load(&[
+            ("HEARTBEAT_INTERVAL_SECS", "30"),
+            ("CLIENT_TIMEOUT_SECS", "30"),
+        ])
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "CLIENT_TIMEOUT_SECS=30: must be more than HEARTBEAT_INTERVAL_SECS (30)"
+        );
+        let e = load(&[("LIVENESS_TTL_SECS", "1"), ("LIVENESS_REFRESH_MS", "1000")]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "LIVENESS_REFRESH_MS=1000: must be less than LIVENESS_TTL_SECS (1 s)"
+        );
+        let e = load(&[("REDIS_URL", "redis://127.0.0.1")]).unwrap_err();
+        assert_eq!(e.name, "REDIS_URL");
     }
 }

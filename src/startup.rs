@@ -25,7 +25,7 @@ use crate::config::Settings;
 use crate::error::Chain;
 use crate::http::state::HttpState;
 use crate::rate_limit::KeyedLimiter;
-use crate::store::{MemoryStore, MySqlStore, SharedStore, StoreError};
+use crate::store::{may_heal, MemoryStore, MySqlStore, SharedStore, StoreError};
 use crate::ws::TransportLimits;
 
 /// Why the server could not start.
@@ -291,9 +291,11 @@ fn session_limits(settings: &Settings) -> SessionLimits {
     }
 }
 
-/// Picks the store from the settings. MySQL is retried until it answers:
-/// an operator starting the chat before the database should see it come up
-/// by itself, not crash-loop.
+/// Picks the store from the settings. A MySQL that is down or not ready is
+/// retried until it answers: an operator starting the chat before the
+/// database should see it come up by itself, not crash-loop. A refusal that
+/// waiting cannot change (authentication, privileges, a bad URL or option,
+/// see [`may_heal`]) stops start-up at once with its cause.
 async fn connect_store(settings: &Settings) -> Result<SharedStore, StartupError> {
     let Some(url) = settings.mysql_url.as_deref() else {
         return Ok(Arc::new(MemoryStore::new(settings.memory_history_limit)));
@@ -302,6 +304,7 @@ async fn connect_store(settings: &Settings) -> Result<SharedStore, StartupError>
     loop {
         match MySqlStore::connect(url, settings.store_timeout).await {
             Ok(store) => return Ok(Arc::new(store)),
+            Err(e) if !may_heal(&e) => return Err(StartupError::Store(e)),
             Err(e) => {
                 log::warn!("MySQL not ready ({}); retrying in {backoff:?}", Chain(&e));
                 actix_web::rt::time::sleep(backoff).await;

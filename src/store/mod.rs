@@ -20,7 +20,7 @@ mod memory;
 mod mysql;
 
 pub use memory::MemoryStore;
-pub use mysql::MySqlStore;
+pub use mysql::{may_heal, sql_error_may_heal, MySqlStore};
 
 use std::error::Error;
 use std::sync::Arc;

@@ -50,8 +50,11 @@ use super::{
 };
 use crate::domain::{Member, Message, MessageSeq, Room, RoomId, RoomTitle, SocketId};
 
-/// The schema, applied at every start-up (each statement is idempotent).
+/// The schema, applied at start-up when one of its tables is missing (each
+/// statement is idempotent).
 const SCHEMA: &str = include_str!("../../../sql/schema.sql");
+/// The tables `SCHEMA` creates, in its order.
+const TABLES: [&str; 3] = ["chatRoom", "chatMember", "chatMsg"];
 
 /// `ER_BAD_DB_ERROR`: the database named in the URL does not exist.
 const ER_BAD_DB_ERROR: u16 = 1049;
@@ -114,27 +117,21 @@ pub struct MySqlStore {
 
 impl MySqlStore {
     /// Connects, creating the database named in `url` if it does not exist
-    /// and applying `sql/schema.sql`, so that a fresh server needs no manual
-    /// set-up. `op_timeout` bounds each step here and every later call.
+    /// and applying `sql/schema.sql` if one of its tables is missing, so
+    /// that a fresh server needs no manual set-up. When the tables exist no
+    /// DDL is run, so a user with only SELECT, INSERT, UPDATE and DELETE on
+    /// the database can run the server. `op_timeout` bounds each step here
+    /// and every later call.
     ///
     /// Errors are `StoreError::Unavailable` (bad URL, unreachable server,
-    /// missing privileges); the caller decides whether to retry.
+    /// missing privileges); [`may_heal`] tells whether retrying can help.
     pub async fn connect(url: &str, op_timeout: Duration) -> Result<MySqlStore, StoreError> {
         let opts = parse_url(url)?;
 
         // One dedicated connection prepares the database before the pool
         // exists, so the pool never holds connections to a missing database.
         let mut conn = bounded(op_timeout, "connecting", open_creating_db(&opts)).await?;
-        const SCHEMA_STEP: &str = "applying the schema";
-        let applied = bounded(op_timeout, SCHEMA_STEP, async {
-            for statement in schema_statements(SCHEMA) {
-                conn.query_drop(statement)
-                    .await
-                    .map_err(unavailable(SCHEMA_STEP))?;
-            }
-            Ok(())
-        })
-        .await;
+        let applied = bounded(op_timeout, SCHEMA_STEP, ensure_schema(&mut conn)).await;
         // A failed disconnect only leaks a connection the server will close.
         let _ = tokio::time::timeout(op_timeout, conn.disconnect()).await;
         applied?;
@@ -824,6 +821,68 @@ async fn open_creating_db(opts: &Opts) -> Result<Conn, StoreError> {
     }
 }
 
+const SCHEMA_STEP: &str = "applying the schema";
+
+/// Applies `SCHEMA` unless all its tables exist already (then no DDL runs,
+/// and no privilege beyond reading and writing rows is needed).
+async fn ensure_schema(conn: &mut Conn) -> Result<(), StoreError> {
+    const CHECKING: &str = "checking the schema";
+    let present: Vec<String> = conn
+        .query("SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE()")
+        .await
+        .map_err(unavailable(CHECKING))?;
+    let missing = missing_tables(&present);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let database: Option<String> = conn
+        .query_first("SELECT DATABASE()")
+        .await
+        .map_err(unavailable(CHECKING))?;
+    for statement in schema_statements(SCHEMA) {
+        if let Err(e) = conn.query_drop(statement).await {
+            return Err(match e {
+                SqlError::Server(ref s) if NO_PRIVILEGE.contains(&s.code) => {
+                    StoreError::unavailable(
+                        SCHEMA_STEP,
+                        SchemaNotApplied {
+                            database: database.unwrap_or_default(),
+                            missing,
+                            cause: e,
+                        },
+                    )
+                }
+                e => StoreError::unavailable(SCHEMA_STEP, e),
+            });
+        }
+    }
+    log::info!("created the missing tables {}", missing.join(", "));
+    Ok(())
+}
+
+/// The tables of `TABLES` not in `present` (compared without regard to
+/// case, as servers with `lower_case_table_names` store them lower-case).
+fn missing_tables(present: &[String]) -> Vec<&'static str> {
+    TABLES
+        .into_iter()
+        .filter(|t| !present.iter().any(|p| p.eq_ignore_ascii_case(t)))
+        .collect()
+}
+
+/// The schema is incomplete and this user may not complete it.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "database `{database}` lacks the tables {} and this user may not create them: \
+     have an administrator apply sql/schema.sql (mysql {database} < sql/schema.sql)",
+    .missing.join(", ")
+)]
+struct SchemaNotApplied {
+    database: String,
+    missing: Vec<&'static str>,
+    #[source]
+    cause: SqlError,
+}
+
 /// The statements of a schema file: whole-line `--` comments dropped, the
 /// rest split on `;`.
 fn schema_statements(schema: &str) -> Vec<String> {
@@ -954,6 +1013,63 @@ fn parse_url(url: &str) -> Result<Opts, StoreError> {
     Ok(opts)
 }
 
+/// Server errors meaning "this user may not do that": waiting will not
+/// change it. `ER_DBACCESS_DENIED_ERROR`, `ER_ACCESS_DENIED_ERROR`,
+/// `ER_TABLEACCESS_DENIED_ERROR`, `ER_COLUMNACCESS_DENIED_ERROR`,
+/// `ER_SPECIFIC_ACCESS_DENIED_ERROR`.
+const NO_PRIVILEGE: [u16; 5] = [1044, 1045, 1142, 1143, 1227];
+
+/// Server errors that go away by themselves: too many connections
+/// (`ER_CON_COUNT_ERROR` 1040, `ER_TOO_MANY_USER_CONNECTIONS` 1203,
+/// `ER_USER_LIMIT_REACHED` 1226), a server shutting down or starting
+/// (`ER_SERVER_SHUTDOWN` 1053), out of memory or resources (1037, 1041),
+/// network trouble (`ER_NET_*` 1158–1161, aborted connections 1152, 1184),
+/// a killed connection or query (1927, 1317, MySQL's 4031 idle timeout) and
+/// lock conflicts (1205, 1213).
+const TRANSIENT_SERVER_ERRORS: [u16; 17] = [
+    1037, 1040, 1041, 1053, 1152, 1158, 1159, 1160, 1161, 1184, 1203, 1205, 1213, 1226, 1317, 1927,
+    4031,
+];
+
+/// Whether a failure to connect (from [`MySqlStore::connect`]) may go away
+/// by waiting: the server is unreachable, not answering, starting, shutting
+/// down or out of connections. It cannot when the server refused something
+/// that only an administrator can change (authentication, privileges, a
+/// database that cannot be created, a schema this user cannot apply) or the
+/// URL is wrong. The first cause in the chain that says decides; an error
+/// of unknown kind does not heal, so start-up stops with it rather than
+/// retrying forever.
+pub fn may_heal(e: &StoreError) -> bool {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = match e {
+        StoreError::Unavailable { cause, .. } => Some(cause.as_ref()),
+        _ => None,
+    };
+    while let Some(cause) = next {
+        if let Some(sql) = cause.downcast_ref::<SqlError>() {
+            return sql_error_may_heal(sql);
+        }
+        if cause.is::<TimedOut>() {
+            return true;
+        }
+        if cause.is::<SchemaNotApplied>() || cause.is::<NoDatabaseInUrl>() {
+            return false;
+        }
+        next = cause.source();
+    }
+    false
+}
+
+/// [`may_heal`] for one driver error.
+pub fn sql_error_may_heal(e: &SqlError) -> bool {
+    match e {
+        // Refused, reset, unreachable, name not resolved (yet): all may
+        // change while we wait.
+        SqlError::Io(_) | SqlError::Driver(DriverError::ConnectionClosed) => true,
+        SqlError::Server(s) => TRANSIENT_SERVER_ERRORS.contains(&s.code),
+        SqlError::Driver(_) | SqlError::Url(_) | SqlError::Other(_) => false,
+    }
+}
+
 /// InnoDB rolled back (deadlock) or gave up on (lock wait timeout) this
 /// transaction's lock request; trying again is expected to succeed.
 fn is_lock_conflict(e: &SqlError) -> bool {
@@ -987,7 +1103,7 @@ mod tests {
     fn schema_splits_into_its_three_tables() {
         let statements = schema_statements(SCHEMA);
         assert_eq!(statements.len(), 3, "{statements:#?}");
-        for (s, table) in statements.iter().zip(["chatRoom", "chatMember", "chatMsg"]) {
+        for (s, table) in statements.iter().zip(TABLES) {
             assert!(
                 s.starts_with(&format!("CREATE TABLE IF NOT EXISTS {table} (")),
                 "{s}"
@@ -1044,6 +1160,88 @@ mod tests {
             Chain(&e).to_string(),
             "store unavailable: ping: no answer within 5 ms"
         );
+    }
+
+    #[test]
+    fn missing_tables_are_found_whatever_their_case() {
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(missing_tables(&[]), TABLES.to_vec());
+        assert!(missing_tables(&names(&["chatRoom", "chatMember", "chatMsg", "x"])).is_empty());
+        assert!(missing_tables(&names(&["chatroom", "CHATMEMBER", "chatmsg"])).is_empty());
+        assert_eq!(
+            missing_tables(&names(&["chatRoom", "chatMsg"])),
+            ["chatMember"]
+        );
+    }
+
+    fn server_error(code: u16) -> SqlError {
+        SqlError::Server(mysql_async::ServerError {
+            code,
+            message: format!("error {code}"),
+            state: "HY000".into(),
+        })
+    }
+
+    #[test]
+    fn waiting_helps_only_against_outages() {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let heal = [
+            StoreError::unavailable("connecting", SqlError::from(refused)),
+            unavailable("connecting")(SqlError::Driver(DriverError::ConnectionClosed)),
+            StoreError::unavailable(
+                "connecting",
+                TimedOut {
+                    after: Duration::from_secs(1),
+                },
+            ),
+            unavailable("connecting")(server_error(1040)), // too many connections
+            unavailable("connecting")(server_error(1053)), // shutting down
+        ];
+        for e in &heal {
+            assert!(may_heal(e), "{}", Chain(e));
+        }
+        let stop = [
+            unavailable("connecting")(server_error(1045)), // access denied
+            unavailable("connecting")(server_error(1044)), // no access to the database
+            unavailable("creating the database")(server_error(1044)),
+            unavailable("connecting")(server_error(1049)), // unknown database
+            unavailable("connecting")(server_error(1130)), // host not allowed
+            StoreError::unavailable(
+                SCHEMA_STEP,
+                SchemaNotApplied {
+                    database: "chat".into(),
+                    missing: vec!["chatMsg"],
+                    cause: server_error(1142),
+                },
+            ),
+            parse_url("mysql://root@127.0.0.1:3306").unwrap_err(),
+            parse_url("redis://127.0.0.1/chat").unwrap_err(),
+            parse_url("mysql://root@127.0.0.1/chat?pool_min=20&pool_max=5").unwrap_err(),
+            unavailable("connecting")(SqlError::Driver(DriverError::CleartextPluginDisabled)),
+            StoreError::RoomNotFound(RoomId::new(1)),
+        ];
+        for e in &stop {
+            assert!(!may_heal(e), "{}", Chain(e));
+        }
+    }
+
+    #[test]
+    fn a_schema_this_user_cannot_apply_says_what_to_run() {
+        let e = StoreError::unavailable(
+            SCHEMA_STEP,
+            SchemaNotApplied {
+                database: "chat".into(),
+                missing: vec!["chatRoom", "chatMsg"],
+                cause: server_error(1142),
+            },
+        );
+        let chain = Chain(&e).to_string();
+        assert!(chain.contains("sql/schema.sql"), "{chain}");
+        assert!(
+            chain.contains("database `chat` lacks the tables chatRoom, chatMsg and"),
+            "{chain}"
+        );
+        assert!(chain.contains("ERROR 1142"), "{chain}");
     }
 
     #[test]

@@ -1,7 +1,11 @@
 -- Chat server schema (MySQL 5.7+ / 8.x, MariaDB 10.3+).
 --
--- The server applies this file at start-up, statement by statement, so every
--- statement must be idempotent (CREATE ... IF NOT EXISTS). Rules for editing:
+-- The server applies this file at start-up when one of its tables is missing
+-- (with all of them present it runs no DDL, so a user with only SELECT,
+-- INSERT, UPDATE, DELETE can run it; an administrator may apply this file
+-- beforehand: mysql <database> < sql/schema.sql), statement by statement, so
+-- every statement must be idempotent (CREATE ... IF NOT EXISTS). A new table
+-- must also be added to TABLES in src/store/mysql/mod.rs. Rules for editing:
 -- comments only on whole lines starting with "--", and no ";" inside a
 -- statement, because the server splits the file on ";".
 --

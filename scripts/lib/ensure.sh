@@ -58,10 +58,11 @@ ensure_mariadb() {
     export TEST_MYSQL_URL="mysql://root@127.0.0.1:3306"
   else
     # Debian's root logs in over the socket only; make a TCP test user.
+    # GRANT OPTION: tests/startup creates a least-privilege user.
     as_root "$client" -e "CREATE USER IF NOT EXISTS 'chat_test'@'127.0.0.1' IDENTIFIED BY 'chat_test';
       CREATE USER IF NOT EXISTS 'chat_test'@'localhost' IDENTIFIED BY 'chat_test';
-      GRANT ALL PRIVILEGES ON *.* TO 'chat_test'@'127.0.0.1';
-      GRANT ALL PRIVILEGES ON *.* TO 'chat_test'@'localhost';" \
+      GRANT ALL PRIVILEGES ON *.* TO 'chat_test'@'127.0.0.1' WITH GRANT OPTION;
+      GRANT ALL PRIVILEGES ON *.* TO 'chat_test'@'localhost' WITH GRANT OPTION;" \
       || die "could not create the chat_test MariaDB user"
     export TEST_MYSQL_URL="mysql://chat_test:chat_test@127.0.0.1:3306"
   fi

@@ -265,6 +265,37 @@ async fn churn_joins_and_leaves() {
 }
 
 #[actix_rt::test]
+async fn flood_measures_a_room_beside_a_flooding_client() {
+    // Default limits: how the server sheds the flood is what is measured.
+    let app = spawn_app_with(StoreMode::Memory, |_| {}).await;
+    let r = bench(
+        &app,
+        "flood",
+        &[
+            "--duration",
+            "1",
+            "--members",
+            "4",
+            "--senders",
+            "1",
+            "--rate",
+            "20",
+        ],
+    )
+    .await;
+    assert_clean(&r);
+    assert_ordered(&r["baseline_latency_ms"]);
+    assert_ordered(&r["latency_ms"]);
+    assert!(r["p99_ratio"].as_f64().unwrap() > 0.0, "{r}");
+    let flood = &r["flood"];
+    assert!(flood["frames"].as_u64().unwrap() > 450, "{flood}");
+    assert!(
+        flood["closed_by_server"].as_u64().unwrap() >= 1,
+        "the server closes a client that keeps flooding: {flood}"
+    );
+}
+
+#[actix_rt::test]
 async fn cluster_compares_against_a_same_process_baseline() {
     let app = generous_app().await;
     let r = bench(

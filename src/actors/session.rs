@@ -179,7 +179,9 @@ impl ChatSession {
         }
         if !self.rate.has_token() && !self.violations.try_take() {
             log::info!("session {}: closing: frame rate exceeded", self.id);
-            self.close(ctx, CloseCode::Policy, "rate limit exceeded");
+            self.transport
+                .fail(CloseCode::Policy, "rate limit exceeded", ctx);
+            self.release(ctx);
             return;
         }
         let parsed = parse_client_frame(text, &self.cx.limits.text);

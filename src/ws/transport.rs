@@ -100,8 +100,9 @@ pub struct Transport {
     phase: Phase,
     /// The client sent its close frame or shut its side.
     peer_closed: bool,
-    /// The client's bytes stopped being valid frames: what follows is not
-    /// parsed any more.
+    /// What the client sends is not decoded any more: its bytes stopped
+    /// being valid frames, or the connection was failed (`fail`) and a
+    /// flood is discarded as it is read instead of parsed frame by frame.
     input_broken: bool,
     last_heard: Instant,
 }
@@ -213,6 +214,19 @@ impl Transport {
         }
         self.push(wire);
         true
+    }
+
+    /// Fails the connection for what the client did (a flood): like
+    /// [`close`](Self::close), but nothing the client sends from now on is
+    /// decoded; it is read and thrown away until the client goes.
+    pub fn fail<A: Actor<Context = Context<A>>>(
+        &mut self,
+        code: CloseCode,
+        reason: &str,
+        ctx: &mut Context<A>,
+    ) {
+        self.input_broken = true;
+        self.close(code, reason, ctx);
     }
 
     /// Sends a close frame and ends the connection once it is delivered.

@@ -2,7 +2,7 @@
 //! `docs/PROTOCOL.md` (REST + WebSocket JSON frames), on loopback only.
 //!
 //! ```text
-//! chat-bench <fanout|rooms|idle|churn|cluster> --url http://127.0.0.1:3000 [options]
+//! chat-bench <fanout|rooms|idle|churn|cluster|flood> --url http://127.0.0.1:3000 [options]
 //! chat-bench chart <results.json ...> --out docs/bench/<name>.svg [--x members]
 //! ```
 //!
@@ -38,6 +38,8 @@ usage:
   chat-bench idle    --url URL [--conns 10000] [--room-size 10] [--sources N] [--settle 2]
   chat-bench churn   --url URL [--workers 16] [--rooms W]
   chat-bench cluster --url URL --url2 URL2 [--members 10] [--senders 4] [--rate 10000] [--pid2 PID]
+  chat-bench flood   --url URL [--members 10] [--senders 2] [--rate 50] [--flooders 1]
+                     (server with its default limits: a room chatting alone, then beside flooders)
   chat-bench chart   RESULT.json... --out FILE.svg [--x members] [--title TEXT]
 
 common options:
@@ -199,6 +201,7 @@ fn main() -> ExitCode {
         "idle" => scenarios::idle::OPTIONS,
         "churn" => scenarios::churn::OPTIONS,
         "cluster" => scenarios::cluster::OPTIONS,
+        "flood" => scenarios::flood::OPTIONS,
         other => return usage_error(&format!("unknown scenario {other:?}")),
     };
     if let Err(e) = args.check(&[COMMON_OPTIONS, options]) {
@@ -330,6 +333,7 @@ async fn run(
             "idle" => scenarios::idle::run(&common, args, &stats).await,
             "churn" => scenarios::churn::run(&common, args, &stats).await,
             "cluster" => scenarios::cluster::run(&common, args, &stats).await,
+            "flood" => scenarios::flood::run(&common, args, &stats).await,
             other => Err(format!("unknown scenario {other}")),
         }
     })

@@ -5,6 +5,7 @@
 pub mod churn;
 pub mod cluster;
 pub mod fanout;
+pub mod flood;
 pub mod idle;
 pub mod load;
 pub mod rooms;

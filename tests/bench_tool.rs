@@ -296,6 +296,38 @@ async fn flood_measures_a_room_beside_a_flooding_client() {
 }
 
 #[actix_rt::test]
+async fn soak_compares_memory_and_descriptors_before_and_after() {
+    let app = spawn_app_with(StoreMode::Memory, |_| {}).await;
+    let r = bench(
+        &app,
+        "soak",
+        &[
+            "--duration",
+            "1",
+            "--workers",
+            "4",
+            "--rooms",
+            "2",
+            "--settle",
+            "0.5",
+        ],
+    )
+    .await;
+    assert_clean(&r);
+    assert!(r["left_properly"].as_u64().unwrap() > 0, "{r}");
+    assert!(r["dropped_without_close"].as_u64().unwrap() > 0, "{r}");
+    for key in [
+        "rss_before_bytes",
+        "rss_after_bytes",
+        "fds_before",
+        "fds_after",
+    ] {
+        assert!(r[key].as_u64().unwrap() > 0, "{key}: {r}");
+    }
+    assert!(r["rss_growth_pct"].is_number() && r["fds_growth_pct"].is_number());
+}
+
+#[actix_rt::test]
 async fn cluster_compares_against_a_same_process_baseline() {
     let app = generous_app().await;
     let r = bench(

@@ -2,7 +2,7 @@
 //! `docs/PROTOCOL.md` (REST + WebSocket JSON frames), on loopback only.
 //!
 //! ```text
-//! chat-bench <fanout|rooms|idle|churn|cluster|flood> --url http://127.0.0.1:3000 [options]
+//! chat-bench <fanout|rooms|idle|churn|cluster|flood|soak> --url http://127.0.0.1:3000 [options]
 //! chat-bench chart <results.json ...> --out docs/bench/<name>.svg [--x members]
 //! ```
 //!
@@ -40,6 +40,8 @@ usage:
   chat-bench cluster --url URL --url2 URL2 [--members 10] [--senders 4] [--rate 10000] [--pid2 PID]
   chat-bench flood   --url URL [--members 10] [--senders 2] [--rate 50] [--flooders 1]
                      (server with its default limits: a room chatting alone, then beside flooders)
+  chat-bench soak    --url URL --pid PID [--workers 24] [--rooms 6] [--settle 3]
+                     (clients join, chat, leave or drop; server memory and descriptors before/after)
   chat-bench chart   RESULT.json... --out FILE.svg [--x members] [--title TEXT]
 
 common options:
@@ -202,6 +204,7 @@ fn main() -> ExitCode {
         "churn" => scenarios::churn::OPTIONS,
         "cluster" => scenarios::cluster::OPTIONS,
         "flood" => scenarios::flood::OPTIONS,
+        "soak" => scenarios::soak::OPTIONS,
         other => return usage_error(&format!("unknown scenario {other:?}")),
     };
     if let Err(e) = args.check(&[COMMON_OPTIONS, options]) {
@@ -334,6 +337,7 @@ async fn run(
             "churn" => scenarios::churn::run(&common, args, &stats).await,
             "cluster" => scenarios::cluster::run(&common, args, &stats).await,
             "flood" => scenarios::flood::run(&common, args, &stats).await,
+            "soak" => scenarios::soak::run(&common, args, &stats).await,
             other => Err(format!("unknown scenario {other}")),
         }
     })

@@ -49,6 +49,11 @@ pub fn parse_status_kb(status: &str, name: &str) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// How many descriptors a process has open (entries of `/proc/<pid>/fd`).
+pub fn open_fds(pid: u32) -> io::Result<u64> {
+    Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))?.count() as u64)
+}
+
 /// The soft "Max open files" of another process, from `/proc/<pid>/limits`.
 pub fn max_open_files(pid: u32) -> Option<u64> {
     let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;

@@ -195,7 +195,7 @@ pub async fn run(common: &Common, args: &Args, stats: &Arc<Stats>) -> Result<Val
 }
 
 /// An anchor member: reads (and drops) the room's traffic until the end.
-async fn anchor(conn: Conn, stats: Arc<Stats>) {
+pub(super) async fn anchor(conn: Conn, stats: Arc<Stats>) {
     let Conn { mut rd, wr } = conn;
     let wr = tokio::sync::Mutex::new(wr);
     loop {

@@ -9,6 +9,7 @@ pub mod flood;
 pub mod idle;
 pub mod load;
 pub mod rooms;
+pub mod soak;
 
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;

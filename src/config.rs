@@ -33,8 +33,13 @@ pub struct Settings {
     pub history_on_join: usize,
     /// `MESSAGES_PAGE_MAX`: cap on `limit` for `GET .../messages`.
     pub messages_page_max: usize,
+    /// `ROOMS_PAGE_MAX`: cap on `limit` for `GET /api/rooms`.
+    pub rooms_page_max: usize,
     /// `MEMORY_HISTORY_LIMIT`: messages the memory store keeps per room.
     pub memory_history_limit: usize,
+    /// `MEMORY_STORE_MAX_BYTES`: accounted bytes of history the memory
+    /// store keeps across all rooms (the biggest room's oldest go first).
+    pub memory_store_max_bytes: usize,
     /// `HEARTBEAT_INTERVAL_SECS`: how often the server pings each socket.
     pub heartbeat_interval: Duration,
     /// `CLIENT_TIMEOUT_SECS`: silence after which a socket is dropped.
@@ -133,6 +138,9 @@ pub const MYSQL_MAX_NAME_CHARS: usize = 255;
 /// Longest message the MySQL column (`TEXT`, 65,535 bytes) holds at 4 bytes
 /// a character.
 pub const MYSQL_MAX_CONTENT_CHARS: usize = 16_383;
+/// Smallest `MEMORY_STORE_MAX_BYTES`: 1 MiB, room for a few hundred of the
+/// largest messages, so a room's newest messages are never the ones evicted.
+pub const MIN_MEMORY_STORE_BYTES: usize = 1 << 20;
 /// Most threads `WORKERS` or `ROOM_THREADS` may ask for.
 pub const MAX_THREADS: usize = 1024;
 
@@ -174,7 +182,14 @@ impl Settings {
             // 0 is meaningful: no history in `joined`.
             history_on_join: env.count("HISTORY_ON_JOIN", 50, 0, usize::MAX)?,
             messages_page_max: env.count("MESSAGES_PAGE_MAX", 500, 1, usize::MAX)?,
+            rooms_page_max: env.count("ROOMS_PAGE_MAX", 500, 1, usize::MAX)?,
             memory_history_limit: env.count("MEMORY_HISTORY_LIMIT", 10_000, 1, usize::MAX)?,
+            memory_store_max_bytes: env.count(
+                "MEMORY_STORE_MAX_BYTES",
+                crate::store::DEFAULT_MAX_BYTES,
+                MIN_MEMORY_STORE_BYTES,
+                usize::MAX,
+            )?,
             heartbeat_interval: env.secs("HEARTBEAT_INTERVAL_SECS", 10)?,
             client_timeout: env.secs("CLIENT_TIMEOUT_SECS", 30)?,
             ws_rate_per_sec: env.rate("WS_RATE_PER_SEC", 200.0)?,
@@ -542,6 +557,8 @@ mod tests {
         assert_eq!(s.max_frame_bytes, 65536);
         assert_eq!(s.history_on_join, 50);
         assert_eq!(s.messages_page_max, 500);
+        assert_eq!(s.rooms_page_max, 500);
+        assert_eq!(s.memory_store_max_bytes, 268_435_456);
         assert!(s.instance_id.starts_with("chat-"));
         assert_eq!(s.allowed_origins, AllowedOrigins::SameHost);
     }
@@ -635,6 +652,7 @@ mod tests {
             "MAX_FRAME_BYTES",
             "MAX_BODY_BYTES",
             "MESSAGES_PAGE_MAX",
+            "ROOMS_PAGE_MAX",
             "MEMORY_HISTORY_LIMIT",
             "SESSION_QUEUE_CAPACITY",
             "SESSION_BUFFER_BYTES",
@@ -645,6 +663,18 @@ mod tests {
                 refused(name, bad);
             }
         }
+        assert_eq!(
+            refused("MEMORY_STORE_MAX_BYTES", "1048575").to_string(),
+            "MEMORY_STORE_MAX_BYTES=1048575: must be a whole number >= 1048576"
+        );
+        for bad in ["-1", "8MiB", "1e9", "99999999999999999999999"] {
+            refused("MEMORY_STORE_MAX_BYTES", bad);
+        }
+        let s = accepted(&[
+            ("MEMORY_STORE_MAX_BYTES", "8388608"),
+            ("ROOMS_PAGE_MAX", "7"),
+        ]);
+        assert_eq!((s.memory_store_max_bytes, s.rooms_page_max), (8 << 20, 7));
         refused("HISTORY_ON_JOIN", "-1");
         assert_eq!(accepted(&[("HISTORY_ON_JOIN", "0")]).history_on_join, 0);
     }

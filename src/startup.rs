@@ -298,7 +298,10 @@ fn session_limits(settings: &Settings) -> SessionLimits {
 /// see [`may_heal`]) stops start-up at once with its cause.
 async fn connect_store(settings: &Settings) -> Result<SharedStore, StartupError> {
     let Some(url) = settings.mysql_url.as_deref() else {
-        return Ok(Arc::new(MemoryStore::new(settings.memory_history_limit)));
+        return Ok(Arc::new(
+            MemoryStore::new(settings.memory_history_limit)
+                .with_max_bytes(settings.memory_store_max_bytes),
+        ));
     };
     let mut backoff = Duration::from_millis(250);
     loop {

@@ -52,6 +52,7 @@ macro_rules! contract_tests {
 contract_tests!(
     ping_answers,
     create_get_and_list_newest_first,
+    rooms_are_paged_newest_first_below_before,
     join_increments_count_and_lists_members_in_join_order,
     join_fails_for_a_missing_room,
     nickname_taken_is_exact_and_per_room,
@@ -238,7 +239,7 @@ fn ids(messages: &[chat_server::domain::Message]) -> Vec<u64> {
 async fn assert_room_gone(store: &SharedStore, room: RoomId) {
     assert_eq!(store.room(room).await.expect("room"), None);
     assert!(!store
-        .rooms()
+        .rooms(None, usize::MAX)
         .await
         .expect("rooms")
         .iter()
@@ -270,7 +271,7 @@ async fn ping_answers(store: SharedStore) {
 }
 
 async fn create_get_and_list_newest_first(store: SharedStore) {
-    assert!(store.rooms().await.unwrap().is_empty());
+    assert!(store.rooms(None, usize::MAX).await.unwrap().is_empty());
     let a = store.create_room(&title("first"), t(0)).await.unwrap();
     let b = store.create_room(&title("second"), t(1)).await.unwrap();
     let c = store.create_room(&title("  third  "), t(2)).await.unwrap();
@@ -283,7 +284,47 @@ async fn create_get_and_list_newest_first(store: SharedStore) {
 
     assert_eq!(store.room(b.id).await.unwrap(), Some(b.clone()));
     assert_eq!(store.room(beyond(c.id, 1000)).await.unwrap(), None);
-    assert_eq!(store.rooms().await.unwrap(), vec![c, b, a]);
+    assert_eq!(store.rooms(None, usize::MAX).await.unwrap(), vec![c, b, a]);
+}
+
+async fn rooms_are_paged_newest_first_below_before(store: SharedStore) {
+    let mut created = Vec::new();
+    for i in 0..7 {
+        created.push(new_room(&store, &format!("room {i}")).await);
+    }
+    created.reverse(); // newest first
+    let ids = |rooms: Vec<chat_server::domain::Room>| -> Vec<RoomId> {
+        rooms.into_iter().map(|r| r.id).collect()
+    };
+    assert_eq!(ids(store.rooms(None, 3).await.unwrap()), created[..3]);
+    assert_eq!(ids(store.rooms(None, 100).await.unwrap()), created);
+    assert!(store.rooms(None, 0).await.unwrap().is_empty());
+    // Walking the pages visits every room once, newest first.
+    let mut seen = Vec::new();
+    let mut before = None;
+    loop {
+        let page = ids(store.rooms(before, 3).await.unwrap());
+        assert!(page.len() <= 3, "{page:?}");
+        let Some(&last) = page.last() else { break };
+        seen.extend(page);
+        before = Some(last);
+    }
+    assert_eq!(seen, created);
+    // `before` need not be a room's id: ids below it, whatever exists.
+    let between = beyond(created[4], 1);
+    assert_eq!(
+        ids(store.rooms(Some(between), 2).await.unwrap()),
+        created[4..6]
+    );
+    assert!(store.rooms(Some(created[6]), 5).await.unwrap().is_empty());
+    assert!(store
+        .rooms(Some(RoomId::new(0)), 5)
+        .await
+        .unwrap()
+        .is_empty());
+    // A deleted room leaves no hole in a page.
+    assert_eq!(store.delete_unjoined_rooms(t(1)).await.unwrap().len(), 7);
+    assert!(store.rooms(None, 10).await.unwrap().is_empty());
 }
 
 async fn join_increments_count_and_lists_members_in_join_order(store: SharedStore) {
@@ -305,7 +346,10 @@ async fn join_increments_count_and_lists_members_in_join_order(store: SharedStor
     }
     assert_eq!(store.room(room.id).await.unwrap().unwrap().member_count, 3);
     assert_eq!(store.members(room.id).await.unwrap(), expected);
-    assert_eq!(store.rooms().await.unwrap()[0].member_count, 3);
+    assert_eq!(
+        store.rooms(None, usize::MAX).await.unwrap()[0].member_count,
+        3
+    );
 }
 
 async fn join_fails_for_a_missing_room(store: SharedStore) {
@@ -678,7 +722,7 @@ async fn delete_unjoined_rooms_deletes_only_old_memberless_rooms(store: SharedSt
     assert_eq!(later, vec![at_cutoff, young]);
     assert_eq!(
         store
-            .rooms()
+            .rooms(None, usize::MAX)
             .await
             .unwrap()
             .iter()
@@ -1223,6 +1267,96 @@ async fn concurrent_appends_to_many_rooms_keep_each_sequence(store: SharedStore)
     let missing = beyond(rooms.iter().max().copied().unwrap_or(RoomId::new(0)), 1000);
     let refused = append_to_rooms_at_once(std::slice::from_ref(&store), &rooms, missing, 15).await;
     assert_eq!(refused, 15, "every append to the missing room is refused");
+}
+
+// ---------------------------------------------------------------------------
+// Memory-only tests: the embedded store's own bounds.
+// ---------------------------------------------------------------------------
+
+mod memory_only {
+    use super::*;
+    use chat_server::store::{message_bytes, MESSAGE_OVERHEAD_BYTES};
+
+    /// A message whose accounted size is `bytes`.
+    fn sized(nick: &str, bytes: usize) -> NewMessage {
+        msg(
+            nick,
+            &"m".repeat(bytes - nick.len() - MESSAGE_OVERHEAD_BYTES),
+            3,
+        )
+    }
+
+    /// Accounted bytes of a room's history, read through the trait.
+    async fn stored_bytes(store: &SharedStore, room: RoomId) -> usize {
+        let all = store
+            .messages_after(room, MessageSeq::new(0), usize::MAX)
+            .await;
+        all.unwrap().iter().map(message_bytes).sum()
+    }
+
+    #[actix_rt::test]
+    async fn history_stays_within_the_byte_budget_biggest_room_first() {
+        const BUDGET: usize = 64 * 1024;
+        let store: SharedStore = Arc::new(MemoryStore::new(100_000).with_max_bytes(BUDGET));
+        let bystander = new_room(&store, "bystander").await;
+        join(&store, bystander, "bea", "s-bea").await;
+        store
+            .append_messages(bystander, &[sized("bea", 2000), sized("bea", 2000)])
+            .await
+            .unwrap();
+        let mut flooded = Vec::new();
+        for i in 0..4 {
+            let room = new_room(&store, &format!("flood {i}")).await;
+            join(&store, room, "fl", &format!("s-fl{i}")).await;
+            flooded.push(room);
+        }
+        for round in 0..200 {
+            for &room in &flooded {
+                let batch = [sized("fl", 1000), sized("fl", 1000)];
+                store.append_messages(room, &batch).await.unwrap();
+            }
+            let mut total = stored_bytes(&store, bystander).await;
+            for &room in &flooded {
+                total += stored_bytes(&store, room).await;
+            }
+            assert!(total <= BUDGET, "round {round}: {total} > {BUDGET}");
+        }
+        // The bystander's messages are the oldest of all, yet its room was
+        // never the biggest: it keeps its whole history.
+        let kept = store
+            .messages_after(bystander, MessageSeq::new(0), 10)
+            .await
+            .unwrap();
+        assert_eq!(ids(&kept), [1, 2]);
+        // The flooded rooms kept their newest messages, evened out.
+        for &room in &flooded {
+            let kept = store.recent_messages(room, 1000).await.unwrap();
+            assert_eq!(kept.last().unwrap().id.get(), 400, "newest kept");
+            let bytes = stored_bytes(&store, room).await;
+            assert!((12_000..=16_000).contains(&bytes), "room {room}: {bytes}");
+        }
+        // Rooms and members are never evicted.
+        assert_eq!(store.rooms(None, 100).await.unwrap().len(), 5);
+        assert_eq!(nicknames(&store.members(flooded[0]).await.unwrap()), ["fl"]);
+    }
+
+    #[actix_rt::test]
+    async fn room_ids_are_never_reused_by_a_restarted_store() {
+        let mut seen = BTreeSet::new();
+        let mut last = None;
+        for _run in 0..3 {
+            let store: SharedStore = Arc::new(MemoryStore::new(10));
+            for i in 0..50 {
+                let id = new_room(&store, &format!("r{i}")).await;
+                assert!(last.is_none_or(|l| id > l), "{id} after {last:?}");
+                assert!(id.get() < 1 << 53, "exact in JavaScript: {id}");
+                assert!(seen.insert(id), "{id} reused");
+                last = Some(id);
+            }
+            // The next run starts at least a millisecond later.
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------

@@ -11,9 +11,42 @@ use crate::actors::room_manager::GetMembers;
 use crate::domain::{self, MessageSeq, RoomId, RoomTitle};
 use crate::error::ChatError;
 
-/// `GET /api/rooms`: newest first.
-pub async fn list_rooms(app: web::Data<HttpState>) -> Result<HttpResponse, ChatError> {
-    Ok(HttpResponse::Ok().json(app.chat.store.rooms().await?))
+/// The header naming the `before` of the next page of `GET /api/rooms`.
+pub const NEXT_BEFORE_HEADER: &str = "X-Next-Before";
+
+/// `limit` of `GET /api/rooms` when absent (capped by `ROOMS_PAGE_MAX`).
+pub const ROOMS_PAGE_DEFAULT: usize = 100;
+
+/// `GET /api/rooms?before=&limit=`: one page of rooms, newest first, with
+/// ids below `before`. When more rooms follow, `X-Next-Before` carries the
+/// page's last id: the `before` of the next page.
+pub async fn list_rooms(
+    req: HttpRequest,
+    app: web::Data<HttpState>,
+) -> Result<HttpResponse, ChatError> {
+    let mut before = None;
+    let mut limit = ROOMS_PAGE_DEFAULT;
+    for (key, value) in form_pairs(req.query_string()) {
+        match key.as_str() {
+            "before" => before = Some(RoomId::new(parse_count(&key, &value)?)),
+            "limit" => limit = usize::try_from(parse_count(&key, &value)?).unwrap_or(usize::MAX),
+            _ => {}
+        }
+    }
+    let limit = limit.min(app.settings.rooms_page_max);
+    // One more than the page tells whether another page follows.
+    let mut rooms = app
+        .chat
+        .store
+        .rooms(before, limit.saturating_add(1))
+        .await?;
+    let more = rooms.len() > limit;
+    rooms.truncate(limit);
+    let mut res = HttpResponse::Ok();
+    if let (true, Some(last)) = (more, rooms.last()) {
+        res.insert_header((NEXT_BEFORE_HEADER, last.id.get().to_string()));
+    }
+    Ok(res.json(rooms))
 }
 
 /// `POST /api/rooms` `{"title": "..."}`: 201 with the new, empty room. It

@@ -19,7 +19,10 @@
 mod memory;
 mod mysql;
 
-pub use memory::MemoryStore;
+pub use memory::{
+    first_room_id, message_bytes, MemoryStore, DEFAULT_MAX_BYTES, MESSAGE_OVERHEAD_BYTES,
+    ROOM_IDS_PER_MILLI,
+};
 pub use mysql::{may_heal, sql_error_may_heal, MySqlStore};
 
 use std::error::Error;
@@ -182,8 +185,10 @@ pub trait Store: Send + Sync + 'static {
     /// One room, if it exists.
     async fn room(&self, id: RoomId) -> Result<Option<Room>, StoreError>;
 
-    /// All rooms, newest first (by id, descending).
-    async fn rooms(&self) -> Result<Vec<Room>, StoreError>;
+    /// One page of rooms, newest first (by id, descending): at most
+    /// `limit` rooms whose id is below `before` (all rooms when `None`).
+    /// The next page is the one before the last id of this one.
+    async fn rooms(&self, before: Option<RoomId>, limit: usize) -> Result<Vec<Room>, StoreError>;
 
     /// Adds a member and increments the count in one transaction.
     /// Errors: `RoomNotFound`, `NicknameTaken` (exact, case-sensitive match).

@@ -10,6 +10,7 @@ mod concurrency;
 mod limits;
 mod protocol_errors;
 mod rest;
+mod room_list;
 mod rooms;
 mod transport;
 mod websocket;

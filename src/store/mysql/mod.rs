@@ -349,15 +349,32 @@ impl Store for MySqlStore {
         .await
     }
 
-    async fn rooms(&self) -> Result<Vec<Room>, StoreError> {
+    async fn rooms(&self, before: Option<RoomId>, limit: usize) -> Result<Vec<Room>, StoreError> {
+        // Both walk the primary key backwards from `before`: a page costs
+        // `limit` rows however many rooms there are.
+        let limit = u64::try_from(limit).unwrap_or(u64::MAX);
         self.with_conn("rooms", true, |mut conn| async move {
-            let all: Vec<RoomRow> = rows(
-                &mut conn,
-                "SELECT id, title, join_member_count, created FROM chatRoom ORDER BY id DESC",
-                (),
-            )
-            .await?;
-            Ok(all.into_iter().map(room_from_row).collect())
+            let page: Vec<RoomRow> = match before {
+                Some(before) => {
+                    rows(
+                        &mut conn,
+                        "SELECT id, title, join_member_count, created FROM chatRoom \
+                         WHERE id < ? ORDER BY id DESC LIMIT ?",
+                        (before, limit),
+                    )
+                    .await?
+                }
+                None => {
+                    rows(
+                        &mut conn,
+                        "SELECT id, title, join_member_count, created FROM chatRoom \
+                         ORDER BY id DESC LIMIT ?",
+                        (limit,),
+                    )
+                    .await?
+                }
+            };
+            Ok(page.into_iter().map(room_from_row).collect())
         })
         .await
     }

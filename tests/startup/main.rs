@@ -9,6 +9,8 @@ mod helpers;
 #[path = "../common/wait.rs"]
 mod wait;
 
+mod memory_budget;
+
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};

@@ -100,6 +100,20 @@ pub struct Settings {
     /// `TRUSTED_PROXIES`: the proxies whose `X-Forwarded-For` entries are
     /// believed (addresses and networks; default loopback).
     pub trusted_proxies: TrustedProxies,
+    /// `MAX_CONNECTIONS_PER_ADDRESS`: open WebSockets one client address
+    /// (keyed as the other limits, see `client_addr.rs`) may hold; the next
+    /// handshake is refused with 429 `too_many_connections`.
+    pub max_connections_per_address: usize,
+    /// `MAX_CONNECTIONS`: open WebSockets of the whole process; the next
+    /// handshake is refused with 503 `server_full`. Unset = derived at
+    /// start-up from the open-file limit (see `fd_limit.rs`).
+    pub max_connections: Option<usize>,
+    /// `LOBBY_IDLE_SECS`: a WebSocket that has not been in a room for this
+    /// long is closed (1000, "idle in the lobby").
+    pub lobby_idle: Duration,
+    /// `REQUEST_BODY_TIMEOUT_SECS`: longest a REST request body may take to
+    /// arrive; beyond it 408 `request_timeout` and the connection is closed.
+    pub request_body_timeout: Duration,
     /// `ALLOWED_ORIGINS`: the pages (`Origin`) that may open a WebSocket:
     /// unset = the server's own (`http(s)://` + the request's `Host`), `*`
     /// = any, or a comma-separated list of origins.
@@ -208,6 +222,15 @@ impl Settings {
             templates_dir: env.text("TEMPLATES_DIR", "templates", usize::MAX)?,
             workers: env.threads("WORKERS")?,
             room_threads: env.threads("ROOM_THREADS")?,
+            max_connections_per_address: env.count(
+                "MAX_CONNECTIONS_PER_ADDRESS",
+                64,
+                1,
+                usize::MAX,
+            )?,
+            max_connections: env.optional_count("MAX_CONNECTIONS", 1, usize::MAX)?,
+            lobby_idle: env.secs("LOBBY_IDLE_SECS", 300)?,
+            request_body_timeout: env.secs("REQUEST_BODY_TIMEOUT_SECS", 10)?,
             trust_forwarded_for: env.flag("TRUST_FORWARDED_FOR", false)?,
             trusted_proxies: match env.value("TRUSTED_PROXIES") {
                 None => TrustedProxies::loopback(),
@@ -338,6 +361,20 @@ impl<F: Fn(&str) -> Option<String>> Env<'_, F> {
         let accepted = format!("must be a whole number {}", range(min, max));
         let ok = |v: &str| v.parse().ok().filter(|n| (min..=max).contains(n));
         Ok(self.checked(name, &accepted, ok)?.unwrap_or(default))
+    }
+
+    /// A whole number from `min` to `max`, or `None` when unset (the
+    /// default is worked out later, e.g. from the machine).
+    fn optional_count(
+        &self,
+        name: &'static str,
+        min: usize,
+        max: usize,
+    ) -> Result<Option<usize>, ConfigError> {
+        let accepted = format!("must be a whole number {}", range(min, max));
+        self.checked(name, &accepted, |v| {
+            v.parse().ok().filter(|n| (min..=max).contains(n))
+        })
     }
 
     /// A number of threads; unset means one per CPU.
@@ -561,6 +598,18 @@ mod tests {
         assert_eq!(s.memory_store_max_bytes, 268_435_456);
         assert!(s.instance_id.starts_with("chat-"));
         assert_eq!(s.allowed_origins, AllowedOrigins::SameHost);
+        assert_eq!(s.max_connections_per_address, 64);
+        assert_eq!(s.max_connections, None, "derived from the file limit");
+        assert_eq!(s.lobby_idle, Duration::from_secs(300));
+        assert_eq!(s.request_body_timeout, Duration::from_secs(10));
+        let s = accepted(&[
+            ("MAX_CONNECTIONS", "8"),
+            ("MAX_CONNECTIONS_PER_ADDRESS", "5"),
+        ]);
+        assert_eq!(
+            (s.max_connections, s.max_connections_per_address),
+            (Some(8), 5)
+        );
     }
 
     #[test]
@@ -612,6 +661,8 @@ mod tests {
             "CLIENT_TIMEOUT_SECS",
             "EMPTY_ROOM_GRACE_SECS",
             "LIVENESS_TTL_SECS",
+            "LOBBY_IDLE_SECS",
+            "REQUEST_BODY_TIMEOUT_SECS",
         ] {
             for bad in ["0", "-1", "NaN", "inf", "1.5", "ten", "31536001", "1e400"] {
                 refused(name, bad);
@@ -656,6 +707,8 @@ mod tests {
             "MEMORY_HISTORY_LIMIT",
             "SESSION_QUEUE_CAPACITY",
             "SESSION_BUFFER_BYTES",
+            "MAX_CONNECTIONS_PER_ADDRESS",
+            "MAX_CONNECTIONS",
         ] {
             let e = refused(name, "0");
             assert_eq!(e.accepted, "must be a whole number >= 1", "{e}");

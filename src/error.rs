@@ -48,6 +48,18 @@ pub enum ChatError {
     RateLimited(String),
     #[error("you are not in a room")]
     NotInRoom,
+    /// A WebSocket handshake from an address that already holds
+    /// `MAX_CONNECTIONS_PER_ADDRESS` (the value) open sockets.
+    #[error("too many open connections from your address (at most {0})")]
+    TooManyConnections(usize),
+    /// A WebSocket handshake while the process holds `MAX_CONNECTIONS`
+    /// open sockets.
+    #[error("the server is full; please retry shortly")]
+    ServerFull,
+    /// A request body that did not arrive within `REQUEST_BODY_TIMEOUT_SECS`
+    /// (the value, in seconds).
+    #[error("the request body did not arrive within {0} s")]
+    RequestTimeout(u64),
     /// A backing service (the store, an actor) failed. `reason` says what
     /// could not be done and `source` is the underlying error, if any; both
     /// are for the logs only (see [`ChatError::client_message`]).
@@ -97,6 +109,9 @@ impl ChatError {
             ChatError::UnsupportedMediaType(_) => "unsupported_media_type",
             ChatError::RateLimited(_) => "rate_limited",
             ChatError::NotInRoom => "not_in_room",
+            ChatError::TooManyConnections(_) => "too_many_connections",
+            ChatError::ServerFull => "server_full",
+            ChatError::RequestTimeout(_) => "request_timeout",
             ChatError::Unavailable { .. } => "unavailable",
         }
     }
@@ -135,7 +150,11 @@ impl ResponseError for ChatError {
             ChatError::NicknameTaken(_) => StatusCode::CONFLICT,
             ChatError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ChatError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ChatError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            ChatError::RateLimited(_) | ChatError::TooManyConnections(_) => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            ChatError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ChatError::ServerFull => StatusCode::SERVICE_UNAVAILABLE,
             ChatError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -147,6 +166,11 @@ impl ResponseError for ChatError {
         let mut response = HttpResponse::build(self.status_code());
         if let ChatError::MethodNotAllowed(allow) = self {
             response.insert_header((actix_web::http::header::ALLOW, *allow));
+        }
+        if let ChatError::RequestTimeout(_) = self {
+            // The rest of the body may never come: do not wait for it to
+            // read the next request.
+            response.force_close();
         }
         response.json(json!({ "error": self.to_json() }))
     }
@@ -255,6 +279,9 @@ mod tests {
             (ChatError::PayloadTooLarge(65536), 413),
             (ChatError::UnsupportedMediaType("x".into()), 415),
             (ChatError::RateLimited("x".into()), 429),
+            (ChatError::TooManyConnections(64), 429),
+            (ChatError::ServerFull, 503),
+            (ChatError::RequestTimeout(10), 408),
         ];
         for (e, status) in cases {
             assert_eq!(e.status_code().as_u16(), status, "{}", e.code());

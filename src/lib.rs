@@ -37,7 +37,9 @@ pub mod store;
 
 pub(crate) mod actors;
 pub(crate) mod client_addr;
+pub(crate) mod connections;
 pub(crate) mod error;
+pub(crate) mod fd_limit;
 pub(crate) mod http;
 pub(crate) mod protocol;
 pub(crate) mod rate_limit;

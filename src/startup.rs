@@ -22,6 +22,7 @@ use crate::actors::redis_bridge::{
 use crate::actors::room::RoomConfig;
 use crate::actors::room_manager::{RoomManager, Shutdown};
 use crate::config::Settings;
+use crate::connections::ConnectionLimiter;
 use crate::error::Chain;
 use crate::http::state::HttpState;
 use crate::rate_limit::KeyedLimiter;
@@ -130,6 +131,10 @@ impl Application {
         )
         .start();
 
+        let connections = ConnectionLimiter::new(
+            max_connections(&settings),
+            settings.max_connections_per_address,
+        );
         let chat = Arc::new(SessionContext::new(
             settings.instance_id.clone(),
             store,
@@ -139,6 +144,7 @@ impl Application {
                 settings.room_create_rate_per_sec,
                 settings.room_create_burst,
             ),
+            connections,
         ));
         OpenSessions::run_heartbeat(Arc::downgrade(&chat.sessions), settings.heartbeat_interval);
         let state = Arc::new(HttpState {
@@ -272,6 +278,48 @@ async fn wait_for_signal() {
     }
 }
 
+/// Raises the open-file limit to the hard limit and settles
+/// `MAX_CONNECTIONS`: as set, or the soft limit less what MySQL, Redis and
+/// the listener need. Both are logged, so an operator sees what the
+/// process can hold.
+fn max_connections(settings: &Settings) -> usize {
+    let limits = crate::fd_limit::raise_to_hard();
+    let (max, how) = match (settings.max_connections, limits) {
+        (Some(max), _) => (max, "set"),
+        (None, Some(limits)) => (
+            crate::fd_limit::derived_max_connections(limits.soft),
+            "the soft open-file limit less 256",
+        ),
+        (None, None) => (usize::MAX, "no open-file limit known"),
+    };
+    match limits {
+        Some(l) => log::info!(
+            "open-file limit: soft {} (was {}), hard {}; MAX_CONNECTIONS {max} ({how}); \
+             MAX_CONNECTIONS_PER_ADDRESS {}",
+            l.soft,
+            l.soft_before,
+            l.hard,
+            settings.max_connections_per_address
+        ),
+        None => log::info!(
+            "open-file limit unknown; MAX_CONNECTIONS {max} ({how}); \
+             MAX_CONNECTIONS_PER_ADDRESS {}",
+            settings.max_connections_per_address
+        ),
+    }
+    if let (Some(l), Some(set)) = (limits, settings.max_connections) {
+        if set as u64 > l.soft.saturating_sub(crate::fd_limit::RESERVED_FDS) {
+            log::warn!(
+                "MAX_CONNECTIONS {set} leaves fewer than {} of the {} open files for MySQL, \
+                 Redis and the listener: raise the hard limit (ulimit -Hn, LimitNOFILE=)",
+                crate::fd_limit::RESERVED_FDS,
+                l.soft
+            );
+        }
+    }
+    max
+}
+
 /// The limits every session enforces, from the settings.
 fn session_limits(settings: &Settings) -> SessionLimits {
     SessionLimits {
@@ -283,6 +331,7 @@ fn session_limits(settings: &Settings) -> SessionLimits {
         joins_burst: settings.ws_join_burst,
         queue_capacity: settings.session_queue_capacity,
         store_timeout: settings.store_timeout,
+        lobby_idle: settings.lobby_idle,
         transport: TransportLimits {
             max_message_bytes: settings.max_frame_bytes,
             max_queued_bytes: settings.session_buffer_bytes,

@@ -1,6 +1,6 @@
 //! What a session actor may reach, and nothing more: the store, the room
-//! manager, its limits, the registry of open sessions and the room-creation
-//! limiter. Built once by `startup` and shared by every session; the HTTP
+//! manager, its limits, the registry of open sessions, the connection caps
+//! and the room-creation limiter. Built once by `startup` and shared by every session; the HTTP
 //! layer keeps its own state (templates, settings, health) in `http`.
 
 use std::net::IpAddr;
@@ -12,6 +12,7 @@ use actix::Addr;
 
 use super::open_sessions::OpenSessions;
 use super::room_manager::RoomManager;
+use crate::connections::ConnectionLimiter;
 use crate::domain::{SocketId, TextLimits};
 use crate::rate_limit::KeyedLimiter;
 use crate::store::SharedStore;
@@ -39,6 +40,9 @@ pub struct SessionLimits {
     pub store_timeout: Duration,
     /// Frame size, queued bytes and silence bounds of the socket itself.
     pub transport: TransportLimits,
+    /// How long a connection may stay out of every room before it is
+    /// closed (checked on each heartbeat tick).
+    pub lobby_idle: Duration,
 }
 
 /// Shared by every session of the process.
@@ -52,6 +56,9 @@ pub struct SessionContext {
     pub room_create_limiter: KeyedLimiter<IpAddr>,
     /// Every open session, for the heartbeat and for shutdown.
     pub sessions: Arc<OpenSessions>,
+    /// Open connections, in all and per address, under their caps: each
+    /// session holds one slot of it.
+    pub connections: ConnectionLimiter,
     next_number: AtomicU64,
 }
 
@@ -62,6 +69,7 @@ impl SessionContext {
         manager: Addr<RoomManager>,
         limits: SessionLimits,
         room_create_limiter: KeyedLimiter<IpAddr>,
+        connections: ConnectionLimiter,
     ) -> Self {
         SessionContext {
             instance_id,
@@ -70,6 +78,7 @@ impl SessionContext {
             limits,
             room_create_limiter,
             sessions: Arc::new(OpenSessions::default()),
+            connections,
             next_number: AtomicU64::new(1),
         }
     }

@@ -11,6 +11,7 @@
 use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use actix::prelude::*;
 use bytes::Bytes;
@@ -18,6 +19,7 @@ use bytes::Bytes;
 use super::context::SessionContext;
 use super::room::{Chat, Join, Leave, RoomActor, RoomClosing};
 use super::room_manager::GetRoom;
+use crate::connections::ConnectionSlot;
 use crate::domain::{self, Nickname, RoomId, SocketId};
 use crate::error::{Chain, ChatError};
 use crate::protocol::{error_frame, parse_client_frame, ClientCommand, ClientFrame, ServerFrame};
@@ -33,6 +35,9 @@ const MAX_QUEUED_WHILE_JOINING: usize = 64;
 const CREATING: RoomId = RoomId::new(0);
 /// How often a join is retried when it races the room actor's shutdown.
 const MAX_JOIN_ATTEMPTS: u32 = 20;
+/// The close reason of a connection closed for `LOBBY_IDLE_SECS`
+/// (docs/PROTOCOL.md).
+pub const LOBBY_IDLE_REASON: &str = "idle in the lobby: no room joined";
 
 /// How far a join request got.
 enum JoinSent {
@@ -113,11 +118,23 @@ pub struct ChatSession {
     /// Set while a mailbox message is handled (see
     /// `Transport::send_from_handler`).
     in_handler: bool,
+    /// Since when the connection has been in no room (`None` while in
+    /// one); past `LOBBY_IDLE_SECS` the heartbeat closes it.
+    lobby_since: Option<Instant>,
+    /// This connection's place under `MAX_CONNECTIONS` and
+    /// `MAX_CONNECTIONS_PER_ADDRESS`, given back when the actor is dropped,
+    /// however the connection ended.
+    _slot: ConnectionSlot,
 }
 
 impl ChatSession {
     /// A session for a freshly upgraded socket.
-    pub fn new(cx: Arc<SessionContext>, peer: Option<IpAddr>, transport: Transport) -> Self {
+    pub fn new(
+        cx: Arc<SessionContext>,
+        peer: Option<IpAddr>,
+        transport: Transport,
+        slot: ConnectionSlot,
+    ) -> Self {
         let (number, id) = cx.next_socket();
         let limits = &cx.limits;
         let rate = TokenBucket::new(limits.frames_per_sec, limits.frames_burst);
@@ -138,7 +155,26 @@ impl ChatSession {
             queued: VecDeque::new(),
             transport,
             in_handler: false,
+            lobby_since: Some(Instant::now()),
+            _slot: slot,
         }
+    }
+
+    /// On a heartbeat tick: a connection that has been in no room for
+    /// `LOBBY_IDLE_SECS` (a join in flight does not count as a room, but
+    /// holds the close off until it is answered) is closed with 1000.
+    /// Returns whether it was.
+    fn close_if_idle_in_lobby(&mut self, ctx: &mut Context<Self>) -> bool {
+        if self.current.is_some() || self.busy() || !self.transport.is_open() {
+            return false;
+        }
+        let since = *self.lobby_since.get_or_insert_with(Instant::now);
+        if since.elapsed() < self.cx.limits.lobby_idle {
+            return false;
+        }
+        log::debug!("session {}: closing: idle in the lobby", self.id);
+        self.close(ctx, CloseCode::Normal, LOBBY_IDLE_REASON);
+        true
     }
 
     /// Queues wire bytes for the client. A client too far behind is being
@@ -280,6 +316,7 @@ impl ChatSession {
         let Some(CurrentRoom { room_id, .. }) = self.current.take() else {
             return;
         };
+        self.lobby_since = Some(Instant::now());
         log::error!("session {}: room {room_id} actor is gone", self.id);
         self.remove_membership_directly(room_id);
         let left = ServerFrame::Left {
@@ -299,6 +336,7 @@ impl ChatSession {
             self.send_error(ctx, &ChatError::NotInRoom, reference.as_deref());
             return;
         };
+        self.lobby_since = Some(Instant::now());
         let (done, recorded) = tokio::sync::oneshot::channel();
         room.do_send(Leave {
             socket_id: self.id.clone(),
@@ -330,6 +368,7 @@ impl ChatSession {
         let Some(CurrentRoom { room_id, room }) = self.current.take() else {
             return;
         };
+        self.lobby_since = Some(Instant::now());
         room.do_send(Leave {
             socket_id: self.id.clone(),
             done: None,
@@ -528,6 +567,7 @@ impl ChatSession {
                     self.leave_current(ctx);
                     self.send(frame, ctx);
                     self.current = Some(CurrentRoom { room_id, room });
+                    self.lobby_since = None;
                     self.joining = None;
                     self.replay_queued(ctx);
                 } else {
@@ -557,7 +597,11 @@ impl ChatSession {
                 self.current = None;
                 self.close(ctx, CloseCode::Away, "server shutting down");
             }
-            SessionEvent::Heartbeat => Transport::heartbeat(self, ctx),
+            SessionEvent::Heartbeat => {
+                if !self.close_if_idle_in_lobby(ctx) {
+                    Transport::heartbeat(self, ctx);
+                }
+            }
         }
     }
 }

@@ -57,7 +57,14 @@ pub async fn create_room(
     app: web::Data<HttpState>,
 ) -> Result<HttpResponse, ChatError> {
     require_json(&req)?;
-    let body = read_body(&req, body, app.settings.max_body_bytes).await?;
+    let settings = &app.settings;
+    let body = read_body(
+        &req,
+        body,
+        settings.max_body_bytes,
+        settings.request_body_timeout,
+    )
+    .await?;
     let value: Value =
         serde_json::from_slice(&body).map_err(|e| ChatError::InvalidJson(e.to_string()))?;
     let Value::Object(obj) = value else {
@@ -219,8 +226,23 @@ fn percent_decode(s: &str) -> String {
 }
 
 /// Reads a request body up to `limit` bytes; beyond it, 413
-/// `payload_too_large` without reading the rest.
+/// `payload_too_large` without reading the rest. A body still incomplete
+/// after `deadline` (trickled, or promised and never sent) is 408
+/// `request_timeout`, and the connection is closed (see `ChatError`'s
+/// `error_response`): actix-http bounds only the request head.
 async fn read_body(
+    req: &HttpRequest,
+    payload: web::Payload,
+    limit: usize,
+    deadline: std::time::Duration,
+) -> Result<web::BytesMut, ChatError> {
+    match tokio::time::timeout(deadline, read_body_untimed(req, payload, limit)).await {
+        Ok(read) => read,
+        Err(_) => Err(ChatError::RequestTimeout(deadline.as_secs())),
+    }
+}
+
+async fn read_body_untimed(
     req: &HttpRequest,
     mut payload: web::Payload,
     limit: usize,

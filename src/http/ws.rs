@@ -3,13 +3,21 @@
 //! and give the socket to a new `ChatSession`, so no HTTP machinery (or its
 //! buffers) stays behind for the connection's life. A `GET /ws` that does
 //! not ask to upgrade reaches the ordinary route, [`not_an_upgrade`].
+//!
+//! Before its `101`, a handshake takes a place under `MAX_CONNECTIONS` and
+//! `MAX_CONNECTIONS_PER_ADDRESS` (see `connections.rs`); without one it is
+//! refused with the JSON envelope (429 `too_many_connections`, 503
+//! `server_full`). Whatever is written here, the `101` or a refusal, must
+//! be taken by the client within [`HANDSHAKE_WRITE_TIMEOUT`], or the socket
+//! is dropped: a client that never reads cannot hold it.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix::Actor;
 use actix_codec::Framed;
 use actix_http::{h1, HttpMessage, Request};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::state::HttpState;
@@ -17,8 +25,13 @@ use crate::actors::session::ChatSession;
 use crate::error::ChatError;
 use crate::ws::{handshake, Transport};
 
+/// The longest the handshake's answer (with responses pipelined before
+/// it) may take to be written.
+pub const HANDSHAKE_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Answers an upgrade request and, if it is a good WebSocket handshake on
-/// `/ws`, starts the connection's session actor on this worker's thread.
+/// `/ws` and the connection caps allow one more, starts the connection's
+/// session actor on this worker's thread.
 pub async fn upgrade(
     app: Arc<HttpState>,
     req: Request,
@@ -27,28 +40,71 @@ pub async fn upgrade(
     let parts = framed.into_parts();
     let mut io = parts.io;
     // Responses to requests the client pipelined before the upgrade, not
-    // yet written by actix-http: they go first.
-    if !parts.write_buf.is_empty() {
-        io.write_all(&parts.write_buf).await?;
-    }
-    let response = match handshake::answer(
-        req.head(),
-        &app.settings.instance_id,
-        &app.settings.allowed_origins,
-    ) {
+    // yet written by actix-http, go first.
+    let pipelined = &parts.write_buf[..];
+    let instance = &app.settings.instance_id;
+    let response = match handshake::answer(req.head(), instance, &app.settings.allowed_origins) {
         Ok(accepted) => accepted,
         Err(refused) => {
-            io.write_all(&refused).await?;
-            return io.shutdown().await;
+            return write_then_shut(&mut io, &[pipelined, &refused], HANDSHAKE_WRITE_TIMEOUT).await
         }
     };
-    io.write_all(&response).await?;
     let peer = super::client_key(req.headers(), req.peer_addr(), &app.settings);
+    let slot = match app.chat.connections.try_acquire(peer) {
+        Ok(slot) => slot,
+        Err(refusal) => {
+            log_refusal(&refusal, peer);
+            let refused = handshake::error_response(&refusal, instance);
+            return write_then_shut(&mut io, &[pipelined, &refused], HANDSHAKE_WRITE_TIMEOUT).await;
+        }
+    };
+    write_within(&mut io, &[pipelined, &response], HANDSHAKE_WRITE_TIMEOUT).await?;
     let chat = app.chat.clone();
     // Input the client sent right behind its handshake is the session's.
     let transport = Transport::new(io, &parts.read_buf, chat.limits.transport);
-    ChatSession::new(chat, peer, transport).start();
+    ChatSession::new(chat, peer, transport, slot).start();
     Ok(())
+}
+
+fn log_refusal(refusal: &ChatError, peer: Option<std::net::IpAddr>) {
+    let who = peer.map_or_else(|| "an unknown address".to_owned(), |ip| ip.to_string());
+    log::info!("WebSocket from {who} refused: {refusal}");
+}
+
+/// Writes `parts` whole, in order, or fails with `TimedOut` once
+/// `deadline` has passed (a client that does not read).
+async fn write_within<W: AsyncWrite + Unpin>(
+    io: &mut W,
+    parts: &[&[u8]],
+    deadline: Duration,
+) -> std::io::Result<()> {
+    let write = async {
+        for part in parts {
+            io.write_all(part).await?;
+        }
+        Ok(())
+    };
+    match tokio::time::timeout(deadline, write).await {
+        Ok(written) => written,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("the client did not take the handshake's answer within {deadline:?}"),
+        )),
+    }
+}
+
+/// [`write_within`], then the socket is shut for writing (the answer was a
+/// refusal: `connection: close`).
+async fn write_then_shut<W: AsyncWrite + Unpin>(
+    io: &mut W,
+    parts: &[&[u8]],
+    deadline: Duration,
+) -> std::io::Result<()> {
+    write_within(io, parts, deadline).await?;
+    match tokio::time::timeout(deadline, io.shutdown()).await {
+        Ok(shut) => shut,
+        Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+    }
 }
 
 /// A plain `GET /ws`: tell the client what was expected.
@@ -56,4 +112,51 @@ pub async fn not_an_upgrade() -> Result<actix_web::HttpResponse, ChatError> {
     Err(ChatError::InvalidParameter(
         "GET /ws must be a WebSocket upgrade (Upgrade: websocket)".into(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    /// A peer whose receive side holds 64 bytes and who never reads: a
+    /// 200-byte answer cannot be written, and the write gives up in time.
+    #[tokio::test]
+    async fn a_client_that_never_reads_cannot_hold_the_handshake() {
+        let (mut server, _client) = tokio::io::duplex(64);
+        let answer = vec![b'x'; 200];
+        let started = tokio::time::Instant::now();
+        let e = write_within(&mut server, &[&answer], Duration::from_millis(200))
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
+        assert!(started.elapsed() < Duration::from_secs(2));
+        let e = write_then_shut(
+            &mut server,
+            &[b"HTTP/1.1 ", &answer],
+            Duration::from_millis(200),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
+    }
+
+    #[tokio::test]
+    async fn a_client_that_reads_gets_the_whole_answer() {
+        let (mut server, mut client) = tokio::io::duplex(64);
+        let answer: Vec<u8> = (0..200u8).collect();
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).await.map(|_| got)
+        });
+        write_then_shut(
+            &mut server,
+            &[&answer[..10], &answer[10..]],
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        drop(server);
+        assert_eq!(reader.await.unwrap().unwrap(), answer);
+    }
 }

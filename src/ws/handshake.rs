@@ -94,7 +94,7 @@ fn check_headers(headers: &HeaderMap) -> Result<&[u8], &'static str> {
 }
 
 /// A whole HTTP error response with the contract's JSON envelope.
-fn error_response(error: &ChatError, instance_id: &str) -> Bytes {
+pub fn error_response(error: &ChatError, instance_id: &str) -> Bytes {
     use actix_web::ResponseError;
     let status = error.status_code();
     let body = serde_json::json!({ "error": error.to_json() }).to_string();

@@ -7,6 +7,7 @@ mod wait;
 
 mod backpressure;
 mod concurrency;
+mod connections;
 mod limits;
 mod protocol_errors;
 mod rest;

@@ -440,3 +440,53 @@ async fn a_missing_schema_the_user_cannot_create_says_what_to_run() {
     .await;
     drop(user);
 }
+
+#[actix_rt::test]
+async fn the_log_names_the_file_limits_and_the_connection_caps() {
+    // Started with a low soft limit (inherited from this process), the
+    // server raises it to the hard one.
+    let (soft_here, hard_here) = rlimit::getrlimit(rlimit::Resource::NOFILE).expect("limits");
+    let low = 1000.min(hard_here);
+    rlimit::setrlimit(rlimit::Resource::NOFILE, low, hard_here).expect("lower the soft limit");
+    let mut server = Server::start(&[("MAX_CONNECTIONS_PER_ADDRESS", "7")]);
+    rlimit::setrlimit(rlimit::Resource::NOFILE, soft_here, hard_here).expect("restore it");
+    server.wait_healthy().await;
+    let lines = server.lines();
+    let line = lines
+        .iter()
+        .find(|l| l.contains("open-file limit: soft "))
+        .unwrap_or_else(|| panic!("no open-file limit line: {lines:?}"));
+    let number_after = |label: &str| -> u64 {
+        let rest = &line[line
+            .find(label)
+            .unwrap_or_else(|| panic!("{label}: {line}"))
+            + label.len()..];
+        rest.split(|c: char| !c.is_ascii_digit())
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no number after {label}: {line}"))
+    };
+    let (soft, hard) = (number_after("soft "), number_after("hard "));
+    assert_eq!(number_after("was "), low, "{line}");
+    assert_eq!(hard, hard_here, "{line}");
+    assert_eq!(
+        soft, hard,
+        "the soft limit is raised to the hard one: {line}"
+    );
+    assert_eq!(
+        number_after("MAX_CONNECTIONS "),
+        soft.saturating_sub(256).max(1),
+        "{line}"
+    );
+    assert_eq!(number_after("MAX_CONNECTIONS_PER_ADDRESS "), 7, "{line}");
+    server.kill();
+    let mut set = Server::start(&[("MAX_CONNECTIONS", "100")]);
+    set.wait_healthy().await;
+    let lines = set.lines();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("MAX_CONNECTIONS 100 (set)")),
+        "{lines:?}"
+    );
+}

@@ -88,7 +88,7 @@ impl ConnectionLimiter {
 
     /// Open connections from `address`.
     #[cfg(test)]
-    pub fn from_address(&self, address: IpAddr) -> usize {
+    pub fn open_from(&self, address: IpAddr) -> usize {
         let counts = self.inner.counts();
         counts.per_address.get(&address).copied().unwrap_or(0)
     }
@@ -127,7 +127,7 @@ mod tests {
         let _b = limiter.try_acquire(ip("10.0.0.2")).unwrap();
         assert_eq!(limiter.total(), 3);
         drop(a1);
-        assert_eq!(limiter.from_address(ip("10.0.0.1").unwrap()), 1);
+        assert_eq!(limiter.open_from(ip("10.0.0.1").unwrap()), 1);
         let _a3 = limiter.try_acquire(ip("10.0.0.1")).unwrap();
         assert_eq!(limiter.total(), 3);
     }

@@ -2,7 +2,7 @@
 # Reproduces every figure in docs/PERFORMANCE.md.
 #   bash scripts/bench.sh                 # all sections, 2 runs each (about 10-15 min)
 #   bash scripts/bench.sh fanout latency  # only some sections
-# Sections: fanout latency idle mysql cluster sweep
+# Sections: fanout latency idle mysql cluster sweep flood soak
 # Env: BIN (default target/release; built if missing), RUNS (default 2),
 #      MYSQL (default mysql://root@127.0.0.1:3306), REDIS_URL (default redis://127.0.0.1:6379),
 #      PORT_BASE (default 38100), OUT (default docs/bench/results). Writes docs/bench/results/*.json and docs/bench/*.svg.
@@ -16,10 +16,10 @@ PORT_BASE=${PORT_BASE:-38100}
 OUT=${OUT:-docs/bench/results}
 mkdir -p "$OUT"
 [ -x "$BIN/chat-server" ] && [ -x "$BIN/chat-bench" ] || cargo build --release
-SECTIONS=${*:-fanout latency idle mysql cluster sweep}
+SECTIONS=${*:-fanout latency idle mysql cluster sweep flood soak}
 DB=chat_bench_$$
 export WS_RATE_PER_SEC=1000000 WS_RATE_BURST=1000000 WS_JOIN_RATE_PER_SEC=1000000 WS_JOIN_BURST=1000000 \
-  ROOM_CREATE_BURST=1000000 RUST_LOG=warn
+  ROOM_CREATE_BURST=1000000 MAX_CONNECTIONS_PER_ADDRESS=1000000 RUST_LOG=warn
 
 PIDS=()
 cleanup() {
@@ -105,5 +105,23 @@ sweep)    # fanout vs room size, 4 senders, one fresh server per point
   done
   "$BIN/chat-bench" chart $OUT/sweep-fanout-*.json --out docs/bench/fanout-room-size.svg \
     --x members --title "fanout, 4 senders, memory store (2 cores shared with the bench)" ;;
+flood)    # a room of 10 (2 senders x 50/s) alone, then beside one client flooding as fast as it can;
+          # the server runs with its default limits (they are what is measured)
+  for r in $(seq "$RUNS"); do
+    start $PORT_BASE WS_RATE_PER_SEC=200 WS_RATE_BURST=400 WS_JOIN_RATE_PER_SEC=2 WS_JOIN_BURST=10 \
+      ROOM_CREATE_BURST=1000 MAX_CONNECTIONS_PER_ADDRESS=64
+    bench flood --url http://127.0.0.1:$PORT_BASE --pid $SPID --duration 10 \
+      --label "flood run $r" > $OUT/target-flood-run$r.json
+    stop $SPID
+  done ;;
+soak)     # clients join, chat, leave or drop for 3 minutes; RSS and descriptors after vs. before
+          # (history capped at 100 per room so stored messages do not count as growth)
+  for r in $(seq "$RUNS"); do
+    start $PORT_BASE WS_RATE_PER_SEC=200 WS_RATE_BURST=400 WS_JOIN_RATE_PER_SEC=2 WS_JOIN_BURST=10 \
+      MAX_CONNECTIONS_PER_ADDRESS=64 MEMORY_HISTORY_LIMIT=100
+    bench soak --url http://127.0.0.1:$PORT_BASE --pid $SPID --duration ${SOAK_SECS:-180} --warmup 20 \
+      --label "soak run $r" > $OUT/target-soak-run$r.json
+    stop $SPID
+  done ;;
 *) echo "unknown section $s" >&2; exit 2 ;;
 esac; done

@@ -30,7 +30,7 @@ pub const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 pub const SERVER_ENV_HINT: &str =
     "start the server with generous limits, e.g. WS_RATE_PER_SEC=1000000 WS_RATE_BURST=1000000 \
      WS_JOIN_RATE_PER_SEC=1000000 WS_JOIN_BURST=1000000 ROOM_CREATE_BURST=1000000 \
-     (see docs/bench/README.md)";
+     MAX_CONNECTIONS_PER_ADDRESS=1000000 (see docs/bench/README.md)";
 
 /// Options every scenario has.
 #[derive(Debug, Clone)]

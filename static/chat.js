@@ -71,6 +71,11 @@
   const PAGE_LIMIT = 500;
   const GROUP_WINDOW_MS = 5 * 60 * 1000;
   const NEAR_BOTTOM_PX = 120;
+  /** Message elements the list keeps; older ones are dropped from the page. */
+  const MAX_MESSAGES = 500;
+  /** Longest wait for the next render of arriving messages when the browser
+   * does not run animation frames (a hidden tab). */
+  const FLUSH_FALLBACK_MS = 250;
 
   // ------------------------------------------------------------ validation --
 
@@ -189,8 +194,12 @@
     me: null,
     /** True while the current socket is a member of `room`. */
     live: false,
-    /** message id -> <li>, for de-duplication. */
+    /** message id -> <li> for the messages on the page (at most
+     * MAX_MESSAGES), for de-duplication. */
     messages: new Map(),
+    /** Highest id dropped from the page to keep it bounded: anything at or
+     * below it is older than what the page shows and is not put back. */
+    floorId: 0,
     /** Highest message id up to which we hold every message of the room. */
     lastSeenId: 0,
     /** True while catching up over REST after a reconnect. */
@@ -474,21 +483,59 @@
     refreshRooms();
   }
 
+  // Arriving messages are collected and put into the page once per
+  // animation frame: a room that delivers hundreds of messages a second
+  // costs one DOM update and one layout per frame, not one per message.
+  let incoming = [];
+  let flushFrame = 0;
+  let flushTimer = null;
+
   function onMessage(m) {
-    if (!m || !state.room || m.roomId !== state.room.id) return;
-    const stick = isNearBottom();
-    if (!addMessage(m)) return;
+    if (!m || typeof m.id !== 'number' || !state.room || m.roomId !== state.room.id) return;
+    if (m.id <= state.floorId || state.messages.has(m.id)) return;
     if (!state.resyncing && m.id > state.lastSeenId) state.lastSeenId = m.id;
+    incoming.push(m);
+    // More than the page keeps can wait for one frame only when the tab is
+    // in the background; the oldest would be dropped from the page anyway.
+    if (incoming.length > 2 * MAX_MESSAGES) incoming = incoming.slice(-MAX_MESSAGES);
+    scheduleFlush();
+  }
+
+  function scheduleFlush() {
+    if (flushFrame || flushTimer) return;
+    flushFrame = requestAnimationFrame(flushIncoming);
+    // Hidden tabs get no animation frames: a timer takes over there.
+    flushTimer = setTimeout(flushIncoming, FLUSH_FALLBACK_MS);
+  }
+
+  function cancelFlush() {
+    if (flushFrame) cancelAnimationFrame(flushFrame);
+    clearTimeout(flushTimer);
+    flushFrame = 0;
+    flushTimer = null;
+  }
+
+  function flushIncoming() {
+    cancelFlush();
+    const batch = incoming;
+    incoming = [];
+    if (!state.room || batch.length === 0) return;
+    const stick = following;
+    const added = insertMessages(batch);
+    if (added.length === 0) return;
     renderEmptyState();
-    const own = m.nickname === state.me;
+    const own = added.some((m) => m.nickname === state.me);
     if (stick || own) {
       scrollToBottom();
     } else {
       ui.jump.hidden = false;
     }
-    if (document.hidden && !own) {
-      state.unread += 1;
-      renderDocumentTitle();
+    if (document.hidden) {
+      const others = added.filter((m) => m.nickname !== state.me).length;
+      if (others) {
+        state.unread += others;
+        renderDocumentTitle();
+      }
     }
   }
 
@@ -711,7 +758,10 @@
   // ---------------------------------------------------------------- views --
 
   function resetRoom() {
+    cancelFlush();
+    incoming = [];
     state.messages.clear();
+    state.floorId = 0;
     state.members.clear();
     state.lastSeenId = 0;
     state.resyncing = false;
@@ -783,21 +833,58 @@
   // -------------------------------------------------------------- messages --
 
   function maxMessageId() {
-    let max = 0;
+    let max = state.floorId;
     for (const id of state.messages.keys()) if (id > max) max = id;
+    for (const m of incoming) if (m.id > max) max = m.id;
     return max;
   }
 
   function mergeMessages(list) {
-    for (const m of list) addMessage(m);
+    insertMessages(list);
     renderEmptyState();
   }
 
-  /** Inserts one message in id order; false if it is a duplicate or not
-   * of the current room. */
-  function addMessage(m) {
-    if (!m || typeof m.id !== 'number' || !state.room || m.roomId !== state.room.id) return false;
-    if (state.messages.has(m.id)) return false;
+  /** Puts messages of the current room into the list in id order, skipping
+   * duplicates, then drops the oldest beyond MAX_MESSAGES. Messages newer
+   * than the last one shown (the usual case) go in as one fragment.
+   * Returns the messages added. */
+  function insertMessages(list) {
+    if (!state.room) return [];
+    const fresh = [];
+    const ids = new Set();
+    for (const m of list) {
+      if (!m || typeof m.id !== 'number' || m.roomId !== state.room.id) continue;
+      if (m.id <= state.floorId || state.messages.has(m.id) || ids.has(m.id)) continue;
+      ids.add(m.id);
+      fresh.push(m);
+    }
+    if (fresh.length === 0) return fresh;
+    fresh.sort((a, b) => a.id - b.id);
+    // Only the newest MAX_MESSAGES can stay on the page.
+    const keep = fresh.length > MAX_MESSAGES ? fresh.slice(-MAX_MESSAGES) : fresh;
+    const lastEl = ui.messages.lastElementChild;
+    const lastId = lastEl ? messageData.get(lastEl).id : 0;
+    const frag = document.createDocumentFragment();
+    let prevData = lastEl ? messageData.get(lastEl) : null;
+    for (const m of keep) {
+      if (m.id > lastId) {
+        const li = renderMessage(m);
+        const data = messageData.get(li);
+        li.classList.toggle('continued', continues(prevData, data));
+        prevData = data;
+        state.messages.set(m.id, li);
+        frag.append(li);
+      } else {
+        insertOne(m); // older than the newest shown: rare (a catch-up)
+      }
+    }
+    ui.messages.append(frag);
+    trimMessages();
+    return keep;
+  }
+
+  /** Inserts one message before the first newer one. */
+  function insertOne(m) {
     const li = renderMessage(m);
     state.messages.set(m.id, li);
     let next = null;
@@ -809,7 +896,21 @@
     ui.messages.insertBefore(li, next);
     regroup(li);
     if (next) regroup(next);
-    return true;
+  }
+
+  /** Keeps at most MAX_MESSAGES elements (and ids) by dropping the oldest. */
+  function trimMessages() {
+    let dropped = false;
+    while (state.messages.size > MAX_MESSAGES) {
+      const first = ui.messages.firstElementChild;
+      if (!first) break;
+      const { id } = messageData.get(first);
+      state.messages.delete(id);
+      if (id > state.floorId) state.floorId = id;
+      first.remove();
+      dropped = true;
+    }
+    if (dropped && ui.messages.firstElementChild) regroup(ui.messages.firstElementChild);
   }
 
   function renderMessage(m) {
@@ -856,11 +957,12 @@
   /** A follow-up from the same person within a few minutes drops its header. */
   function regroup(li) {
     const prev = li.previousElementSibling;
-    const a = messageData.get(li);
-    const b = prev ? messageData.get(prev) : null;
-    const continued = Boolean(b && b.nickname === a.nickname && a.time - b.time >= 0
+    li.classList.toggle('continued', continues(prev ? messageData.get(prev) : null, messageData.get(li)));
+  }
+
+  function continues(b, a) {
+    return Boolean(b && b.nickname === a.nickname && a.time - b.time >= 0
       && a.time - b.time < GROUP_WINDOW_MS);
-    li.classList.toggle('continued', continued);
   }
 
   function makeTime(date, className) {
@@ -869,15 +971,24 @@
     t.dataset.testid = className === 'msg-time' ? 'message-time' : 'message-gutter-time';
     if (!Number.isNaN(date.getTime())) {
       t.dateTime = date.toISOString();
-      t.title = date.toLocaleString();
+      t.title = FORMAT.full.format(date);
       t.textContent = formatWhen(date);
     }
     return t;
   }
 
+  // Formatters made once (toLocale*String builds one per call: slow in a flood).
+  const FORMAT = {
+    full: new Intl.DateTimeFormat(undefined, {
+      year: 'numeric', month: 'numeric', day: 'numeric', hour: 'numeric', minute: 'numeric', second: 'numeric',
+    }),
+    clock: new Intl.DateTimeFormat([], { hour: 'numeric', minute: '2-digit' }),
+    dayClock: new Intl.DateTimeFormat([], { month: 'short', day: 'numeric', hour: 'numeric', minute: '2-digit' }),
+  };
+
   function formatClock(d) {
     if (Number.isNaN(d.getTime())) return '';
-    return d.toLocaleTimeString([], { hour: 'numeric', minute: '2-digit' });
+    return FORMAT.clock.format(d);
   }
 
   function formatWhen(d) {
@@ -890,7 +1001,7 @@
       && d.getDate() === yesterday.getDate()) {
       return `Yesterday ${formatClock(d)}`;
     }
-    return d.toLocaleString([], { month: 'short', day: 'numeric', hour: 'numeric', minute: '2-digit' });
+    return FORMAT.dayClock.format(d);
   }
 
   function isNearBottom() {

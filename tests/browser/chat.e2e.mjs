@@ -20,6 +20,14 @@
 //                           (the caller creates and drops that database)
 //   BROWSER_TEST_TIMEOUT_MS global time limit (default 120000)
 //   BROWSER_TEST_SCREENSHOTS=0  skip writing docs/screenshot-*.png
+//   BROWSER_TEST_STATIC_DIR the server's STATIC_DIR (default static/), e.g.
+//                           a copy holding an older chat.js to check that
+//                           a step fails without a fix
+//   BROWSER_TEST_ONLY       a regular expression: of the independent steps
+//                           at the end (the flood), run
+//                           only those whose name matches
+//   BROWSER_TEST_MAX_BLOCK_MS  longest main-thread task allowed during the
+//                           flood step (default 200)
 
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
@@ -97,6 +105,11 @@ function freePort() {
 let server = null;
 let serverExit = null;
 const serverLog = [];
+/** Servers started by single steps (see spawnServer). */
+const extraServers = new Set();
+const staticDir = path.resolve(repoRoot, process.env.BROWSER_TEST_STATIC_DIR || 'static');
+const onlyRe = process.env.BROWSER_TEST_ONLY ? new RegExp(process.env.BROWSER_TEST_ONLY) : null;
+const maxBlockMs = Number(process.env.BROWSER_TEST_MAX_BLOCK_MS) || 200;
 let browser = null;
 const users = [];
 const pageErrors = [];
@@ -114,28 +127,58 @@ function keepLog(chunk) {
 }
 
 async function startServer() {
+  const s = await spawnServer({ memory: !process.env.BROWSER_TEST_MYSQL_URL });
+  server = s.proc;
+  serverExit = s.exit;
+  extraServers.delete(s);
+  return s.base;
+}
+
+/** Starts a server process and waits for /health. `memory`: without MySQL
+ * (ids start at 1 again after a restart); `port`: a given port (to restart
+ * a server where its clients expect it). Resolves to { proc, exit, base, stop }. */
+async function spawnServer({ memory = false, port = 0, label = 'server' } = {}) {
   if (!fs.existsSync(serverBin)) {
     throw new AssertionError(`server binary not found at ${serverBin} (run \`cargo build\`, or set CHAT_SERVER_BIN)`);
   }
-  const port = await freePort();
+  if (!port) port = await freePort();
   const env = { ...process.env };
   delete env.MYSQL_URL;
   delete env.REDIS_URL;
   Object.assign(env, {
     PORT: String(port),
     HOST: '127.0.0.1',
-    STATIC_DIR: path.join(repoRoot, 'static'),
+    STATIC_DIR: staticDir,
     TEMPLATES_DIR: path.join(repoRoot, 'templates'),
     RUST_LOG: process.env.RUST_LOG || 'info',
   });
-  if (process.env.BROWSER_TEST_MYSQL_URL) env.MYSQL_URL = process.env.BROWSER_TEST_MYSQL_URL;
-  server = spawn(serverBin, [], { cwd: repoRoot, env, stdio: ['ignore', 'pipe', 'pipe'] });
-  server.stdout.on('data', keepLog);
-  server.stderr.on('data', keepLog);
-  serverExit = once(server, 'exit');
-  server.on('exit', (code, signal) => keepLog(`[server exited: code ${code}, signal ${signal}]`));
+  if (!memory) env.MYSQL_URL = process.env.BROWSER_TEST_MYSQL_URL;
+  const proc = spawn(serverBin, [], { cwd: repoRoot, env, stdio: ['ignore', 'pipe', 'pipe'] });
+  const log = label === 'server' ? keepLog : (chunk) => keepLog(chunk.toString().split('\n').filter(Boolean).map((l) => `[${label}] ${l}`).join('\n'));
+  proc.stdout.on('data', log);
+  proc.stderr.on('data', log);
+  const exit = once(proc, 'exit');
+  proc.on('exit', (code, signal) => log(`[server exited: code ${code}, signal ${signal}]`));
+  const handle = {
+    proc,
+    exit,
+    base: `http://127.0.0.1:${port}`,
+    port,
+    async stop() {
+      extraServers.delete(handle);
+      if (proc.exitCode !== null || proc.signalCode !== null) return;
+      proc.kill('SIGTERM');
+      const exited = await Promise.race([exit.then(() => true), sleep(5000).then(() => false)]);
+      if (!exited) {
+        proc.kill('SIGKILL');
+        await Promise.race([exit, sleep(2000)]);
+      }
+    },
+  };
+  extraServers.add(handle);
 
-  const base = `http://127.0.0.1:${port}`;
+  const base = handle.base;
+  const server = proc;
   const deadline = Date.now() + 30_000;
   let last = 'no answer';
   while (Date.now() < deadline) {
@@ -144,7 +187,7 @@ async function startServer() {
     }
     try {
       const res = await fetch(`${base}/health`, { signal: AbortSignal.timeout(2000) });
-      if (res.status === 200) return base;
+      if (res.status === 200) return handle;
       last = `HTTP ${res.status}: ${(await res.text()).slice(0, 200)}`;
     } catch (e) {
       last = e.message;
@@ -169,6 +212,7 @@ function cleanup() {
   if (!cleaning) {
     cleaning = (async () => {
       if (browser) await Promise.race([browser.close().catch(() => {}), sleep(5000)]);
+      for (const s of [...extraServers]) await s.stop();
       await stopServer();
     })();
   }
@@ -177,8 +221,10 @@ function cleanup() {
 
 process.on('exit', () => {
   // Last resort: never leave the server behind.
-  if (server && server.exitCode === null && server.signalCode === null) {
-    try { server.kill('SIGKILL'); } catch (_) { /* gone */ }
+  for (const p of [server, ...[...extraServers].map((s) => s.proc)]) {
+    if (p && p.exitCode === null && p.signalCode === null) {
+      try { p.kill('SIGKILL'); } catch (_) { /* gone */ }
+    }
   }
 });
 
@@ -339,6 +385,22 @@ async function waitInRoom(user, roomTitle) {
   await tid(user.page, 'room-view').waitFor({ state: 'visible' });
   await eventually(`${user.name} shows the room title`,
     async () => (await tid(user.page, 'current-room-title').textContent()) === roomTitle);
+}
+
+/** Closes a user's browser context (a step's own user, when done). */
+async function dropUser(user) {
+  await user.context.close();
+  users.splice(users.indexOf(user), 1);
+}
+
+/** A bare page of `base` (not the chat page) whose script is a plain
+ * WebSocket client: the test's scripted sender or attacker. */
+async function socketClient(base) {
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  page.on('pageerror', (e) => pageErrors.push(`socket client: ${e.message}`));
+  await page.goto(`${base}/health`);
+  return { context, page };
 }
 
 async function roomIdOf(page) {
@@ -696,6 +758,147 @@ async function main() {
     } finally {
       await foreign.close();
     }
+  });
+
+  const only = (name) => !onlyRe || onlyRe.test(name);
+
+  const FLOOD = 'a flood of 600 messages at ~190/s is rendered within 2 s, the list stays bounded, the page stays responsive';
+  if (only(FLOOD)) await step(FLOOD, async () => {
+    const N = 600;
+    const RATE = 190; // under the server's WS_RATE_PER_SEC=200, burst 400
+    const BOUND = 500;
+    const dave = await newUser('dave', base);
+    await tid(dave.page, 'nickname-input').fill('dave');
+    await tid(dave.page, 'room-title-input').fill('flood');
+    await tid(dave.page, 'create-button').click();
+    await waitInRoom(dave, 'flood');
+    const floodRoom = await roomIdOf(dave.page);
+    await dave.page.evaluate(() => {
+      window.__longTasks = [];
+      new PerformanceObserver((list) => {
+        for (const e of list.getEntries()) window.__longTasks.push(Math.round(e.duration));
+      }).observe({ type: 'longtask' });
+      const ol = document.querySelector('[data-testid="message-list"]');
+      new MutationObserver(() => {
+        const last = ol.lastElementChild;
+        const text = last && last.querySelector('[data-testid="message-content"]').textContent;
+        if (text === 'flood 1' && !window.__firstAt) window.__firstAt = Date.now();
+        if (text === 'flood 600' && !window.__lastAt) window.__lastAt = Date.now();
+      }).observe(ol, { childList: true });
+    });
+
+    const sender = await socketClient(base);
+    // While the flood runs, time round trips into dave's page: each one
+    // waits for its main thread.
+    let sampling = true;
+    let maxRoundTrip = 0;
+    const sampler = (async () => {
+      while (sampling) {
+        const t = Date.now();
+        await dave.page.evaluate(() => 0);
+        maxRoundTrip = Math.max(maxRoundTrip, Date.now() - t);
+        await sleep(50);
+      }
+    })();
+    const sent = await sender.page.evaluate(({ url, roomId, n, rate }) => new Promise((resolve, reject) => {
+      const ws = new WebSocket(url);
+      window.__ws = ws;
+      window.__senderErrors = [];
+      let count = 0;
+      ws.onopen = () => ws.send(JSON.stringify({ type: 'join', roomId, nickname: 'flooder', ref: 'j' }));
+      ws.onerror = () => reject(new Error('the sender\'s socket failed'));
+      ws.onmessage = (ev) => {
+        const f = JSON.parse(ev.data);
+        if (f.type === 'error') window.__senderErrors.push(f.code);
+        if (f.type !== 'joined') return;
+        const t0 = performance.now();
+        const firstSentAt = Date.now();
+        const timer = setInterval(() => {
+          const due = Math.min(n, Math.floor((performance.now() - t0) * rate / 1000) + 1);
+          while (count < due) {
+            count += 1;
+            ws.send(JSON.stringify({ type: 'chat', content: `flood ${count}` }));
+          }
+          if (count >= n) {
+            clearInterval(timer);
+            resolve({ firstSentAt, lastSentAt: Date.now(), seconds: (performance.now() - t0) / 1000 });
+          }
+        }, 10);
+      };
+    }), { url: `${base.replace('http:', 'ws:')}/ws`, roomId: floodRoom, n: N, rate: RATE });
+
+    let lastAt = 0;
+    const waitLimit = Date.now() + 45_000;
+    while (!lastAt && Date.now() < waitLimit) {
+      lastAt = await dave.page.evaluate(() => window.__lastAt || 0);
+      if (!lastAt) await sleep(50);
+    }
+    sampling = false;
+    await sampler;
+    const stats = await dave.page.evaluate(() => {
+      const ol = document.querySelector('[data-testid="message-list"]');
+      const items = [...ol.children];
+      return {
+        firstAt: window.__firstAt || 0,
+        longTasks: window.__longTasks,
+        count: items.length,
+        ids: items.map((e) => Number(e.dataset.id)),
+        contents: items.map((e) => e.querySelector('[data-testid="message-content"]').textContent),
+      };
+    });
+    const longest = Math.max(0, ...stats.longTasks);
+    const lag = lastAt ? lastAt - sent.lastSentAt : Infinity;
+    console.log(`    sent ${N} in ${sent.seconds.toFixed(2)} s; last rendered ${lastAt ? `${lag} ms after it was sent` : 'never (45 s)'}`
+      + ` (${lastAt ? lastAt - sent.firstSentAt : '-'} ms after the first was sent); longest main-thread task ${longest} ms`
+      + ` (${stats.longTasks.length} over 50 ms), slowest round trip into the page ${maxRoundTrip} ms; ${stats.count} elements kept`);
+    const senderErrors = await sender.page.evaluate(() => window.__senderErrors);
+    assertEqual(senderErrors.length, 0, `errors the sender got (${senderErrors.join(', ')})`);
+    assert(lastAt, 'the page shows the last flood message within 45 s');
+    assert(lag <= 2000, `the last message is rendered within 2 s of being sent (took ${lag} ms)`);
+    assert(longest <= maxBlockMs, `no main-thread task over ${maxBlockMs} ms during the flood (longest ${longest} ms: ${stats.longTasks.join(', ')})`);
+    // Coarse (it includes the test's own latency on a busy machine); the
+    // long-task check above is the precise one.
+    assert(maxRoundTrip <= 2000, `the page answers within 2 s during the flood (slowest ${maxRoundTrip} ms)`);
+    assert(stats.count <= BOUND, `at most ${BOUND} messages kept in the page (${stats.count})`);
+    assertEqual(stats.contents[stats.contents.length - 1], `flood ${N}`, 'the last message shown');
+    assertEqual(stats.contents[0], `flood ${N - BOUND + 1}`, 'the oldest message kept (the newest 500 stay)');
+    await eventually('the last message is scrolled into view', () => dave.page.evaluate(() => {
+      const ol = document.querySelector('[data-testid="message-list"]');
+      const box = ol.getBoundingClientRect();
+      const last = ol.lastElementChild.getBoundingClientRect();
+      return last.bottom <= box.bottom + 1 && last.top >= box.top - 1;
+    }), 1000);
+    assertEqual(new Set(stats.ids).size, stats.ids.length, 'distinct message ids');
+    assert(stats.ids.every((id, i) => i === 0 || stats.ids[i - 1] < id), 'messages in ascending id order');
+
+    // A tall message after the flood: the page still ends at the very bottom
+    // (off-screen messages are laid out with an estimated height first).
+    const tall = Array.from({ length: 25 }, (_, i) => `line ${i + 1}`).join('\n');
+    await sender.page.evaluate((text) => window.__ws.send(JSON.stringify({ type: 'chat', content: text })), tall);
+    await waitForMessage(dave, tall);
+    await eventually('dave\'s list is scrolled to the very bottom', () => dave.page.evaluate(() => {
+      const ol = document.querySelector('[data-testid="message-list"]');
+      return ol.scrollHeight - ol.scrollTop - ol.clientHeight < 2;
+    }), 3000);
+    assert(await tid(dave.page, 'jump-button').isHidden(), 'no "New messages" button while following');
+
+    // A reconnect brings the last messages again (history, catch-up): they
+    // are not shown twice, and the dropped ones do not come back.
+    await dave.page.evaluate(() => window.__chatTest.cut());
+    await eventually('dave\'s page shows it is not connected', async () =>
+      (await tid(dave.page, 'conn-status').getAttribute('data-state')) !== 'online');
+    await dave.page.evaluate(() => { window.__chatTest.restore(); window.dispatchEvent(new Event('online')); });
+    await eventually('dave is back in the room', async () =>
+      (await tid(dave.page, 'conn-status').getAttribute('data-state')) === 'online'
+      && (await tid(dave.page, 'room-notice').isHidden()), 20_000);
+    await sendMessage(dave.page, 'still standing');
+    await waitForMessage(dave, 'still standing');
+    const after = await messageIds(dave.page);
+    assertEqual(new Set(after).size, after.length, 'distinct message ids after the reconnect');
+    assert(after.length <= BOUND, `at most ${BOUND} messages after the reconnect (${after.length})`);
+    assert(after.every((id, i) => i === 0 || after[i - 1] < id), 'ascending ids after the reconnect');
+    await sender.context.close();
+    await dropUser(dave);
   });
 
   await step('no script errors in any page, no injected HTML ran', async () => {

@@ -445,9 +445,24 @@
       send('leave', {}, { kind: 'leave' });
       return;
     }
+    if (resume && !sameCreation(state.room.created, f.room.created)) {
+      // Same id, another room: the one we were in is gone (a server that
+      // lost its rooms gives their ids out again). Never show the new
+      // room under the old history, and never send into it.
+      send('leave', {}, { kind: 'leave' });
+      const title = state.room.title;
+      enterLobby();
+      showError('rooms', 'room_gone',
+        `The room you were in is gone: “${title}” no longer exists on the server. Pick a room or start a new one.`);
+      return;
+    }
     setBusy(false);
     if (!resume) resetRoom();
-    state.room = { id: f.room.id, title: String(f.room.title ?? '') };
+    state.room = {
+      id: f.room.id,
+      title: String(f.room.title ?? ''),
+      created: typeof f.room.created === 'string' ? f.room.created : null,
+    };
     state.me = String(f.you.nickname ?? '');
     state.live = true;
     state.rejoinSince = 0;
@@ -481,6 +496,16 @@
     }
     try { window.history.replaceState(null, '', `#room=${state.room.id}`); } catch (_) { /* ignore */ }
     refreshRooms();
+  }
+
+  /** Whether two `created` times name the same moment (a room's identity
+   * together with its id). Unknown on either side counts as the same. */
+  function sameCreation(a, b) {
+    if (typeof a !== 'string' || typeof b !== 'string') return true;
+    const ta = Date.parse(a);
+    const tb = Date.parse(b);
+    if (Number.isNaN(ta) || Number.isNaN(tb)) return a === b;
+    return ta === tb;
   }
 
   // Arriving messages are collected and put into the page once per

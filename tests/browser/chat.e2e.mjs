@@ -24,7 +24,7 @@
 //                           a copy holding an older chat.js to check that
 //                           a step fails without a fix
 //   BROWSER_TEST_ONLY       a regular expression: of the independent steps
-//                           at the end (the flood), run
+//                           at the end (flood, restart), run
 //                           only those whose name matches
 //   BROWSER_TEST_MAX_BLOCK_MS  longest main-thread task allowed during the
 //                           flood step (default 200)
@@ -899,6 +899,82 @@ async function main() {
     assert(after.every((id, i) => i === 0 || after[i - 1] < id), 'ascending ids after the reconnect');
     await sender.context.close();
     await dropUser(dave);
+  });
+
+  const RESTART = 'after a server restart the page does not rejoin a new room that got the old id: lobby with a notice';
+  if (only(RESTART)) await step(RESTART, async () => {
+    // A server of this step's own in memory mode, where room ids start at
+    // 1 again after a restart (the page must not rely on the server's fix).
+    let mem = await spawnServer({ memory: true, label: 'memory server' });
+    const { port } = mem;
+    const TITLE = 'secret plans';
+    const erin = await newUser('erin', mem.base);
+    await tid(erin.page, 'nickname-input').fill('erin');
+    await tid(erin.page, 'room-title-input').fill(TITLE);
+    await tid(erin.page, 'create-button').click();
+    await waitInRoom(erin, TITLE);
+    const oldId = await roomIdOf(erin.page);
+    await sendMessage(erin.page, 'the old history');
+    await waitForMessage(erin, 'the old history');
+    await sleep(1100); // created times have whole seconds
+
+    // Keep the page from reconnecting until the attacker is in place.
+    await erin.page.evaluate(() => window.__chatTest.cut());
+    await mem.stop();
+    await eventually('erin\'s page shows it is not connected', async () =>
+      (await tid(erin.page, 'conn-status').getAttribute('data-state')) !== 'online');
+    mem = await spawnServer({ memory: true, port, label: 'memory server' });
+
+    const attacker = await socketClient(mem.base);
+    const attack = await attacker.page.evaluate(({ url, title }) => new Promise((resolve, reject) => {
+      const ws = new WebSocket(url);
+      window.__ws = ws;
+      ws.onopen = () => ws.send(JSON.stringify({ type: 'create', title, nickname: 'mallory', ref: 'c' }));
+      ws.onerror = () => reject(new Error('the attacker\'s socket failed'));
+      ws.onmessage = (ev) => {
+        const f = JSON.parse(ev.data);
+        if (f.type === 'joined') {
+          ws.send(JSON.stringify({ type: 'chat', content: 'attacker was here', ref: 'm' }));
+        } else if (f.type === 'message') {
+          resolve({ roomId: f.message.roomId, messageId: f.message.id });
+        } else if (f.type === 'error') {
+          reject(new Error(`attacker got ${f.code}`));
+        }
+      };
+    }), { url: `${mem.base.replace('http:', 'ws:')}/ws`, title: TITLE });
+    const idReused = attack.roomId === oldId;
+    console.log(`    old room id ${oldId}, the attacker's room id ${attack.roomId}${idReused ? ' (reused)' : ''}`);
+
+    await erin.page.evaluate(() => { window.__chatTest.restore(); window.dispatchEvent(new Event('online')); });
+    await eventually('erin\'s page is connected again', async () =>
+      (await tid(erin.page, 'conn-status').getAttribute('data-state')) === 'online', 20_000);
+    await tid(erin.page, 'welcome').waitFor({ state: 'visible' });
+    assert(await tid(erin.page, 'room-view').isHidden(), 'erin is back in the lobby, not in a room');
+    const notice = tid(erin.page, 'rooms-error');
+    await notice.waitFor({ state: 'visible' });
+    const code = await notice.getAttribute('data-code');
+    if (idReused) {
+      assertEqual(code, 'room_gone', 'the notice for a room replaced by another one');
+      assert(/room you were in is gone/i.test(await notice.textContent()), `the notice says the room is gone (${await notice.textContent()})`);
+    } else {
+      assertEqual(code, 'room_not_found', 'the notice for a room that is gone');
+    }
+    assert(!(await messageContents(erin.page)).includes('attacker was here'), 'erin never shows the attacker\'s message');
+    await eventually('erin is not a member of the attacker\'s room', async () => {
+      const members = await (await fetch(`${mem.base}/api/rooms/${attack.roomId}/members`)).json();
+      return Array.isArray(members) && !members.some((m) => m.nickname === 'erin');
+    });
+    assert(!/#room=/.test(erin.page.url()), `the URL no longer names a room (${erin.page.url()})`);
+
+    // Joining the new room on purpose shows its messages, although their
+    // ids are those the old room's messages had.
+    await joinFromList(erin, TITLE, 'erin');
+    await waitInRoom(erin, TITLE);
+    await waitForMessage(erin, 'attacker was here');
+    assert(!(await messageContents(erin.page)).includes('the old history'), 'the old history is gone');
+    await attacker.context.close();
+    await dropUser(erin);
+    await mem.stop();
   });
 
   await step('no script errors in any page, no injected HTML ran', async () => {

@@ -34,6 +34,7 @@
     roomList: $('room-list'),
     roomCount: $('room-count'),
     roomsEmpty: $('rooms-empty'),
+    roomsMore: $('rooms-more'),
     roomsError: $('rooms-error'),
     createForm: $('create-form'),
     title: $('room-title-input'),
@@ -73,6 +74,8 @@
   const NEAR_BOTTOM_PX = 120;
   /** Message elements the list keeps; older ones are dropped from the page. */
   const MAX_MESSAGES = 500;
+  /** Rooms per page of the room list (GET /api/rooms?limit=). */
+  const ROOMS_PAGE = 50;
   /** Longest wait for the next render of arriving messages when the browser
    * does not run animation frames (a hidden tab). */
   const FLUSH_FALLBACK_MS = 250;
@@ -616,7 +619,10 @@
           ui.nickname.select();
         } else {
           showError('rooms', code, text);
-          if (code === 'room_not_found') refreshRooms();
+          if (code === 'room_not_found') {
+            if (req) roomPages.older.delete(req.roomId);
+            refreshRooms();
+          }
         }
         break;
       case 'rejoin':
@@ -1147,31 +1153,124 @@
 
   // ----------------------------------------------------------------- rooms --
 
+  // The room list asks only for what it shows: the newest ROOMS_PAGE rooms,
+  // polled every few seconds, and older pages on request ("Show older
+  // rooms", GET /api/rooms?limit=&before=), which are kept as loaded.
+
   const roomItems = new Map(); // room id -> <li>
   let roomsInFlight = false;
+  const roomPages = {
+    /** The first page as last polled, in the server's order (newest first). */
+    first: [],
+    /** Where the page after the first one starts (`before`), or null. */
+    firstNext: null,
+    /** room id -> Room, the rooms loaded with "Show older rooms". */
+    older: new Map(),
+    /** Whether older pages were loaded, and where the next one starts. */
+    expanded: false,
+    olderNext: null,
+    moreInFlight: false,
+  };
+
+  class RestError extends Error {
+    constructor(err) {
+      super(describeError(err.code, err.message));
+      this.code = err.code;
+    }
+  }
+
+  /** One page of rooms, newest first, with the `before` of the next page
+   * (null when there is none). Also correct against a server that ignores
+   * `limit` and `before` and returns every room. */
+  async function fetchRoomPage(before) {
+    const q = before === null ? '' : `&before=${encodeURIComponent(before)}`;
+    const res = await fetch(`/api/rooms?limit=${ROOMS_PAGE}${q}`,
+      { cache: 'no-store', headers: { Accept: 'application/json' } });
+    if (!res.ok) throw new RestError(await readRestError(res));
+    const all = await res.json();
+    if (!Array.isArray(all)) throw new Error('unexpected answer');
+    let list = all.filter((r) => r && typeof r.id === 'number' && (before === null || r.id < before));
+    const header = Number.parseInt(res.headers.get('X-Next-Before') ?? '', 10);
+    let next = Number.isSafeInteger(header) && header > 0 ? header : null;
+    if (list.length > ROOMS_PAGE) {
+      list = list.slice(0, ROOMS_PAGE);
+      if (next === null) next = list[list.length - 1].id;
+    }
+    return { list, next };
+  }
 
   async function refreshRooms() {
     if (roomsInFlight) return;
     roomsInFlight = true;
     try {
-      const res = await fetch('/api/rooms', { cache: 'no-store', headers: { Accept: 'application/json' } });
-      if (!res.ok) {
-        const err = await readRestError(res);
-        showError('rooms', err.code, `Couldn’t load the rooms: ${describeError(err.code, err.message)}`, 'load');
-        return;
-      }
-      const rooms = await res.json();
-      if (!Array.isArray(rooms)) throw new Error('unexpected answer');
+      const { list, next } = await fetchRoomPage(null);
       clearError('rooms', 'load');
-      renderRooms(rooms);
-    } catch (_) {
-      showError('rooms', 'unavailable', 'Couldn’t load the rooms. Retrying…', 'load');
+      if (roomPages.expanded) {
+        if (next === null) {
+          // Everything fits on the first page now.
+          roomPages.older.clear();
+          roomPages.expanded = false;
+          roomPages.olderNext = null;
+        } else {
+          const end = list.length ? list[list.length - 1].id : Infinity;
+          const now = new Set(list.map((r) => r.id));
+          // Rooms pushed off the first page by newer ones stay listed.
+          for (const r of roomPages.first) {
+            if (r.id < end && !now.has(r.id)) roomPages.older.set(r.id, r);
+          }
+          // Above the first page's end, a room not on it is gone.
+          for (const id of [...roomPages.older.keys()]) if (id >= end) roomPages.older.delete(id);
+        }
+      }
+      roomPages.first = list;
+      roomPages.firstNext = next;
+      renderRoomPages();
+    } catch (e) {
+      if (e instanceof RestError) {
+        showError('rooms', e.code, `Couldn’t load the rooms: ${e.message}`, 'load');
+      } else {
+        showError('rooms', 'unavailable', 'Couldn’t load the rooms. Retrying…', 'load');
+      }
     } finally {
       roomsInFlight = false;
     }
   }
 
-  function renderRooms(rooms) {
+  async function loadOlderRooms() {
+    const cursor = roomPages.expanded ? roomPages.olderNext : roomPages.firstNext;
+    if (cursor === null || roomPages.moreInFlight) return;
+    roomPages.moreInFlight = true;
+    ui.roomsMore.disabled = true;
+    try {
+      const { list, next } = await fetchRoomPage(cursor);
+      for (const r of list) roomPages.older.set(r.id, r);
+      roomPages.expanded = true;
+      roomPages.olderNext = next;
+      clearError('rooms', 'more');
+      renderRoomPages();
+    } catch (e) {
+      showError('rooms', e.code || 'unavailable', `Couldn’t load older rooms: ${e.message}`, 'more');
+    } finally {
+      roomPages.moreInFlight = false;
+      ui.roomsMore.disabled = false;
+    }
+  }
+
+  ui.roomsMore.addEventListener('click', loadOlderRooms);
+
+  function renderRoomPages() {
+    const shown = roomPages.first.slice();
+    if (roomPages.expanded) {
+      const ids = new Set(shown.map((r) => r.id));
+      const older = [...roomPages.older.values()].filter((r) => !ids.has(r.id));
+      older.sort((a, b) => b.id - a.id);
+      shown.push(...older);
+    }
+    const more = (roomPages.expanded ? roomPages.olderNext : roomPages.firstNext) !== null;
+    renderRooms(shown, more);
+  }
+
+  function renderRooms(rooms, more) {
     const seen = new Set();
     let prev = null;
     for (const r of rooms) {
@@ -1201,8 +1300,9 @@
         roomItems.delete(id);
       }
     }
-    ui.roomCount.textContent = roomItems.size ? String(roomItems.size) : '';
+    ui.roomCount.textContent = roomItems.size ? `${roomItems.size}${more ? '+' : ''}` : '';
     ui.roomsEmpty.hidden = roomItems.size > 0;
+    ui.roomsMore.hidden = !more;
     renderActiveRoom();
   }
 

@@ -24,7 +24,7 @@
 //                           a copy holding an older chat.js to check that
 //                           a step fails without a fix
 //   BROWSER_TEST_ONLY       a regular expression: of the independent steps
-//                           at the end (flood, restart), run
+//                           at the end (flood, restart, room pages), run
 //                           only those whose name matches
 //   BROWSER_TEST_MAX_BLOCK_MS  longest main-thread task allowed during the
 //                           flood step (default 200)
@@ -339,6 +339,7 @@ async function newUser(name, base, options = {}) {
   });
   const user = { name, context, page };
   users.push(user);
+  if (options.beforeGoto) await options.beforeGoto(page);
   const res = await page.goto(`${base}/chat`);
   assertEqual(res.status(), 200, `${name}: GET /chat status`);
   await eventually(`${name}'s page is connected`,
@@ -975,6 +976,80 @@ async function main() {
     await attacker.context.close();
     await dropUser(erin);
     await mem.stop();
+  });
+
+  const PAGES = 'the room list asks for the newest 50 rooms; "Show older rooms" appears only when there are more';
+  if (only(PAGES)) await step(PAGES, async () => {
+    // 1. The real server: every room is shown (there are fewer than 50) and
+    //    the page asks for one page only.
+    const listUrls = [];
+    const frank = await newUser('frank', base, {
+      beforeGoto: (page) => page.on('request', (r) => {
+        const u = new URL(r.url());
+        if (u.pathname === '/api/rooms' && r.method() === 'GET') listUrls.push(u.search);
+      }),
+    });
+    const real = await (await fetch(`${base}/api/rooms`)).json();
+    await eventually('frank\'s lobby lists the server\'s rooms', async () => {
+      const names = await tid(frank.page, 'room-name').allTextContents();
+      return real.length > 0 && real.every((r) => names.includes(r.title));
+    });
+    assert(await tid(frank.page, 'rooms-more').isHidden(), 'no "Show older rooms" with fewer than 50 rooms');
+    assert(listUrls.length > 0 && listUrls.every((q) => /(^\?|&)limit=50(&|$)/.test(q)), `the page asks for 50 rooms (${listUrls.join(' ')})`);
+    await dropUser(frank);
+
+    // 2. A server with 130 rooms, faked with page.route, in both forms: one
+    //    that pages (limit, before, X-Next-Before) and one that ignores the
+    //    parameters and returns every room.
+    for (const paging of [true, false]) {
+      const fake = [];
+      for (let id = 130; id >= 1; id--) fake.push({ id, title: `room ${id}`, memberCount: id % 3, created: new Date(Date.UTC(2026, 0, 1, 0, 0, id)).toISOString() });
+      const asked = [];
+      const user = await newUser(paging ? 'gina' : 'hank', base, {
+        beforeGoto: (page) => page.route((u) => u.pathname === '/api/rooms', (route) => {
+          const u = new URL(route.request().url());
+          asked.push(u.search);
+          let list = fake;
+          const headers = { 'content-type': 'application/json' };
+          if (paging) {
+            const limit = Math.min(Number(u.searchParams.get('limit') || 100), 500);
+            const before = u.searchParams.get('before');
+            list = fake.filter((r) => before === null || r.id < Number(before));
+            if (list.length > limit) headers['x-next-before'] = String(list[limit - 1].id);
+            list = list.slice(0, limit);
+          }
+          return route.fulfill({ status: 200, headers, body: JSON.stringify(list) });
+        }),
+      });
+      const { page } = user;
+      const ids = async () => (await page.$$eval('[data-testid="room-item"]', (els) => els.map((e) => Number(e.dataset.roomId))));
+      const range = (hi, lo) => Array.from({ length: hi - lo + 1 }, (_, i) => hi - i);
+      await eventually(`${user.name}: the newest 50 rooms`, async () => JSON.stringify(await ids()) === JSON.stringify(range(130, 81)));
+      const more = tid(page, 'rooms-more');
+      await more.waitFor({ state: 'visible' });
+      assertEqual(await tid(page, 'room-count').textContent(), '50+', `${user.name}: the room count`);
+      // Live: a new room appears at the top on the next poll; the other
+      // items are kept (not rebuilt), so nothing flickers.
+      await page.$eval('[data-room-id="100"]', (el) => { el.dataset.marker = 'kept'; });
+      fake.unshift({ id: 131, title: 'room 131', memberCount: 1, created: new Date().toISOString() });
+      await eventually(`${user.name}: the new room shows up`, async () => (await ids())[0] === 131, 8000);
+      assertEqual(await page.$eval('[data-room-id="100"]', (el) => el.dataset.marker), 'kept', `${user.name}: an existing item is kept`);
+      assertEqual((await ids()).length, 50, `${user.name}: still one page of rooms`);
+      await more.click();
+      await eventually(`${user.name}: 100 rooms after one "more"`, async () => JSON.stringify(await ids()) === JSON.stringify(range(131, 32)));
+      assert(await more.isVisible(), `${user.name}: more rooms are still there`);
+      await more.click();
+      await eventually(`${user.name}: all 131 rooms`, async () => JSON.stringify(await ids()) === JSON.stringify(range(131, 1)));
+      await more.waitFor({ state: 'hidden' });
+      assertEqual(await tid(page, 'room-count').textContent(), '131', `${user.name}: the room count`);
+      // Another new room while older pages are shown: nothing is lost.
+      fake.unshift({ id: 132, title: 'room 132', memberCount: 0, created: new Date().toISOString() });
+      await eventually(`${user.name}: 132 rooms, the newest first`, async () => JSON.stringify(await ids()) === JSON.stringify(range(132, 1)), 8000);
+      const polls = asked.filter((q) => !/before=/.test(q));
+      assert(polls.every((q) => /(^\?|&)limit=50(&|$)/.test(q)), `${user.name}: the polls ask for the first page only (${polls.join(' ')})`);
+      assert(asked.filter((q) => /before=/.test(q)).length === 2, `${user.name}: two requests for older pages (${asked.join(' ')})`);
+      await dropUser(user);
+    }
   });
 
   await step('no script errors in any page, no injected HTML ran', async () => {

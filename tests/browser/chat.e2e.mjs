@@ -7,7 +7,11 @@
 // reconnect that catches up on missed messages exactly once. The page runs
 // under the server's Content-Security-Policy and any violation fails the
 // test; a page of another origin (a small server of the test's own, on
-// 127.0.0.2) must not be able to open the chat's socket. It also saves two
+// 127.0.0.2) must not be able to open the chat's socket. Three independent
+// steps at the end check a flood (600 messages at 190/s: rendered in time,
+// a bounded list, no long main-thread tasks), a server restart in memory
+// mode where an attacker's new room gets the old room's id (the page must
+// go back to the lobby), and the paged room list. It also saves two
 // screenshots to docs/.
 //
 //   cargo build && (cd tests/browser && npm install && node chat.e2e.mjs)
@@ -18,7 +22,7 @@
 //   CHROMIUM_PATH           browser executable (default /usr/bin/chromium)
 //   BROWSER_TEST_MYSQL_URL  when set, passed to the server as MYSQL_URL
 //                           (the caller creates and drops that database)
-//   BROWSER_TEST_TIMEOUT_MS global time limit (default 120000)
+//   BROWSER_TEST_TIMEOUT_MS global time limit (default 180000)
 //   BROWSER_TEST_SCREENSHOTS=0  skip writing docs/screenshot-*.png
 //   BROWSER_TEST_STATIC_DIR the server's STATIC_DIR (default static/), e.g.
 //                           a copy holding an older chat.js to check that
@@ -43,7 +47,7 @@ const here = path.dirname(fileURLToPath(import.meta.url));
 const repoRoot = path.resolve(here, '..', '..');
 const serverBin = path.resolve(repoRoot, process.env.CHAT_SERVER_BIN || 'target/debug/chat-server');
 const chromiumPath = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
-const globalTimeoutMs = Number(process.env.BROWSER_TEST_TIMEOUT_MS) || 120_000;
+const globalTimeoutMs = Number(process.env.BROWSER_TEST_TIMEOUT_MS) || 180_000;
 const writeScreenshots = process.env.BROWSER_TEST_SCREENSHOTS !== '0';
 const docsDir = path.join(repoRoot, 'docs');
 

@@ -59,6 +59,10 @@ pub trait WsActor: Actor<Context = Context<Self>> {
     fn on_closing(&mut self, ctx: &mut Context<Self>);
 }
 
+/// How long a connection failed for a flood stays open for its close frame
+/// to be read (it is not read from any more meanwhile).
+const FAILED_LINGER: Duration = Duration::from_secs(2);
+
 /// Limits and timers of one connection.
 #[derive(Debug, Clone, Copy)]
 pub struct TransportLimits {
@@ -100,10 +104,13 @@ pub struct Transport {
     phase: Phase,
     /// The client sent its close frame or shut its side.
     peer_closed: bool,
-    /// What the client sends is not decoded any more: its bytes stopped
-    /// being valid frames, or the connection was failed (`fail`) and a
-    /// flood is discarded as it is read instead of parsed frame by frame.
+    /// The client's bytes stopped being valid frames: what follows is read
+    /// (to notice the client going) but not parsed any more.
     input_broken: bool,
+    /// The connection was failed for what the client did (`fail`): its
+    /// input is not even read any more, so a flood costs nothing and is
+    /// held back by TCP flow control until the connection is dropped.
+    deaf: bool,
     last_heard: Instant,
 }
 
@@ -123,6 +130,7 @@ impl Transport {
             phase: Phase::Open,
             peer_closed: false,
             input_broken: false,
+            deaf: false,
             last_heard: Instant::now(),
         }
     }
@@ -216,17 +224,24 @@ impl Transport {
         true
     }
 
-    /// Fails the connection for what the client did (a flood): like
-    /// [`close`](Self::close), but nothing the client sends from now on is
-    /// decoded; it is read and thrown away until the client goes.
+    /// Fails the connection for what the client did (a flood): the close
+    /// frame goes out, nothing the client sends from now on is read, and
+    /// the connection is dropped `FAILED_LINGER` later (time enough to read
+    /// the close frame), instead of waiting for the client's close.
     pub fn fail<A: Actor<Context = Context<A>>>(
         &mut self,
         code: CloseCode,
         reason: &str,
         ctx: &mut Context<A>,
     ) {
-        self.input_broken = true;
-        self.close(code, reason, ctx);
+        self.deaf = true;
+        self.inbuf.clear();
+        if self.phase == Phase::Open {
+            self.queue_close(code, reason);
+        }
+        ctx.run_later(FAILED_LINGER.min(self.limits.client_timeout), |_, ctx| {
+            ctx.stop()
+        });
     }
 
     /// Sends a close frame and ends the connection once it is delivered.
@@ -497,6 +512,11 @@ impl<A: WsActor> ActorFuture<A> for ReadPump {
 fn decode_all<A: WsActor>(act: &mut A, ctx: &mut Context<A>) -> bool {
     loop {
         let t = act.transport();
+        if t.deaf {
+            t.inbuf.clear();
+            release_empty(&mut t.inbuf);
+            return false;
+        }
         if t.phase != Phase::Open {
             // Closing: input is read only to find the client's close, unless
             // the framing itself was broken, after which nothing in the

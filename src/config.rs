@@ -51,6 +51,9 @@ pub struct Settings {
     /// (each answered `rate_limited`; the allowance refills at a tenth of
     /// this per second) before it is closed with 1008.
     pub ws_rate_violations: f64,
+    /// `WS_FLOOD_COOLDOWN_SECS`: after a connection is closed for flooding,
+    /// its address may not open a WebSocket for this long (429).
+    pub ws_flood_cooldown: Duration,
     /// `WS_JOIN_RATE_PER_SEC` / `WS_JOIN_BURST`: `join` and `create`
     /// frames per connection, on a budget of their own.
     pub ws_join_rate_per_sec: f64,
@@ -209,6 +212,7 @@ impl Settings {
             ws_rate_per_sec: env.rate("WS_RATE_PER_SEC", 200.0)?,
             ws_rate_burst: env.burst("WS_RATE_BURST", 400.0)?,
             ws_rate_violations: env.burst("WS_RATE_VIOLATIONS", 50.0)?,
+            ws_flood_cooldown: env.secs("WS_FLOOD_COOLDOWN_SECS", 10)?,
             ws_join_rate_per_sec: env.rate("WS_JOIN_RATE_PER_SEC", 2.0)?,
             ws_join_burst: env.burst("WS_JOIN_BURST", 10.0)?,
             room_create_rate_per_sec: env.rate("ROOM_CREATE_RATE_PER_SEC", 10.0)?,

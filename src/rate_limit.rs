@@ -79,6 +79,13 @@ impl<K: Eq + Hash + Clone> KeyedLimiter<K> {
         }
     }
 
+    /// Whether `key`'s bucket has a token (a key never seen has a full
+    /// bucket); takes none.
+    pub fn has_token(&self, key: &K) -> bool {
+        let buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        buckets.get(key).is_none_or(TokenBucket::has_token)
+    }
+
     /// Takes one token from `key`'s bucket if there is one.
     pub fn try_take(&self, key: &K) -> bool {
         let now = Instant::now();

@@ -145,6 +145,7 @@ impl Application {
                 settings.room_create_burst,
             ),
             connections,
+            settings.ws_flood_cooldown,
         ));
         OpenSessions::run_heartbeat(Arc::downgrade(&chat.sessions), settings.heartbeat_interval);
         let state = Arc::new(HttpState {

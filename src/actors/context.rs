@@ -59,6 +59,11 @@ pub struct SessionContext {
     /// Open connections, in all and per address, under their caps: each
     /// session holds one slot of it.
     pub connections: ConnectionLimiter,
+    /// Addresses whose connection was just closed for flooding: one token
+    /// each, refilled after `WS_FLOOD_COOLDOWN_SECS`; an address without
+    /// its token is refused new WebSockets (`http::ws`), so a flooder that
+    /// reconnects costs a refused handshake, not another flood.
+    pub flood_penalties: KeyedLimiter<IpAddr>,
     next_number: AtomicU64,
 }
 
@@ -70,6 +75,7 @@ impl SessionContext {
         limits: SessionLimits,
         room_create_limiter: KeyedLimiter<IpAddr>,
         connections: ConnectionLimiter,
+        flood_cooldown: Duration,
     ) -> Self {
         SessionContext {
             instance_id,
@@ -79,6 +85,7 @@ impl SessionContext {
             room_create_limiter,
             sessions: Arc::new(OpenSessions::default()),
             connections,
+            flood_penalties: KeyedLimiter::new(1.0 / flood_cooldown.as_secs_f64().max(1e-3), 1.0),
             next_number: AtomicU64::new(1),
         }
     }

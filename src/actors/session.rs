@@ -217,6 +217,9 @@ impl ChatSession {
             log::info!("session {}: closing: frame rate exceeded", self.id);
             self.transport
                 .fail(CloseCode::Policy, "rate limit exceeded", ctx);
+            if let Some(ip) = self.peer {
+                self.cx.flood_penalties.try_take(&ip);
+            }
             self.release(ctx);
             return;
         }

@@ -50,7 +50,15 @@ pub async fn upgrade(
         }
     };
     let peer = super::client_key(req.headers(), req.peer_addr(), &app.settings);
-    let slot = match app.chat.connections.try_acquire(peer) {
+    let cooling = peer.is_some_and(|ip| !app.chat.flood_penalties.has_token(&ip));
+    let admitted = if cooling {
+        Err(ChatError::RateLimited(
+            "this address was just closed for flooding; retry in a few seconds".into(),
+        ))
+    } else {
+        app.chat.connections.try_acquire(peer)
+    };
+    let slot = match admitted {
         Ok(slot) => slot,
         Err(refusal) => {
             log_refusal(&refusal, peer);

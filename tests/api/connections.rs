@@ -260,3 +260,37 @@ memory_only_with!(
         assert!(!text.starts_with("HTTP/1.1 101"), "{text}");
     }
 );
+
+memory_only_with!(
+    an_address_closed_for_flooding_is_refused_for_the_cooldown,
+    |s| {
+        s.ws_rate_burst = 5.0;
+        s.ws_rate_per_sec = 2.0;
+        s.ws_rate_violations = 5.0;
+        s.ws_flood_cooldown = Duration::from_secs(2);
+    },
+    |app| {
+        let mut flooder = app.ws().await;
+        for i in 0..200 {
+            flooder
+                .send(serde_json::json!({"type":"ping","ref":format!("p{i}")}))
+                .await;
+        }
+        let code = within(
+            Duration::from_secs(10),
+            "the flooder is closed",
+            flooder.close_code(),
+        )
+        .await;
+        assert_eq!(code, Some(1008));
+        // Reconnecting at once buys no fresh flood.
+        let (_refused, status, body) = handshake_from(HOME, app.port).await;
+        assert_eq!(status, 429, "{body}");
+        assert_error_envelope(&body, "rate_limited");
+        // Nobody else is affected.
+        let _neighbour = open_from(NEIGHBOUR, app.port).await;
+        // After the cooldown the address is welcome again.
+        tokio::time::sleep(Duration::from_millis(2300)).await;
+        let _back = open_from(HOME, app.port).await;
+    }
+);

@@ -45,6 +45,11 @@ pub(crate) mod protocol;
 pub(crate) mod rate_limit;
 pub(crate) mod ws;
 
+/// Entry points for the fuzz targets (`fuzz/`): the parsers of untrusted
+/// input, each with its invariants checked. Not an API of the server.
+#[doc(hidden)]
+pub mod fuzzing;
+
 /// Prints an error with its whole chain of causes (the binary's last words).
 pub use error::Chain;
 /// The headers every HTTP response carries (the nginx site's test checks

@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use super::state::HttpState;
 use crate::actors::room_manager::GetMembers;
-use crate::domain::{self, MessageSeq, RoomId, RoomTitle};
+use crate::domain::{self, MessageSeq, RoomId, RoomTitle, TextLimits};
 use crate::error::ChatError;
 
 /// The header naming the `before` of the next page of `GET /api/rooms`.
@@ -65,16 +65,7 @@ pub async fn create_room(
         settings.request_body_timeout,
     )
     .await?;
-    let value: Value =
-        serde_json::from_slice(&body).map_err(|e| ChatError::InvalidJson(e.to_string()))?;
-    let Value::Object(obj) = value else {
-        return Err(ChatError::InvalidJson("body must be a JSON object".into()));
-    };
-    let title = match obj.get("title") {
-        Some(Value::String(t)) => RoomTitle::parse(t, &app.settings.limits)?,
-        Some(_) => return Err(ChatError::InvalidTitle("title must be a string".into())),
-        None => return Err(ChatError::InvalidTitle("title is required".into())),
-    };
+    let title = parse_create_body(&body, &settings.limits)?;
     if let Some(ip) = super::client_key(req.headers(), req.peer_addr(), &app.settings) {
         if !app.chat.room_create_limiter.try_take(&ip) {
             return Err(ChatError::RateLimited(
@@ -122,15 +113,7 @@ pub async fn list_messages(
     app: web::Data<HttpState>,
 ) -> Result<HttpResponse, ChatError> {
     let room_id = parse_room_id(&path)?;
-    let mut after = MessageSeq::ZERO;
-    let mut limit: usize = 50;
-    for (key, value) in form_pairs(req.query_string()) {
-        match key.as_str() {
-            "after" => after = MessageSeq::new(parse_count(&key, &value)?),
-            "limit" => limit = parse_count(&key, &value)? as usize,
-            _ => {}
-        }
-    }
+    let MessagesQuery { after, limit } = parse_messages_query(req.query_string())?;
     let limit = limit.min(app.settings.messages_page_max);
     let messages = app.chat.store.messages_after(room_id, after, limit).await?;
     if messages.is_empty() && app.chat.store.room(room_id).await?.is_none() {
@@ -169,13 +152,55 @@ fn require_json(req: &HttpRequest) -> Result<(), ChatError> {
     }
 }
 
-fn parse_room_id(raw: &str) -> Result<RoomId, ChatError> {
+/// The body of `POST /api/rooms`, already read (and bounded by
+/// `read_body`): a JSON object whose `title` is a valid room title.
+pub(crate) fn parse_create_body(body: &[u8], limits: &TextLimits) -> Result<RoomTitle, ChatError> {
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| ChatError::InvalidJson(e.to_string()))?;
+    let Value::Object(obj) = value else {
+        return Err(ChatError::InvalidJson("body must be a JSON object".into()));
+    };
+    match obj.get("title") {
+        Some(Value::String(t)) => RoomTitle::parse(t, limits),
+        Some(_) => Err(ChatError::InvalidTitle("title must be a string".into())),
+        None => Err(ChatError::InvalidTitle("title is required".into())),
+    }
+}
+
+/// The query of `GET /api/rooms/{id}/messages`, before the page cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct MessagesQuery {
+    /// Messages after this id (`after=`, default 0: from the start).
+    pub after: MessageSeq,
+    /// At most this many (`limit=`, default 50); the caller caps it.
+    pub limit: usize,
+}
+
+/// Parses `after=&limit=` (the last of repeated keys wins, unknown keys are
+/// ignored); a value that is not a non-negative integer is
+/// `invalid_parameter`.
+pub(crate) fn parse_messages_query(query: &str) -> Result<MessagesQuery, ChatError> {
+    let mut q = MessagesQuery {
+        after: MessageSeq::ZERO,
+        limit: 50,
+    };
+    for (key, value) in form_pairs(query) {
+        match key.as_str() {
+            "after" => q.after = MessageSeq::new(parse_count(&key, &value)?),
+            "limit" => q.limit = parse_count(&key, &value)? as usize,
+            _ => {}
+        }
+    }
+    Ok(q)
+}
+
+pub(crate) fn parse_room_id(raw: &str) -> Result<RoomId, ChatError> {
     raw.parse()
         .map(RoomId::new)
         .map_err(|_| ChatError::InvalidParameter(format!("room id {raw:?} is not an integer")))
 }
 
-fn parse_count(key: &str, value: &str) -> Result<u64, ChatError> {
+pub(crate) fn parse_count(key: &str, value: &str) -> Result<u64, ChatError> {
     value.parse().map_err(|_| {
         ChatError::InvalidParameter(format!(
             "{key} must be a non-negative integer, got {value:?}"
@@ -184,7 +209,7 @@ fn parse_count(key: &str, value: &str) -> Result<u64, ChatError> {
 }
 
 /// Decodes `a=1&b=2` (percent-decoding included), ignoring empty pieces.
-fn form_pairs(query: &str) -> Vec<(String, String)> {
+pub(crate) fn form_pairs(query: &str) -> Vec<(String, String)> {
     query
         .split('&')
         .filter(|p| !p.is_empty())
@@ -325,5 +350,74 @@ mod tests {
         assert!(parse_count("after", "1.5").is_err());
         assert!(parse_count("after", "").is_err());
         assert_eq!(parse_count("after", "7").unwrap(), 7);
+    }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        /// `n` written as a client might: plain, with leading zeros or a
+        /// plus sign, or with some digits percent-encoded.
+        fn written(n: u64) -> impl Strategy<Value = String> {
+            (
+                0usize..3,
+                any::<bool>(),
+                prop::collection::vec(any::<bool>(), 20),
+            )
+                .prop_map(move |(zeros, plus, encode)| {
+                    let digits: String = format!("{}{n}", "0".repeat(zeros))
+                        .chars()
+                        .zip(encode.iter().cycle())
+                        .map(|(c, &e)| if e { format!("%3{c}") } else { c.to_string() })
+                        .collect();
+                    if plus {
+                        format!("%2B{digits}")
+                    } else {
+                        digits
+                    }
+                })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            /// Never panics; a count is accepted exactly when it is a
+            /// non-negative integer that fits 64 bits, with that value (the
+            /// checks of `fuzzing::parse_rest_query`).
+            #[test]
+            fn arbitrary_queries_keep_the_parser_invariants(q in any::<String>()) {
+                crate::fuzzing::parse_rest_query(&q);
+            }
+
+            #[test]
+            fn query_like_strings_keep_the_parser_invariants(
+                q in "((after|limit|x|%61fter|)(=|)([0-9+%-]|%3[0-9]|%[0-9A-Fa-f]{0,2}|[a-z ]){0,8}&?){0,4}",
+            ) {
+                crate::fuzzing::parse_rest_query(&q);
+            }
+
+            #[test]
+            fn accepted_counts_are_the_integers_written(
+                (after, a) in any::<u64>().prop_flat_map(|n| (Just(n), written(n))),
+                (limit, l) in any::<u64>().prop_flat_map(|n| (Just(n), written(n))),
+                noise in "[a-z]{0,5}",
+            ) {
+                let q = format!("{noise}=1&limit={l}&&after={a}&{noise}");
+                let parsed = parse_messages_query(&q).unwrap();
+                prop_assert_eq!(parsed, MessagesQuery { after: MessageSeq::new(after), limit: limit as usize });
+                prop_assert_eq!(parse_room_id(&after.to_string()).unwrap(), RoomId::new(after));
+            }
+
+            #[test]
+            fn arbitrary_bodies_keep_the_parser_invariants(
+                body in prop_oneof![
+                    prop::collection::vec(any::<u8>(), 0..64),
+                    any::<String>().prop_map(|t| serde_json::json!({"title": t}).to_string().into_bytes()),
+                ],
+            ) {
+                crate::fuzzing::parse_create_body(&body);
+            }
+        }
     }
 }

@@ -357,4 +357,95 @@ mod tests {
         let text = ServerFrame::Pong { reference: None }.to_text();
         assert_eq!(&*text, r#"{"type":"pong"}"#);
     }
+
+    mod properties {
+        use proptest::prelude::*;
+        use serde_json::json;
+
+        use super::super::*;
+
+        /// Text rich in what the validation trims, normalizes or refuses.
+        fn field_text() -> impl Strategy<Value = String> {
+            let tricky = prop::sample::select(vec![
+                'a', 'Z', ' ', '\t', '\n', '\r', '\u{0}', '\u{85}', '\u{A0}', '\u{301}',
+                '\u{200B}', '\u{202E}', '\u{FEFF}', '\u{FB2C}', '\u{1100}', '\u{1161}', '"', '\\',
+                '😀',
+            ]);
+            prop::collection::vec(prop_oneof![3 => tricky, 1 => any::<char>()], 0..60)
+                .prop_map(|cs| cs.into_iter().collect())
+        }
+
+        /// Any JSON value for a field: usually a string, sometimes another
+        /// type or absent (null).
+        fn field_value() -> impl Strategy<Value = Value> {
+            prop_oneof![
+                6 => field_text().prop_map(Value::String),
+                1 => any::<i64>().prop_map(Value::from),
+                1 => any::<u64>().prop_map(Value::from),
+                1 => any::<f64>().prop_map(|f| json!(f)),
+                1 => any::<bool>().prop_map(Value::Bool),
+                1 => Just(Value::Null),
+            ]
+        }
+
+        /// Objects shaped like client frames, with fields of any type.
+        fn frame_like() -> impl Strategy<Value = String> {
+            (
+                prop::sample::select(vec!["create", "join", "chat", "leave", "ping", "shout", ""]),
+                prop::collection::vec(
+                    (
+                        prop::sample::select(vec![
+                            "title", "nickname", "content", "roomId", "ref", "type",
+                        ]),
+                        field_value(),
+                    ),
+                    0..5,
+                ),
+            )
+                .prop_map(|(kind, fields)| {
+                    let mut obj = serde_json::Map::new();
+                    obj.insert("type".into(), Value::from(kind));
+                    for (k, v) in fields {
+                        obj.insert(k.into(), v);
+                    }
+                    Value::Object(obj).to_string()
+                })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            /// Never panics; an accepted frame's fields obey the limits and
+            /// it re-serializes to the same frame; a refusal has a
+            /// documented code (the checks of `fuzzing::parse_client_frame`).
+            #[test]
+            fn arbitrary_text_keeps_the_parser_invariants(text in any::<String>()) {
+                crate::fuzzing::parse_client_frame(&text);
+            }
+
+            #[test]
+            fn frame_like_objects_keep_the_parser_invariants(text in frame_like()) {
+                crate::fuzzing::parse_client_frame(&text);
+            }
+
+            /// Chats of any text: accepted exactly when the text, normalized
+            /// and trimmed, is 1..=limit characters without forbidden
+            /// controls, and then within the limit.
+            #[test]
+            fn chats_obey_the_content_limit(content in field_text(), max in 1usize..20) {
+                let limits = TextLimits { title: max, nickname: max, content: max };
+                let text = json!({"type": "chat", "content": content}).to_string();
+                let parsed = parse_client_frame(&text, &limits);
+                let expected = MessageContent::parse(&content, &limits);
+                match (parsed, expected) {
+                    (Ok(f), Ok(c)) => {
+                        prop_assert_eq!(&f.command, &ClientCommand::Chat { content: c.clone() });
+                        prop_assert!(c.as_str().chars().count() <= max);
+                    }
+                    (Err(r), Err(e)) => prop_assert_eq!(r.error.code(), e.code()),
+                    (p, e) => prop_assert!(false, "frame {:?} but content {:?}", p.is_ok(), e),
+                }
+            }
+        }
+    }
 }

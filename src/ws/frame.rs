@@ -381,4 +381,158 @@ mod tests {
         assert_eq!(close_code_of(&c[2..]), Some(1001));
         assert_eq!(close_code_of(b""), None);
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        /// One frame a client may send: a data frame of any size (each
+        /// length form), final or not, or a control frame (final, at most
+        /// 125 bytes).
+        fn any_frame() -> impl Strategy<Value = (OpCode, bool, Vec<u8>)> {
+            let data_len = prop_oneof![
+                4 => 0usize..=130,
+                2 => 120usize..=300,
+                1 => 65_530usize..=65_540,
+                1 => 65_536usize..=66_000,
+            ];
+            let data = (
+                prop::sample::select(vec![OpCode::Continuation, OpCode::Text, OpCode::Binary]),
+                any::<bool>(),
+                data_len.prop_flat_map(|n| prop::collection::vec(any::<u8>(), n)),
+            );
+            let control = (
+                prop::sample::select(vec![OpCode::Close, OpCode::Ping, OpCode::Pong]),
+                Just(true),
+                prop::collection::vec(any::<u8>(), 0..=125),
+            );
+            prop_oneof![3 => data, 1 => control]
+        }
+
+        /// The frame as a client sends it: the server's encoder, then the
+        /// FIN bit as asked and the payload masked with `key`.
+        fn client_bytes(opcode: OpCode, fin: bool, payload: &[u8], key: [u8; 4]) -> Vec<u8> {
+            let mut out = BytesMut::new();
+            encode_into(&mut out, opcode, payload);
+            let header = out.len() - payload.len();
+            let mut bytes = out.to_vec();
+            if !fin {
+                bytes[0] &= 0x7F;
+            }
+            bytes[1] |= 0x80;
+            let masked: Vec<u8> = bytes
+                .split_off(header)
+                .into_iter()
+                .enumerate()
+                .map(|(i, b)| b ^ key[i % 4])
+                .collect();
+            bytes.extend_from_slice(&key);
+            bytes.extend(masked);
+            bytes
+        }
+
+        /// Feeds `stream` cut at `cuts` (positions, any order), decoding
+        /// after each piece until more bytes are needed.
+        fn decode_in_pieces(
+            stream: &[u8],
+            cuts: &[usize],
+            max: usize,
+        ) -> Result<Vec<InboundFrame>, FrameError> {
+            let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (stream.len() + 1)).collect();
+            cuts.push(stream.len());
+            cuts.sort_unstable();
+            let (mut buf, mut fed, mut frames) = (BytesMut::new(), 0, Vec::new());
+            for cut in cuts {
+                buf.extend_from_slice(&stream[fed..cut]);
+                fed = cut;
+                while let Some(f) = decode(&mut buf, max)? {
+                    frames.push(f);
+                }
+            }
+            assert!(buf.is_empty(), "{} bytes left over", buf.len());
+            Ok(frames)
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(64))]
+
+            #[test]
+            fn frames_round_trip_whatever_the_split(
+                frames in prop::collection::vec((any_frame(), any::<[u8; 4]>()), 1..5),
+                cuts in prop::collection::vec(any::<usize>(), 0..8),
+            ) {
+                let mut stream = Vec::new();
+                for ((opcode, fin, payload), key) in &frames {
+                    stream.extend(client_bytes(*opcode, *fin, payload, *key));
+                }
+                let decoded = decode_in_pieces(&stream, &cuts, 70_000).unwrap();
+                prop_assert_eq!(decoded.len(), frames.len());
+                for (f, ((opcode, fin, payload), _)) in decoded.iter().zip(&frames) {
+                    prop_assert_eq!((f.opcode, f.fin), (*opcode, *fin));
+                    prop_assert_eq!(&f.payload[..], &payload[..]);
+                }
+            }
+
+            #[test]
+            fn a_frame_over_the_limit_is_refused_at_its_header(
+                ((opcode, fin, payload), key) in (any_frame(), any::<[u8; 4]>()),
+                max in 0usize..400,
+                cuts in prop::collection::vec(any::<usize>(), 0..4),
+            ) {
+                let stream = client_bytes(opcode, fin, &payload, key);
+                let result = decode_in_pieces(&stream, &cuts, max);
+                if opcode.is_control() || payload.len() <= max {
+                    prop_assert_eq!(result.unwrap().len(), 1);
+                } else {
+                    prop_assert_eq!(result.unwrap_err(), FrameError::TooLarge(payload.len() as u64));
+                }
+            }
+
+            #[test]
+            fn unmasked_frames_are_refused(
+                (opcode, _, payload) in any_frame(),
+            ) {
+                let mut out = BytesMut::new();
+                encode_into(&mut out, opcode, &payload);
+                prop_assert!(matches!(decode(&mut out, 70_000), Err(FrameError::Protocol(_))));
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            /// Never panics, never returns a payload over the limit, and
+            /// every frame is exactly the bytes it consumed (the checks of
+            /// `fuzzing::decode_frames`).
+            #[test]
+            fn arbitrary_bytes_keep_the_decoder_invariants(
+                data in prop::collection::vec(any::<u8>(), 0..600),
+                max in 0usize..300,
+                seed in any::<u8>(),
+            ) {
+                crate::fuzzing::decode_frames(&data, max, seed);
+            }
+
+            /// The same, with inputs that are mostly well-formed headers.
+            #[test]
+            fn plausible_streams_keep_the_decoder_invariants(
+                frames in prop::collection::vec((any::<u8>(), 0u8..=255, any::<[u8; 4]>(), prop::collection::vec(any::<u8>(), 0..40)), 0..6),
+                max in 0usize..300,
+                seed in any::<u8>(),
+            ) {
+                let mut data = Vec::new();
+                for (b0, b1, key, rest) in frames {
+                    data.push(b0 & 0x8F);
+                    data.push(b1 | 0x80);
+                    if b1 & 0x7F == 126 {
+                        data.extend_from_slice(&[0, 130]);
+                    }
+                    data.extend_from_slice(&key);
+                    data.extend(rest);
+                }
+                crate::fuzzing::decode_frames(&data, max, seed);
+            }
+        }
+    }
 }

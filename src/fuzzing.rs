@@ -282,7 +282,7 @@ pub fn parse_rest_query(q: &str) {
     let pairs = rooms::form_pairs(q);
     let decoded: usize = pairs.iter().map(|(k, v)| k.len() + v.len()).sum();
     assert!(decoded <= q.len(), "decoding lengthened the query");
-    for (key, value) in &pairs {
+    for (key, value) in pairs.iter().filter(|(k, _)| k == "after" || k == "limit") {
         let parsed = rooms::parse_count(key, value);
         assert_eq!(parsed.as_ref().ok().copied(), integer_written(value));
         if let Err(e) = parsed {

@@ -195,17 +195,32 @@ pub(crate) fn parse_messages_query(query: &str) -> Result<MessagesQuery, ChatErr
 }
 
 pub(crate) fn parse_room_id(raw: &str) -> Result<RoomId, ChatError> {
-    raw.parse()
-        .map(RoomId::new)
-        .map_err(|_| ChatError::InvalidParameter(format!("room id {raw:?} is not an integer")))
+    raw.parse().map(RoomId::new).map_err(|_| {
+        ChatError::InvalidParameter(format!("room id {:?} is not an integer", shown(raw)))
+    })
 }
 
 pub(crate) fn parse_count(key: &str, value: &str) -> Result<u64, ChatError> {
     value.parse().map_err(|_| {
         ChatError::InvalidParameter(format!(
-            "{key} must be a non-negative integer, got {value:?}"
+            "{} must be a non-negative integer, got {:?}",
+            shown(key),
+            shown(value)
         ))
     })
+}
+
+/// Longest part of a client's value quoted back in an error message.
+const SHOWN_CHARS: usize = 40;
+
+/// At most `SHOWN_CHARS` characters of `raw`, for an error message: a
+/// request must not make the server answer with all of a long value (found
+/// by fuzzing: a path of control characters, each escaped to six bytes).
+fn shown(raw: &str) -> String {
+    match raw.char_indices().nth(SHOWN_CHARS) {
+        Some((end, _)) => format!("{}...", &raw[..end]),
+        None => raw.to_owned(),
+    }
 }
 
 /// Decodes `a=1&b=2` (percent-decoding included), ignoring empty pieces.
@@ -350,6 +365,24 @@ mod tests {
         assert!(parse_count("after", "1.5").is_err());
         assert!(parse_count("after", "").is_err());
         assert_eq!(parse_count("after", "7").unwrap(), 7);
+    }
+
+    /// Found by fuzzing (rest_query): an id or count of many control
+    /// characters was quoted back whole, each escaped to `\u{1f}`.
+    #[test]
+    fn error_messages_quote_a_bounded_part_of_the_value() {
+        let long = format!("18 4{}4ez2", "\u{1f}".repeat(96));
+        for err in [
+            parse_room_id(&long).unwrap_err(),
+            parse_count("after", &long).unwrap_err(),
+            parse_count(&long, &long).unwrap_err(),
+        ] {
+            assert_eq!(err.code(), "invalid_parameter");
+            assert!(err.client_message().len() < 600, "{err}");
+            assert!(err.client_message().contains("18 4"), "{err}");
+        }
+        assert_eq!(shown("abc"), "abc");
+        assert_eq!(shown(&"é".repeat(41)), format!("{}...", "é".repeat(40)));
     }
 
     mod properties {

@@ -63,11 +63,13 @@ for t in "${TARGETS[@]}"; do
   log="target/logs/$t.log"
   echo "== $t for ${SECONDS_PER_TARGET}s (log: fuzz/$log)"
   status=0
+  started=$SECONDS
   # shellcheck disable=SC2046
   cargo fuzz run -O "$t" "target/corpus/$t" "corpus/$t" -- \
     -max_total_time="$SECONDS_PER_TARGET" -timeout=10 \
     -rss_limit_mb=1024 -malloc_limit_mb=64 \
     -print_final_stats=1 $(dict_of "$t") >"$log" 2>&1 || status=$?
+  ran=$((SECONDS - started))
   # The last status line: "#<execs> DONE cov: <n> ft: <n> corp: ..." (or
   # the last pulse when the run stopped on a crash).
   last=$(grep -E '^#[0-9]+' "$log" | tail -n 1 || true)
@@ -81,7 +83,7 @@ for t in "${TARGETS[@]}"; do
     failed+=("$t")
     tail -n 40 "$log"
   fi
-  summary+=("$t: ${SECONDS_PER_TARGET}s, ${execs:-?} execs, ${cov:-cov: ?}, ${ft:-ft: ?}, $result")
+  summary+=("$t: ${ran}s, ${execs:-?} execs, ${cov:-cov: ?}, ${ft:-ft: ?}, $result")
 done
 
 echo "== summary"

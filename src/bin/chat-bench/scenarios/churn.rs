@@ -42,49 +42,10 @@ pub async fn run(common: &Common, args: &Args, stats: &Arc<Stats>) -> Result<Val
     let target = common.target(0).clone();
 
     // Anchors: one member per room that stays, so rooms never empty.
-    let (ready_tx, mut ready_rx) = mpsc::unbounded_channel();
-    let (id_tx, mut id_rx) = mpsc::unbounded_channel();
-    let sem = Arc::new(Semaphore::new(common.connect_concurrency.max(1)));
-    stats.set_label("set-up: anchors");
-    for r in 0..rooms {
-        let (target, stats, ready, id_tx, sem) = (
-            target.clone(),
-            stats.clone(),
-            ready_tx.clone(),
-            id_tx.clone(),
-            sem.clone(),
-        );
-        tokio::spawn(async move {
-            let permit = sem.acquire_owned().await;
-            let joined = async {
-                let mut conn = Conn::open(&target, None, seed(r, 3)).await?;
-                let id = conn
-                    .enter(&Enter::Create(format!("churn-{r}")), "anchor")
-                    .await?;
-                Ok::<_, String>((conn, id))
-            }
-            .await;
-            drop(permit);
-            match joined {
-                Ok((conn, id)) => {
-                    let _ = id_tx.send((r, id));
-                    let _ = ready.send(Ok(()));
-                    anchor(conn, stats).await;
-                }
-                Err(e) => {
-                    let _ = ready.send(Err(format!("anchor of room {r}: {e}")));
-                }
-            }
-        });
-    }
-    drop(ready_tx);
-    await_ready(&mut ready_rx, rooms, Duration::from_secs(60), stats).await?;
-    let mut room_ids = vec![0u64; rooms];
-    while let Ok((r, id)) = id_rx.try_recv() {
-        room_ids[r] = id;
-    }
+    let room_ids = start_anchors(common, rooms, "churn", stats).await?;
 
     // Workers.
+    let sem = Arc::new(Semaphore::new(common.connect_concurrency.max(1)));
     let window = Arc::new(Window {
         start: AtomicU64::new(u64::MAX),
         end: AtomicU64::new(u64::MAX),
@@ -194,8 +155,61 @@ pub async fn run(common: &Common, args: &Args, stats: &Arc<Stats>) -> Result<Val
     }))
 }
 
+/// Creates `rooms` rooms titled `<title>-<n>`, each with an anchor member
+/// that stays connected (reading and dropping the room's traffic) until the
+/// run ends, so the rooms never empty; returns their ids, in order.
+pub(super) async fn start_anchors(
+    common: &Common,
+    rooms: usize,
+    title: &str,
+    stats: &Arc<Stats>,
+) -> Result<Vec<u64>, String> {
+    let target = common.target(0).clone();
+    let (ready_tx, mut ready_rx) = mpsc::unbounded_channel();
+    let (id_tx, mut id_rx) = mpsc::unbounded_channel();
+    let sem = Arc::new(Semaphore::new(common.connect_concurrency.max(1)));
+    stats.set_label("set-up: anchors");
+    for r in 0..rooms {
+        let (target, stats, ready, id_tx, sem) = (
+            target.clone(),
+            stats.clone(),
+            ready_tx.clone(),
+            id_tx.clone(),
+            sem.clone(),
+        );
+        let title = format!("{title}-{r}");
+        tokio::spawn(async move {
+            let permit = sem.acquire_owned().await;
+            let joined = async {
+                let mut conn = Conn::open(&target, None, seed(r, 3)).await?;
+                let id = conn.enter(&Enter::Create(title), "anchor").await?;
+                Ok::<_, String>((conn, id))
+            }
+            .await;
+            drop(permit);
+            match joined {
+                Ok((conn, id)) => {
+                    let _ = id_tx.send((r, id));
+                    let _ = ready.send(Ok(()));
+                    anchor(conn, stats).await;
+                }
+                Err(e) => {
+                    let _ = ready.send(Err(format!("anchor of room {r}: {e}")));
+                }
+            }
+        });
+    }
+    drop(ready_tx);
+    await_ready(&mut ready_rx, rooms, Duration::from_secs(60), stats).await?;
+    let mut room_ids = vec![0u64; rooms];
+    while let Ok((r, id)) = id_rx.try_recv() {
+        room_ids[r] = id;
+    }
+    Ok(room_ids)
+}
+
 /// An anchor member: reads (and drops) the room's traffic until the end.
-pub(super) async fn anchor(conn: Conn, stats: Arc<Stats>) {
+async fn anchor(conn: Conn, stats: Arc<Stats>) {
     let Conn { mut rd, wr } = conn;
     let wr = tokio::sync::Mutex::new(wr);
     loop {

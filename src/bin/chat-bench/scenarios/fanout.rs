@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
-use super::load::{self, Layout, Load, MemberSpec, Mode, PhaseResult};
+use super::load::{self, Layout, Load, Mode, PhaseResult};
 use super::Common;
 use crate::stats::{latency_json, Stats};
 use crate::Args;
@@ -28,16 +28,7 @@ pub async fn run(common: &Common, args: &Args, stats: &Arc<Stats>) -> Result<Val
     let members = args.usize("members", 1000)?.max(1);
     let senders = args.usize("senders", 4)?.clamp(1, members);
     let drive = Drive::from_args(args)?;
-    let layout = Layout {
-        rooms: 1,
-        members: (0..members)
-            .map(|i| MemberSpec {
-                url: 0,
-                group: Some(0),
-                sender: i < senders,
-            })
-            .collect(),
-    };
+    let layout = Layout::uniform(1, members, senders);
     let load = load::setup(common, layout, stats).await?;
     let mut out = drive.run(common, &load, senders, senders).await;
     out["parameters"] = json!({

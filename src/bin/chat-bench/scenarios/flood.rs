@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use super::load::{self, Layout, MemberSpec, Mode, PhaseResult};
+use super::load::{self, Layout, Mode, PhaseResult};
 use super::{Common, Conn};
 use crate::histogram::Histogram;
 use crate::stats::{latency_json, Stats};
@@ -33,16 +33,7 @@ pub async fn run(common: &Common, args: &Args, stats: &Arc<Stats>) -> Result<Val
         return Err("--rate must be positive".into());
     }
     let flooders = args.usize("flooders", 1)?.max(1);
-    let layout = Layout {
-        rooms: 1,
-        members: (0..members)
-            .map(|i| MemberSpec {
-                url: 0,
-                group: Some(0),
-                sender: i < senders,
-            })
-            .collect(),
-    };
+    let layout = Layout::uniform(1, members, senders);
     let load = load::setup(common, layout, stats).await?;
     let paced = Mode::Paced { per_sec: rate };
     let alone = load

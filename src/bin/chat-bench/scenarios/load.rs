@@ -50,6 +50,21 @@ pub struct Layout {
 }
 
 impl Layout {
+    /// `rooms` rooms of `size` members on the first URL, all counted in one
+    /// group, the first `senders` of each room sending.
+    pub fn uniform(rooms: usize, size: usize, senders: usize) -> Layout {
+        Layout {
+            rooms,
+            members: (0..size)
+                .map(|i| MemberSpec {
+                    url: 0,
+                    group: Some(0),
+                    sender: i < senders,
+                })
+                .collect(),
+        }
+    }
+
     /// Members of group `g` in one room.
     fn group_size(&self, g: usize) -> u64 {
         self.members.iter().filter(|m| m.group == Some(g)).count() as u64

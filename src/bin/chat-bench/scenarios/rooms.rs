@@ -8,7 +8,7 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use super::fanout::Drive;
-use super::load::{self, Layout, MemberSpec};
+use super::load::{self, Layout};
 use super::Common;
 use crate::stats::Stats;
 use crate::Args;
@@ -29,16 +29,7 @@ pub async fn run(common: &Common, args: &Args, stats: &Arc<Stats>) -> Result<Val
     let size = args.usize("room-size", 4)?.max(1);
     let senders = args.usize("senders", 1)?.clamp(1, size);
     let drive = Drive::from_args(args)?;
-    let layout = Layout {
-        rooms,
-        members: (0..size)
-            .map(|i| MemberSpec {
-                url: 0,
-                group: Some(0),
-                sender: i < senders,
-            })
-            .collect(),
-    };
+    let layout = Layout::uniform(rooms, size, senders);
     let load = load::setup(common, layout, stats).await?;
     let mut out = drive.run(common, &load, rooms * senders, senders).await;
     out["parameters"] = json!({

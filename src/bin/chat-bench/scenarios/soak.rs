@@ -13,10 +13,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
 
-use super::churn::anchor;
-use super::{await_ready, seed, Common, Conn, Enter};
+use super::churn::start_anchors;
+use super::{seed, Common, Conn, Enter};
 use crate::proc_stats::{open_fds, rss_bytes};
 use crate::proto;
 use crate::stats::Stats;
@@ -45,43 +44,7 @@ pub async fn run(common: &Common, args: &Args, stats: &Arc<Stats>) -> Result<Val
     let target = common.target(0).clone();
 
     // Anchors: one member per room that stays, so rooms never empty.
-    let (ready_tx, mut ready_rx) = mpsc::unbounded_channel();
-    let (id_tx, mut id_rx) = mpsc::unbounded_channel();
-    stats.set_label("set-up: anchors");
-    for r in 0..rooms {
-        let (target, stats, ready, id_tx) = (
-            target.clone(),
-            stats.clone(),
-            ready_tx.clone(),
-            id_tx.clone(),
-        );
-        tokio::spawn(async move {
-            let joined = async {
-                let mut conn = Conn::open(&target, None, seed(r, 5)).await?;
-                let id = conn
-                    .enter(&Enter::Create(format!("soak-{r}")), "anchor")
-                    .await?;
-                Ok::<_, String>((conn, id))
-            }
-            .await;
-            match joined {
-                Ok((conn, id)) => {
-                    let _ = id_tx.send(id);
-                    let _ = ready.send(Ok(()));
-                    anchor(conn, stats).await;
-                }
-                Err(e) => {
-                    let _ = ready.send(Err(format!("anchor of room {r}: {e}")));
-                }
-            }
-        });
-    }
-    drop(ready_tx);
-    await_ready(&mut ready_rx, rooms, Duration::from_secs(60), stats).await?;
-    let mut room_ids = Vec::with_capacity(rooms);
-    while let Ok(id) = id_rx.try_recv() {
-        room_ids.push(id);
-    }
+    let room_ids = start_anchors(common, rooms, "soak", stats).await?;
     let room_ids = Arc::new(room_ids);
 
     // The baseline is the server after a first round of the same load

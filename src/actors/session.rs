@@ -213,7 +213,8 @@ impl ChatSession {
         if !self.transport.is_open() {
             return;
         }
-        if !self.rate.has_token() && !self.violations.try_take() {
+        let within_rate = self.rate.try_take();
+        if !within_rate && !self.violations.try_take() {
             log::info!("session {}: closing: frame rate exceeded", self.id);
             self.transport
                 .fail(CloseCode::Policy, "rate limit exceeded", ctx);
@@ -224,7 +225,7 @@ impl ChatSession {
             return;
         }
         let parsed = parse_client_frame(text, &self.cx.limits.text);
-        if !self.rate.try_take() {
+        if !within_rate {
             // The reply still carries the frame's `ref` when it has one.
             let reference = match &parsed {
                 Ok(frame) => frame.reference.as_deref(),

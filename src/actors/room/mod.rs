@@ -429,12 +429,8 @@ impl Handler<Chat> for RoomActor {
                 "the room is busy ({} messages wait to be stored); retry shortly",
                 full.waiting
             ));
-            let author = full.author;
-            if let Some(outbox) = self.members.outbox(&author.socket_id) {
-                let wire = error_frame(&error, author.reference.as_deref());
-                let refused = self.offer(&author.socket_id, outbox, wire);
-                self.remove_members(refused.into_iter().collect(), ctx);
-            }
+            let refused = self.tell_author(&full.author, &error);
+            self.remove_members(refused.into_iter().collect(), ctx);
             return;
         }
         self.flush(ctx);
@@ -486,15 +482,21 @@ impl RoomActor {
             authors.len(),
             Chain(&error)
         );
-        let mut removals = Vec::new();
-        for author in &authors {
-            if let Some(outbox) = self.members.outbox(&author.socket_id) {
-                let wire = error_frame(&error, author.reference.as_deref());
-                removals.extend(self.offer(&author.socket_id, outbox, wire));
-            }
-        }
+        let removals = authors
+            .iter()
+            .filter_map(|author| self.tell_author(author, &error))
+            .collect();
         self.remove_members(removals, ctx);
         self.stop_if_idle(ctx);
+    }
+
+    /// Answers an author whose chat was not stored with `error` (and its
+    /// `ref`), if it is still a local member; returns it if its mailbox
+    /// refused.
+    fn tell_author(&self, author: &Author, error: &ChatError) -> Option<(SocketId, Removal)> {
+        let outbox = self.members.outbox(&author.socket_id)?;
+        let wire = error_frame(error, author.reference.as_deref());
+        self.offer(&author.socket_id, outbox, wire)
     }
 
     /// The one entrance for messages to be delivered, stored here or by

@@ -2,6 +2,8 @@
 //! database, one real Redis. Each test is named after the guarantee it
 //! checks (docs/PROTOCOL.md, "Guarantees").
 
+#[path = "../common/fault_proxy.rs"]
+mod fault_proxy;
 #[path = "../api/helpers/mod.rs"]
 mod helpers;
 mod procs;

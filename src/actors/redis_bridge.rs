@@ -22,10 +22,32 @@
 //!   resynchronize from the store (messages after the last one delivered, the
 //!   member list). Publishes made while down are dropped: the store has the
 //!   data, and the resync brings it.
+//! - **Partitions.** A process cut off from Redis while the others are not
+//!   loses the events it publishes meanwhile, and the others notice nothing.
+//!   So whichever side notices repairs both: on every (re)connection the
+//!   bridge resyncs its own rooms and publishes a `resync` hint on the
+//!   channel of every room it has, and of every room whose events it may
+//!   have lost (`unsent`); a process that hears a hint resyncs its copy of
+//!   that room from the store. A loss needs a broken connection, and a
+//!   broken connection is noticed by the side it belongs to (a command that
+//!   times out, a closed subscription), so the hint always comes. Hints and
+//!   other repairs go through [`ResyncThrottle`]: at most one resync per room
+//!   per [`RESYNC_MIN_GAP`].
+//! - **Declared dead.** A process that has not renewed its liveness key for
+//!   a full TTL must assume the others reaped its members (and maybe deleted
+//!   their rooms). Until it is back on the bus it makes each of its rooms
+//!   check its members against the store every `REAP_INTERVAL_MS`, so a
+//!   member the store no longer has is closed with 1012 and rejoins, instead
+//!   of chatting on in a room the others no longer list or that is gone.
+//! - **Bad payloads.** A payload that does not decode (garbage, or an event
+//!   kind from a newer version) is never fatal: it is counted
+//!   ([`BusHealth::rejected_payloads`], shown by `/health`), logged at most
+//!   once per [`REJECT_LOG_EVERY`] with the count, and the room it came on is
+//!   resynced (throttled) in case it carried something that mattered.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -46,6 +68,15 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const MAX_QUEUED_PUBLISHES: usize = 100_000;
 /// How long one survivor holds the right to reap a given dead instance.
 const REAP_LOCK: Duration = Duration::from_secs(30);
+/// Shortest time between two resyncs of one room asked for by the bus
+/// (hints, undecodable payloads); later requests wait for the next tick.
+pub const RESYNC_MIN_GAP: Duration = Duration::from_secs(1);
+/// Undecodable payloads are logged at most once per this period.
+pub const REJECT_LOG_EVERY: Duration = Duration::from_secs(10);
+/// Most rooms remembered as having lost events during one outage; beyond
+/// this only the rooms this process has get a hint (the others' own
+/// resyncs still cover them once they notice).
+const MAX_UNSENT_ROOMS: usize = 100_000;
 
 /// What happens in a room, as other processes need to hear it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,6 +98,10 @@ pub enum RoomEvent {
         socket_id: SocketId,
         nickname: String,
     },
+    /// A hint: the origin may have missed, or failed to deliver, events of
+    /// this room; re-read its messages and members from the store. (A peer
+    /// of an older version cannot decode it, logs it and goes on.)
+    Resync,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -137,18 +172,130 @@ pub struct BridgeConfig {
     pub reap_interval: Duration,
 }
 
-/// Whether the bus is up, readable from any thread (`/health`).
+/// Whether the bus is up, and what it rejected, readable from any thread
+/// (`/health`).
 #[derive(Debug, Clone, Default)]
-pub struct BusHealth(Arc<AtomicBool>);
+pub struct BusHealth {
+    up: Arc<AtomicBool>,
+    rejected: Arc<AtomicU64>,
+}
 
 impl BusHealth {
     /// True while subscribed and publishing.
     pub fn is_up(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
+        self.up.load(Ordering::Relaxed)
     }
 
     fn set(&self, up: bool) {
-        self.0.store(up, Ordering::Relaxed);
+        self.up.store(up, Ordering::Relaxed);
+    }
+
+    /// Bus payloads received on a room channel that could not be decoded
+    /// (malformed, or from another version), since start-up.
+    pub fn rejected_payloads(&self) -> u64 {
+        self.rejected.load(Ordering::Relaxed)
+    }
+
+    fn count_rejected(&self) {
+        self.rejected.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Rooms to resync on the bus's word, at most one resync per room per
+/// `min_gap`: a burst of hints or bad payloads costs each room one store
+/// read per period, not one per payload.
+///
+/// Invariant: every request is honoured, at once or at the first
+/// [`ResyncThrottle::take_due`] after the room's gap has passed; `recent`
+/// and `deferred` only hold rooms resynced within the last `min_gap`, so
+/// they stay bounded by the rooms active in that period.
+#[derive(Debug)]
+pub struct ResyncThrottle {
+    min_gap: Duration,
+    recent: HashMap<RoomId, Instant>,
+    deferred: HashSet<RoomId>,
+}
+
+impl ResyncThrottle {
+    pub fn new(min_gap: Duration) -> Self {
+        ResyncThrottle {
+            min_gap,
+            recent: HashMap::new(),
+            deferred: HashSet::new(),
+        }
+    }
+
+    /// True if `room` may resync now (and records it); otherwise it is
+    /// deferred to a later `take_due`.
+    pub fn request(&mut self, room: RoomId, now: Instant) -> bool {
+        match self.recent.get(&room) {
+            Some(at) if now.saturating_duration_since(*at) < self.min_gap => {
+                self.deferred.insert(room);
+                false
+            }
+            _ => {
+                self.recent.insert(room, now);
+                true
+            }
+        }
+    }
+
+    /// Deferred rooms whose gap has passed (recorded as resynced now); also
+    /// forgets rooms whose gap has passed.
+    pub fn take_due(&mut self, now: Instant) -> Vec<RoomId> {
+        let gap = self.min_gap;
+        self.recent
+            .retain(|_, at| now.saturating_duration_since(*at) < gap);
+        let due: Vec<RoomId> = self
+            .deferred
+            .iter()
+            .filter(|r| !self.recent.contains_key(r))
+            .copied()
+            .collect();
+        for room in &due {
+            self.deferred.remove(room);
+            self.recent.insert(*room, now);
+        }
+        due
+    }
+
+    /// The room has no actor here any more.
+    pub fn forget(&mut self, room: RoomId) {
+        self.recent.remove(&room);
+        self.deferred.remove(&room);
+    }
+}
+
+/// Logs a repeated problem at most once per `every`: the first occurrence
+/// at once, then one line per period with how many occurred.
+#[derive(Debug)]
+pub struct LogLimiter {
+    every: Duration,
+    last: Option<Instant>,
+    unlogged: u64,
+}
+
+impl LogLimiter {
+    pub fn new(every: Duration) -> Self {
+        LogLimiter {
+            every,
+            last: None,
+            unlogged: 0,
+        }
+    }
+
+    /// Counts one occurrence; `Some(n)` when a line is due, `n` being the
+    /// occurrences it reports (this one included).
+    pub fn note(&mut self, now: Instant) -> Option<u64> {
+        self.unlogged += 1;
+        let due = self
+            .last
+            .is_none_or(|at| now.saturating_duration_since(at) >= self.every);
+        if !due {
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.unlogged))
     }
 }
 
@@ -171,6 +318,19 @@ pub struct RedisBridge {
     unannounced: Vec<crate::store::RemovedMember>,
     /// `Drain` requests waiting for the queue to empty.
     drain_waiters: Vec<tokio::sync::oneshot::Sender<()>>,
+    /// Rooms whose events may not have reached Redis since the last
+    /// connection (dropped while down, or in a publish that failed): they
+    /// get a resync hint on reconnection.
+    unsent: HashSet<RoomId>,
+    /// Resyncs asked for by the bus, throttled per room.
+    throttle: ResyncThrottle,
+    /// When the liveness key was last renewed (on connection or refresh).
+    renewed_at: Option<Instant>,
+    /// The liveness key expired while this process was cut off: the others
+    /// may have reaped its members.
+    presumed_dead: bool,
+    /// Rate limit of the "undecodable payload" log line.
+    reject_log: LogLimiter,
 }
 
 /// Why the bridge could not be built (a malformed URL).
@@ -251,6 +411,11 @@ impl RedisBridge {
             publishing: false,
             unannounced: Vec::new(),
             drain_waiters: Vec::new(),
+            unsent: HashSet::new(),
+            throttle: ResyncThrottle::new(RESYNC_MIN_GAP),
+            renewed_at: None,
+            presumed_dead: false,
+            reject_log: LogLimiter::new(REJECT_LOG_EVERY),
         })
     }
 
@@ -312,6 +477,8 @@ impl RedisBridge {
                     }
                     let removed = std::mem::take(&mut act.unannounced);
                     act.announce(removed, ctx);
+                    act.renewed(true);
+                    act.hint_resync(ctx);
                     act.flush(ctx);
                 }
                 Err(e) => act.retry_later(&e, ctx),
@@ -341,6 +508,12 @@ impl RedisBridge {
         }
         self.connected_at = None;
         self.health.set(false);
+        let lost: Vec<RoomId> = self
+            .queue
+            .iter()
+            .filter_map(|(channel, _)| self.room_of_channel(channel))
+            .collect();
+        self.mark_unsent(lost);
         self.queue.clear();
         self.wake_drained();
         self.retry_later(why, ctx);
@@ -365,6 +538,10 @@ impl RedisBridge {
         }
         self.publishing = true;
         let batch = std::mem::take(&mut self.queue);
+        let rooms: Vec<RoomId> = batch
+            .iter()
+            .filter_map(|(channel, _)| self.room_of_channel(channel))
+            .collect();
         let pool = self.pool.clone();
         let fut = timed("publishing", async move {
             let mut conn = pool.get().await?;
@@ -379,17 +556,24 @@ impl RedisBridge {
             act.publishing = false;
             match res {
                 Ok(()) => act.flush(ctx),
-                Err(e) => act.disconnected(&e, ctx),
+                Err(e) => {
+                    // Maybe published, maybe not: the rooms get a hint.
+                    act.mark_unsent(rooms);
+                    act.disconnected(&e, ctx);
+                }
             }
         }));
     }
 
     fn enqueue(&mut self, room_id: RoomId, event: RoomEvent, ctx: &mut Context<Self>) {
         if self.sink.is_none() {
-            return; // receivers resync from the store after the outage
+            // Receivers resync from the store once told (see `hint_resync`).
+            self.mark_unsent([room_id]);
+            return;
         }
         if self.queue.len() >= MAX_QUEUED_PUBLISHES {
             log::warn!("redis publish queue full; dropping an event of room {room_id}");
+            self.mark_unsent([room_id]);
             return;
         }
         let envelope = Envelope {
@@ -425,6 +609,103 @@ impl RedisBridge {
         }
     }
 
+    /// Remembers rooms whose events may not have reached the others.
+    fn mark_unsent(&mut self, rooms: impl IntoIterator<Item = RoomId>) {
+        for room in rooms {
+            if self.unsent.len() >= MAX_UNSENT_ROOMS {
+                return;
+            }
+            self.unsent.insert(room);
+        }
+    }
+
+    /// Just (re)connected: publishes a `resync` hint on the channel of every
+    /// room this process has and of every room whose events it may have
+    /// lost, so the others re-read what they missed, whichever side noticed
+    /// the fault. (This process's own rooms were told to resync already.)
+    fn hint_resync(&mut self, ctx: &mut Context<Self>) {
+        let mut rooms: HashSet<RoomId> = std::mem::take(&mut self.unsent);
+        rooms.extend(self.subscribers.keys().copied());
+        if !rooms.is_empty() {
+            log::info!("redis bus: resync hint for {} rooms", rooms.len());
+        }
+        for room in rooms {
+            self.enqueue(room, RoomEvent::Resync, ctx);
+        }
+    }
+
+    /// The liveness key was renewed just now (`connected`: on a new
+    /// connection).
+    fn renewed(&mut self, connected: bool) {
+        self.renewed_at = Some(Instant::now());
+        if connected && self.presumed_dead {
+            log::warn!(
+                "redis bus: back after being presumed dead; rooms check their members \
+                 against the store"
+            );
+        }
+        self.presumed_dead = false;
+    }
+
+    /// While cut off: once the liveness key must have expired, the others
+    /// may reap this process's members at any moment, so every room checks
+    /// its members against the store (a member the store no longer has is
+    /// closed with 1012), every `REAP_INTERVAL_MS` until reconnected.
+    fn check_declared_dead(&mut self) {
+        if self.sink.is_some() {
+            return;
+        }
+        let expired = self
+            .renewed_at
+            .is_none_or(|at| at.elapsed() >= self.config.liveness_ttl);
+        if !expired {
+            return;
+        }
+        if !self.presumed_dead {
+            self.presumed_dead = true;
+            log::warn!(
+                "redis bus: liveness key not renewed for {:?} (LIVENESS_TTL_SECS): \
+                 presumed declared dead; rooms close members the store no longer has",
+                self.config.liveness_ttl
+            );
+        }
+        for room in self.subscribers.values() {
+            room.do_send(BusSignal::Resync);
+        }
+    }
+
+    /// Resyncs `room` now or at a later tick (see [`ResyncThrottle`]).
+    fn resync_room(&mut self, room_id: RoomId) {
+        if self.throttle.request(room_id, Instant::now()) {
+            if let Some(room) = self.subscribers.get(&room_id) {
+                room.do_send(BusSignal::Resync);
+            }
+        }
+    }
+
+    /// Sends the resyncs the throttle deferred and that are now due.
+    fn resync_due(&mut self) {
+        for room_id in self.throttle.take_due(Instant::now()) {
+            if let Some(room) = self.subscribers.get(&room_id) {
+                room.do_send(BusSignal::Resync);
+            }
+        }
+    }
+
+    /// A payload on `room_id`'s channel that does not decode: counted,
+    /// logged (rate-limited), and the room resynced in case it mattered.
+    fn rejected(&mut self, room_id: RoomId, why: &serde_json::Error) {
+        self.health.count_rejected();
+        if let Some(n) = self.reject_log.note(Instant::now()) {
+            log::warn!(
+                "ignored {n} undecodable bus payload(s) (malformed or from another version; \
+                 {} since start-up); latest on room {room_id}: {why}",
+                self.health.rejected_payloads()
+            );
+        }
+        self.resync_room(room_id);
+    }
+
     fn refresh_liveness(&mut self, ctx: &mut Context<Self>) {
         if self.sink.is_none() {
             return;
@@ -437,10 +718,9 @@ impl RedisBridge {
             conn.pset_ex::<_, _, ()>(&key, "alive", ttl).await?;
             Ok(())
         });
-        ctx.spawn(fut.into_actor(self).map(|res, act, ctx| {
-            if let Err(e) = res {
-                act.disconnected(&e, ctx);
-            }
+        ctx.spawn(fut.into_actor(self).map(|res, act, ctx| match res {
+            Ok(()) => act.renewed(false),
+            Err(e) => act.disconnected(&e, ctx),
         }));
     }
 
@@ -505,6 +785,10 @@ impl Actor for RedisBridge {
             act.refresh_liveness(ctx)
         });
         ctx.run_interval(self.config.reap_interval, |act, ctx| act.reap(ctx));
+        ctx.run_interval(self.config.reap_interval, |act, _| {
+            act.check_declared_dead()
+        });
+        ctx.run_interval(RESYNC_MIN_GAP / 4, |act, _| act.resync_due());
     }
 }
 
@@ -513,18 +797,22 @@ impl StreamHandler<redis::Msg> for RedisBridge {
         let Some(room_id) = self.room_of_channel(msg.get_channel_name()) else {
             return;
         };
+        // Invariant: nothing a payload says can stop the bridge or a room;
+        // what does not decode is counted and repaired (see `rejected`).
         let envelope: Envelope = match serde_json::from_slice(msg.get_payload_bytes()) {
             Ok(e) => e,
-            Err(e) => {
-                log::warn!("ignoring undecodable bus message on room {room_id}: {e}");
-                return;
-            }
+            Err(e) => return self.rejected(room_id, &e),
         };
         if envelope.origin == self.config.instance_id || envelope.room != room_id {
             return;
         }
-        if let Some(room) = self.subscribers.get(&room_id) {
-            room.do_send(BusSignal::Event(envelope.event));
+        match envelope.event {
+            RoomEvent::Resync => self.resync_room(room_id),
+            event => {
+                if let Some(room) = self.subscribers.get(&room_id) {
+                    room.do_send(BusSignal::Event(event));
+                }
+            }
         }
     }
 
@@ -565,6 +853,7 @@ impl Handler<Unsubscribe> for RedisBridge {
 
     fn handle(&mut self, msg: Unsubscribe, ctx: &mut Self::Context) {
         self.subscribers.remove(&msg.room_id);
+        self.throttle.forget(msg.room_id);
         if let Some(mut sink) = self.sink.clone() {
             let channel = self.channel(msg.room_id);
             ctx.spawn(
@@ -629,6 +918,66 @@ mod tests {
         let chain = Chain(&e).to_string();
         assert!(chain.starts_with("invalid REDIS_URL: "), "{chain}");
         assert!(chain.len() > "invalid REDIS_URL: ".len(), "{chain}");
+    }
+
+    #[test]
+    fn the_throttle_resyncs_a_room_at_most_once_per_gap_and_never_forgets_one() {
+        let gap = Duration::from_secs(1);
+        let mut throttle = ResyncThrottle::new(gap);
+        let (a, b) = (RoomId::new(1), RoomId::new(2));
+        let t0 = Instant::now();
+        assert!(throttle.request(a, t0), "a first request waits");
+        assert!(throttle.request(b, t0));
+        // A burst within the gap: deferred, not lost, and not repeated.
+        for ms in [1, 10, 500] {
+            assert!(!throttle.request(a, t0 + Duration::from_millis(ms)));
+        }
+        assert!(throttle
+            .take_due(t0 + Duration::from_millis(900))
+            .is_empty());
+        assert_eq!(throttle.take_due(t0 + gap), vec![a]);
+        assert!(throttle.take_due(t0 + gap * 3).is_empty(), "resynced twice");
+        // Old entries are forgotten: the maps stay bounded.
+        assert!(throttle.recent.is_empty() && throttle.deferred.is_empty());
+        assert!(throttle.request(a, t0 + gap * 3));
+        assert!(!throttle.request(a, t0 + gap * 3));
+        throttle.forget(a);
+        assert!(throttle.take_due(t0 + gap * 5).is_empty());
+    }
+
+    #[test]
+    fn the_log_limiter_logs_the_first_then_one_line_per_period_with_the_count() {
+        let every = Duration::from_secs(10);
+        let mut limiter = LogLimiter::new(every);
+        let t0 = Instant::now();
+        assert_eq!(limiter.note(t0), Some(1));
+        for s in 1..=9 {
+            assert_eq!(limiter.note(t0 + Duration::from_secs(s)), None);
+        }
+        assert_eq!(limiter.note(t0 + every), Some(10));
+        assert_eq!(limiter.note(t0 + every * 3), Some(1));
+    }
+
+    #[test]
+    fn envelopes_decode_every_kind_and_reject_unknown_ones_without_panicking() {
+        let hint = Envelope {
+            origin: "a".into(),
+            room: RoomId::new(7),
+            event: RoomEvent::Resync,
+        };
+        let wire = serde_json::to_string(&hint).expect("encode");
+        assert_eq!(wire, r#"{"origin":"a","room":7,"event":{"kind":"resync"}}"#);
+        let back: Envelope = serde_json::from_str(&wire).expect("decode");
+        assert_eq!(back.event, RoomEvent::Resync);
+        for bad in [
+            r#"{"origin":"a","room":7,"event":{"kind":"typing","who":"x"}}"#,
+            r#"{"origin":"a","room":7}"#,
+            r#"{"origin":"a","room":"seven","event":{"kind":"resync"}}"#,
+            "\u{0}\u{ff}not json",
+            "",
+        ] {
+            assert!(serde_json::from_str::<Envelope>(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

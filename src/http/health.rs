@@ -31,13 +31,17 @@ pub async fn health(app: web::Data<HttpState>) -> HttpResponse {
             "redis"
         }
     };
-    let body = json!({
+    let mut body = json!({
         "status": if failing.is_empty() { "ok" } else { "degraded" },
         "instance": app.settings.instance_id,
         "store": app.chat.store.kind().as_str(),
         "bus": bus,
         "failing": failing,
     });
+    if let Some(health) = &app.bus_health {
+        // Bus payloads this process could not decode since it started.
+        body["busRejected"] = json!(health.rejected_payloads());
+    }
     if failing.is_empty() {
         HttpResponse::Ok().json(body)
     } else {

@@ -16,4 +16,5 @@ mod lifecycle;
 mod member_lists;
 mod ops;
 mod order;
+mod partition;
 mod redis_outage;

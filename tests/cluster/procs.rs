@@ -74,7 +74,19 @@ impl Cluster {
         Self::start_inner(n, redis, extra, true).await
     }
 
+    /// Like `start_logged`, but node `i` reaches Redis at `redis[i]` (one
+    /// node through a fault proxy, say); `n` is `redis.len()`.
+    pub async fn start_logged_each(redis: &[String], extra: &[(&str, &str)]) -> Cluster {
+        Self::start_each(redis, extra, true).await
+    }
+
     async fn start_inner(n: usize, redis: &str, extra: &[(&str, &str)], capture: bool) -> Cluster {
+        Self::start_each(&vec![redis.to_string(); n], extra, capture).await
+    }
+
+    async fn start_each(redis_urls: &[String], extra: &[(&str, &str)], capture: bool) -> Cluster {
+        let n = redis_urls.len();
+        let redis = redis_urls.first().map(String::as_str).unwrap_or_default();
         let database = TestDatabase::new();
         let prefix = format!("chattest-{}", database.name);
         let mut cluster = Cluster {
@@ -86,11 +98,11 @@ impl Cluster {
                 .timeout(Duration::from_secs(10))
                 .finish(),
         };
-        for i in 0..n {
+        for (i, redis) in redis_urls.iter().enumerate() {
             let instance = format!("node{i}-{}", std::process::id());
             let mut env: Vec<(String, String)> = vec![
                 ("MYSQL_URL".into(), cluster.database.url.clone()),
-                ("REDIS_URL".into(), redis.to_string()),
+                ("REDIS_URL".into(), redis.clone()),
                 ("REDIS_PREFIX".into(), cluster.prefix.clone()),
                 ("INSTANCE_ID".into(), instance.clone()),
                 ("HOST".into(), "127.0.0.1".into()),

@@ -643,6 +643,9 @@ impl RoomActor {
                 self.remove_members(vec![(socket_id, why)], ctx);
                 self.stop_if_idle(ctx);
             }
+            // The bridge turns hints into `BusSignal::Resync`; one that
+            // gets here means the same.
+            RoomEvent::Resync => self.resync(ctx),
         }
     }
 

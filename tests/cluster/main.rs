@@ -5,6 +5,8 @@
 #[path = "../api/helpers/mod.rs"]
 mod helpers;
 mod procs;
+#[path = "../common/redis_procs.rs"]
+mod redis_procs;
 #[path = "../common/wait.rs"]
 mod wait;
 

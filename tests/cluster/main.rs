@@ -17,3 +17,4 @@ mod member_lists;
 mod ops;
 mod order;
 mod redis_outage;
+mod sentinel;

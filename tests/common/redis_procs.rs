@@ -64,12 +64,22 @@ impl Auth {
         match self {
             Auth::Open => vec![],
             Auth::Password(p) => vec!["--requirepass".into(), p.clone()],
-            Auth::User { name, password } => vec![
-                "--user".into(),
-                format!("{name} on >{password} ~* &* +@all"),
-                "--user".into(),
-                "default off".into(),
-            ],
+            // One directive per `--user`, its words as separate arguments.
+            Auth::User { name, password } => [
+                "--user",
+                name,
+                "on",
+                &format!(">{password}"),
+                "~*",
+                "&*",
+                "+@all",
+                "--user",
+                "default",
+                "off",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
         }
     }
 }

@@ -1,0 +1,275 @@
+//! The bus through Redis Sentinel, and Redis with a password.
+//!
+//! Failover: a private master, one replica and three Sentinels
+//! (`tests/common/redis_procs.rs`); two processes find the master through
+//! `REDIS_SENTINELS`. Members on both chat; the master is SIGKILLed. Cross-
+//! process chat resumes within 10 s of the kill, `/health` says degraded
+//! while the bus is down and ok after, and each member that stayed
+//! connected ends with every acknowledged message exactly once, in id
+//! order, as the store has them.
+//!
+//! Password: the cluster runs on a private Redis with `requirepass`, then
+//! with an ACL user, both through `REDIS_URL`; a wrong password is a
+//! degraded `/health` and a log line naming the cause, never a crash.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::helpers::{Incoming, WsClient};
+use crate::procs::{heavy_test_lock, Cluster};
+use crate::redis_procs::{Auth, RedisProc, SentinelGroup};
+use crate::wait::{eventually, within};
+
+const FRAME: Duration = Duration::from_secs(10);
+/// The bound of the issue: cross-process chat back within 10 s of the kill.
+const RESUME: Duration = Duration::from_secs(10);
+
+/// A member recording every message it receives.
+struct Member {
+    name: &'static str,
+    ws: WsClient,
+    live: Vec<Value>,
+    refs: usize,
+}
+
+impl Member {
+    /// Takes one frame within `wait`: records messages, skips member
+    /// events, panics on anything else. `None` when nothing came.
+    async fn take(&mut self, wait: Duration) -> Option<Value> {
+        match self.ws.next_within(wait).await? {
+            Incoming::Closed(code) => panic!("{} was disconnected ({code:?})", self.name),
+            Incoming::Json(v) => {
+                match v["type"].as_str() {
+                    Some("message") => self.live.push(v["message"].clone()),
+                    Some("memberJoined" | "memberLeft") => {}
+                    _ => panic!("{}: unexpected frame {v}", self.name),
+                }
+                Some(v)
+            }
+        }
+    }
+
+    /// Sends a chat and reads until its echo; the stored message.
+    async fn chat(&mut self, content: &str) -> Value {
+        self.refs += 1;
+        let reference = format!("r{}", self.refs);
+        self.ws
+            .send(json!({"type": "chat", "content": content, "ref": reference}))
+            .await;
+        loop {
+            let v = self
+                .take(FRAME)
+                .await
+                .unwrap_or_else(|| panic!("{}: no answer to {content:?}", self.name));
+            if v["ref"] == reference.as_str() {
+                assert_eq!(
+                    v["type"], "message",
+                    "{}: {content:?} refused: {v}",
+                    self.name
+                );
+                return v["message"].clone();
+            }
+        }
+    }
+
+    /// Reads until a message with `content` arrived, for at most `wait`.
+    async fn heard(&mut self, content: &str, wait: Duration) -> bool {
+        let deadline = Instant::now() + wait;
+        loop {
+            if self.live.iter().any(|m| m["content"] == content) {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || self.take(left).await.is_none() {
+                return self.live.iter().any(|m| m["content"] == content);
+            }
+        }
+    }
+
+    /// Reads whatever arrives until `quiet` passes without a frame.
+    async fn drain(&mut self, quiet: Duration) {
+        while self.take(quiet).await.is_some() {}
+    }
+}
+
+fn ids(messages: &[Value]) -> Vec<u64> {
+    messages
+        .iter()
+        .map(|m| m["id"].as_u64().unwrap_or(0))
+        .collect()
+}
+
+/// Polls `/health` on nodes 0 and 1 until it says ok (`healthy`) or
+/// degraded naming redis; returns how long that took.
+async fn wait_health(cluster: &Cluster, healthy: bool, limit: Duration) -> Duration {
+    let what = format!(
+        "/health {}",
+        if healthy { "ok" } else { "degraded (redis)" }
+    );
+    eventually(limit, &what, || async move {
+        let mut states = Vec::new();
+        for i in [0, 1] {
+            states.push(cluster.get(i, "/health").await);
+        }
+        let done = states.iter().all(|(status, body)| {
+            if healthy {
+                *status == 200 && body["status"] == "ok"
+            } else {
+                let failing = body["failing"].as_array().cloned().unwrap_or_default();
+                *status == 503 && failing.contains(&json!("redis"))
+            }
+        });
+        if done {
+            Ok(())
+        } else {
+            Err(format!("{states:?}"))
+        }
+    })
+    .await
+}
+
+/// ann on node 0 and bob on node 1 in one new room, each seeing the other.
+async fn two_members(cluster: &Cluster) -> (u64, Member, Member) {
+    let mut ws = cluster.ws(0).await;
+    let room = ws.create("bus", "ann").await["room"]["id"]
+        .as_u64()
+        .expect("room id");
+    let ann = Member {
+        name: "ann",
+        ws,
+        live: Vec::new(),
+        refs: 0,
+    };
+    let mut ws = cluster.ws(1).await;
+    ws.join(room, "bob").await;
+    let bob = Member {
+        name: "bob",
+        ws,
+        live: Vec::new(),
+        refs: 0,
+    };
+    cluster
+        .wait_members_agree(&[0, 1], room, &["ann", "bob"], Duration::from_secs(5))
+        .await;
+    (room, ann, bob)
+}
+
+/// Each says `tag` once and hears the other within `wait`.
+async fn exchange(ann: &mut Member, bob: &mut Member, tag: &str, wait: Duration) -> bool {
+    let (a, b) = (format!("{tag}-ann"), format!("{tag}-bob"));
+    ann.chat(&a).await;
+    bob.chat(&b).await;
+    bob.heard(&a, wait).await && ann.heard(&b, wait).await
+}
+
+/// Both members end with exactly the stored messages, in id order.
+async fn assert_complete(cluster: &Cluster, room: u64, members: &mut [&mut Member]) {
+    let stored = cluster.stored_messages(0, room).await;
+    for m in members.iter_mut() {
+        m.drain(Duration::from_millis(1500)).await;
+        assert_eq!(
+            ids(&m.live),
+            ids(&stored),
+            "{}: received ids differ from the stored ones",
+            m.name
+        );
+    }
+}
+
+#[actix_rt::test]
+async fn chat_resumes_within_10_s_of_a_sentinel_failover_and_nothing_is_lost() {
+    let _heavy = heavy_test_lock().await;
+    within(Duration::from_secs(120), "the test", async {
+        let mut group = SentinelGroup::start(Auth::Open, Duration::from_millis(1000));
+        let sentinels = group.sentinels_setting();
+        let cluster = Cluster::start_logged(2, "", &[("REDIS_SENTINELS", &sentinels)]).await;
+        let (room, mut ann, mut bob) = two_members(&cluster).await;
+        assert!(exchange(&mut ann, &mut bob, "before", FRAME).await);
+
+        group.master.kill();
+        let killed = Instant::now();
+        let degraded = wait_health(&cluster, false, Duration::from_secs(5)).await;
+
+        // Keep chatting; find when a chat reaches the other process again.
+        let mut round = 0;
+        let resumed = loop {
+            round += 1;
+            if exchange(
+                &mut ann,
+                &mut bob,
+                &format!("r{round}"),
+                Duration::from_millis(300),
+            )
+            .await
+            {
+                break killed.elapsed();
+            }
+            assert!(
+                killed.elapsed() < RESUME + Duration::from_secs(5),
+                "no cross-process chat {:?} after the kill; sentinels see {:?}",
+                killed.elapsed(),
+                group.masters_seen()
+            );
+        };
+        let healthy = killed.elapsed() + wait_health(&cluster, true, RESUME).await;
+        assert_eq!(group.replica.role().as_deref(), Some("master"));
+        assert!(exchange(&mut ann, &mut bob, "after", FRAME).await);
+        assert_complete(&cluster, room, &mut [&mut ann, &mut bob]).await;
+        eprintln!(
+            "sentinel failover: /health degraded {degraded:?} after the SIGKILL of the \
+             master, cross-process chat back after {resumed:?}, /health ok after {healthy:?}; \
+             {} messages, each member got all of them once, in id order",
+            ann.live.len()
+        );
+        assert!(resumed < RESUME, "chat resumed only after {resumed:?}");
+        let connected =
+            cluster.count_in_logs(&format!("connected to 127.0.0.1:{}", group.replica.port));
+        assert!(connected >= 2, "both processes moved to the new master");
+        cluster.assert_no_errors();
+    })
+    .await;
+}
+
+#[actix_rt::test]
+async fn the_bus_works_with_a_password_and_with_an_acl_user() {
+    for auth in [
+        Auth::Password("pa55word".into()),
+        Auth::User {
+            name: "chat".into(),
+            password: "s3cret".into(),
+        },
+    ] {
+        let redis = RedisProc::server(auth.clone());
+        let cluster = Cluster::start_logged(2, &redis.url(), &[]).await;
+        let (room, mut ann, mut bob) = two_members(&cluster).await;
+        assert!(
+            exchange(&mut ann, &mut bob, "hello", FRAME).await,
+            "{auth:?}: no cross-process chat"
+        );
+        assert_complete(&cluster, room, &mut [&mut ann, &mut bob]).await;
+        cluster.assert_no_errors();
+    }
+}
+
+#[actix_rt::test]
+async fn a_wrong_redis_password_is_a_degraded_health_and_a_clear_log() {
+    let redis = RedisProc::server(Auth::Password("right".into()));
+    let wrong = format!("redis://:not-the-pw-42@127.0.0.1:{}", redis.port);
+    let mut cluster = Cluster::start_answering(1, &wrong, &[]).await;
+    let (status, body) = cluster.get(0, "/health").await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["failing"], json!(["redis"]), "{body}");
+    eventually(Duration::from_secs(5), "the cause in the log", || async {
+        cluster
+            .logs(0)
+            .iter()
+            .any(|l| l.contains("redis bus unavailable") && l.contains("authentication failed"))
+    })
+    .await;
+    assert!(
+        !cluster.logs(0).iter().any(|l| l.contains("not-the-pw-42")),
+        "the password reached the log"
+    );
+    cluster.assert_running();
+}

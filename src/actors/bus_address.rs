@@ -84,6 +84,34 @@ impl BusAddress {
         }
     }
 
+    /// With Sentinels, the master the first Sentinel that answers (each
+    /// given `per_sentinel` at most) names now; `None` without Sentinels or
+    /// when none answers. The watchdog compares it with the server the
+    /// bridge is on: after a failover, the old master may stay up and keep
+    /// serving for a while before it is demoted.
+    pub async fn named_master(&self, per_sentinel: Duration) -> Option<(String, u16)> {
+        let BusAddress::Sentinel(s) = self else {
+            return None;
+        };
+        for info in sentinel_infos(s).ok()? {
+            let ask = async {
+                let client = redis::Client::open(info)?;
+                let mut conn = client.get_multiplexed_async_connection().await?;
+                redis::cmd("SENTINEL")
+                    .arg("get-master-addr-by-name")
+                    .arg(&s.master_name)
+                    .query_async::<Option<(String, String)>>(&mut conn)
+                    .await
+            };
+            if let Ok(Ok(Some((ip, port)))) = tokio::time::timeout(per_sentinel, ask).await {
+                if let Ok(port) = port.parse() {
+                    return Some((ip, port));
+                }
+            }
+        }
+        None
+    }
+
     /// The longest pause between two reconnection attempts. With Sentinels
     /// a failover is expected and the Sentinels answer at once, so the
     /// bridge looks again every second; one Redis gets more slack.
@@ -98,18 +126,7 @@ impl BusAddress {
 /// A fresh Sentinel client (no cached connections: each look-up after a
 /// failure starts clean).
 fn sentinel_client(s: &SentinelAddress) -> redis::RedisResult<SentinelClient> {
-    let sentinels = s
-        .sentinels
-        .iter()
-        .map(|(host, port)| {
-            let info = ConnectionAddr::Tcp(host.clone(), *port).into_connection_info()?;
-            let mut redis_info = RedisConnectionInfo::default();
-            if let Some(p) = &s.sentinel_password {
-                redis_info = redis_info.set_password(p);
-            }
-            Ok(info.set_redis_settings(redis_info))
-        })
-        .collect::<redis::RedisResult<Vec<_>>>()?;
+    let sentinels = sentinel_infos(s)?;
     let mut master = RedisConnectionInfo::default();
     if let Some(u) = &s.username {
         master = master.set_username(u);
@@ -123,6 +140,28 @@ fn sentinel_client(s: &SentinelAddress) -> redis::RedisResult<SentinelClient> {
         Some(SentinelNodeConnectionInfo::default().set_redis_connection_info(master)),
         SentinelServerType::Master,
     )
+}
+
+/// How to reach each Sentinel, in the configured order.
+fn sentinel_infos(s: &SentinelAddress) -> redis::RedisResult<Vec<redis::ConnectionInfo>> {
+    s.sentinels
+        .iter()
+        .map(|(host, port)| {
+            let info = ConnectionAddr::Tcp(host.clone(), *port).into_connection_info()?;
+            let mut redis_info = RedisConnectionInfo::default();
+            if let Some(p) = &s.sentinel_password {
+                redis_info = redis_info.set_password(p);
+            }
+            Ok(info.set_redis_settings(redis_info))
+        })
+        .collect()
+}
+
+/// Whether the bridge must leave the server it is on (`connected`): the
+/// Sentinels name another master. No answer from them (`named` is `None`)
+/// proves nothing: the bridge stays, and the role check still applies.
+pub fn master_moved(connected: Option<&(String, u16)>, named: Option<&(String, u16)>) -> bool {
+    matches!((connected, named), (Some(c), Some(n)) if c != n)
 }
 
 /// Parses `REDIS_SENTINELS`: `host:port[,host:port...]`, at least one,
@@ -344,6 +383,16 @@ mod tests {
             "# Replication\r\nrole:slave\r\nmaster_host:10.0.0.2\r\n"
         ));
         assert!(!reports_master(""));
+    }
+
+    #[test]
+    fn only_a_different_named_master_moves_the_bridge() {
+        let a = ("10.0.0.1".to_string(), 6379);
+        let b = ("10.0.0.2".to_string(), 6379);
+        assert!(master_moved(Some(&a), Some(&b)));
+        assert!(!master_moved(Some(&a), Some(&a)));
+        assert!(!master_moved(Some(&a), None));
+        assert!(!master_moved(None, Some(&b)));
     }
 
     #[test]

@@ -184,6 +184,8 @@ pub struct RedisBridge {
     generation: u64,
     /// A watchdog round is in flight.
     pinging: bool,
+    /// The master the current connection is on (host, port), if over TCP.
+    server: Option<(String, u16)>,
     /// Whether this process was ever connected (see `bus_address::reap_wait`).
     ever_connected: bool,
     /// How long after `connected_at` missing liveness keys mean death.
@@ -222,6 +224,8 @@ pub enum BusError {
     PoolSetup(#[from] deadpool_redis::CreatePoolError),
     #[error("the server is no longer the master")]
     NotMaster,
+    #[error("the sentinels name another master")]
+    MasterMoved,
     #[error("store call failed")]
     Store(#[from] StoreError),
 }
@@ -279,6 +283,7 @@ impl RedisBridge {
             backoff: Duration::from_millis(100),
             generation: 0,
             pinging: false,
+            server: None,
             ever_connected: false,
             reap_wait: settle,
             subscribers: HashMap::new(),
@@ -320,7 +325,10 @@ impl RedisBridge {
         let fut = timed("connecting", async move {
             // With Sentinels: the master they name now, confirmed by ROLE.
             let client = address.master_client().await?;
-            let server = client.get_connection_info().addr().to_string();
+            let server = match client.get_connection_info().addr() {
+                redis::ConnectionAddr::Tcp(host, port) => Some((host.clone(), *port)),
+                _ => None,
+            };
             let pool = make_pool(client.get_connection_info().clone())?;
             let (mut sink, stream) = client.get_async_pubsub().await?.split();
             if !channels.is_empty() {
@@ -346,13 +354,17 @@ impl RedisBridge {
                     act.reap_wait =
                         bus_address::reap_wait(!act.ever_connected, facts.as_ref(), act.settle());
                     log::info!(
-                        "redis bus connected to {server} ({} rooms subscribed; {}; \
+                        "redis bus connected to {} ({} rooms subscribed; {}; \
                          missing liveness keys count after {:?})",
+                        server
+                            .as_ref()
+                            .map_or("redis".into(), |(h, p)| format!("{h}:{p}")),
                         act.subscribers.len(),
                         describe(facts.as_ref()),
                         act.reap_wait,
                     );
                     act.ever_connected = true;
+                    act.server = server;
                     act.generation += 1;
                     act.pool = pool;
                     act.sink = Some(sink);
@@ -399,11 +411,19 @@ impl RedisBridge {
         };
         let pool = self.pool.clone();
         let check_role = matches!(self.config.address, BusAddress::Sentinel(_));
+        let address = self.config.address.clone();
+        let server = self.server.clone();
         let generation = self.generation;
         self.pinging = true;
         let fut = timed("pinging the subscription connection", async move {
             let _: redis::Value = sink.ping().await?;
             if check_role {
+                // 500 ms a Sentinel: even three that do not answer leave
+                // the round within its limit (no answer proves nothing).
+                let named = address.named_master(REDIS_TIMEOUT / 6).await;
+                if bus_address::master_moved(server.as_ref(), named.as_ref()) {
+                    return Err(BusError::MasterMoved);
+                }
                 let mut conn = pool.get().await?;
                 let info: String = redis::cmd("INFO")
                     .arg("replication")

@@ -20,6 +20,7 @@ use crate::helpers::{Incoming, WsClient};
 use crate::procs::{heavy_test_lock, Cluster};
 use crate::redis_procs::{Auth, RedisProc, SentinelGroup};
 use crate::wait::{eventually, within};
+use deadpool_redis::redis;
 
 const FRAME: Duration = Duration::from_secs(10);
 /// The bound of the issue: cross-process chat back within 10 s of the kill.
@@ -272,4 +273,66 @@ async fn a_wrong_redis_password_is_a_degraded_health_and_a_clear_log() {
         "the password reached the log"
     );
     cluster.assert_running();
+}
+
+#[actix_rt::test]
+async fn a_manual_failover_moves_both_processes_to_the_new_master() {
+    // The old master stays up and becomes a replica: connections left on
+    // it would hear nothing the others publish.
+    let _heavy = heavy_test_lock().await;
+    within(Duration::from_secs(120), "the test", async {
+        let group = SentinelGroup::start(Auth::Open, Duration::from_millis(1000));
+        let sentinels = group.sentinels_setting();
+        let cluster = Cluster::start_logged(2, "", &[("REDIS_SENTINELS", &sentinels)]).await;
+        let (room, mut ann, mut bob) = two_members(&cluster).await;
+        assert!(exchange(&mut ann, &mut bob, "before", FRAME).await);
+
+        let _: String = group.sentinels[0]
+            .query(redis::cmd("SENTINEL").arg("FAILOVER").arg(&group.name))
+            .unwrap_or_else(|e| panic!("SENTINEL FAILOVER: {e}"));
+        let asked = Instant::now();
+        let new_master = Some(("127.0.0.1".to_string(), group.replica.port));
+        eventually(RESUME, "the sentinels name the new master", || async {
+            group.masters_seen().iter().all(|m| *m == new_master)
+        })
+        .await;
+        let switched = asked.elapsed();
+        let mut round = 0;
+        let resumed = loop {
+            round += 1;
+            let tag = format!("r{round}");
+            let on_new = format!("connected to 127.0.0.1:{}", group.replica.port);
+            let moved = cluster.count_in_logs(&on_new) >= 2;
+            // Chat on throughout; count only an exchange made once both
+            // processes are on the new master.
+            if exchange(&mut ann, &mut bob, &tag, Duration::from_millis(300)).await && moved {
+                break asked.elapsed();
+            }
+            assert!(
+                asked.elapsed() < RESUME * 2,
+                "the processes did not leave the old master"
+            );
+        };
+        // Sentinel demotes the old master (and closes its connections) only
+        // seconds later: the watchdog, not the demotion, moved the processes.
+        let old_role = group.master.role();
+        wait_health(&cluster, true, RESUME).await;
+        assert!(exchange(&mut ann, &mut bob, "after", FRAME).await);
+        assert_complete(&cluster, room, &mut [&mut ann, &mut bob]).await;
+        let moved =
+            cluster.count_in_logs(&format!("connected to 127.0.0.1:{}", group.replica.port));
+        eprintln!(
+            "manual failover: sentinels switched after {switched:?}; both processes on the \
+             new master and chatting across after {resumed:?}, the old master's role then: \
+             {old_role:?}; {moved} connections to the new master logged"
+        );
+        assert!(moved >= 2, "both processes moved to the new master");
+        assert!(resumed < RESUME, "chat resumed only after {resumed:?}");
+        assert!(
+            cluster.count_in_logs("the sentinels name another master") >= 2,
+            "the watchdog did not move the processes"
+        );
+        cluster.assert_no_errors();
+    })
+    .await;
 }

@@ -14,9 +14,12 @@
 //!   `REAP_INTERVAL_MS` for instances that hold members in the store but have
 //!   no key; one of them (a `SET NX` lock) removes those members, which
 //!   deletes rooms left empty, and announces each removal on the room's
-//!   channel. A survivor reaps only after being connected for a full TTL
-//!   plus the longest reconnection backoff, so instances that were merely cut
-//!   off from Redis get time to come back and renew.
+//!   channel. A missing key counts only once every live instance has had a
+//!   full TTL plus the longest reconnection backoff to write it on this
+//!   master (`bus_address::reap_wait`: at a first connection the master's
+//!   uptime tells; after an outage, counted from the reconnection), so
+//!   instances that were merely cut off from Redis get time to come back
+//!   and renew. The reap lock is released once the reap is done.
 //! - **Outages.** When the subscription connection drops, the bridge
 //!   reconnects with backoff, re-subscribes every room and tells each room to
 //!   resynchronize from the store (messages after the last one delivered, the

@@ -188,6 +188,16 @@ impl Cluster {
         self.wait_healthy(i, Duration::from_secs(30)).await;
     }
 
+    /// Kills node `i` and starts it again with `name` set to `value` (kept
+    /// for later restarts).
+    pub async fn restart_with(&mut self, i: usize, name: &str, value: &str) {
+        self.nodes[i].kill();
+        let env = &mut self.nodes[i].env;
+        env.retain(|(k, _)| k != name);
+        env.push((name.to_string(), value.to_string()));
+        self.restart(i).await;
+    }
+
     /// POST a JSON body to node `i`: status and JSON body.
     pub async fn post(&self, i: usize, path: &str, body: &Value) -> (u16, Value) {
         match self

@@ -8,10 +8,18 @@
 //! connected ends with every acknowledged message exactly once, in id
 //! order, as the store has them.
 //!
+//! Silence: a subscription connection that stays open but passes nothing
+//! is noticed by the watchdog's PING and replaced; what was said meanwhile
+//! arrives.
+//!
 //! Password: the cluster runs on a private Redis with `requirepass`, then
 //! with an ACL user, both through `REDIS_URL`; a wrong password is a
 //! degraded `/health` and a log line naming the cause, never a crash.
 
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -331,6 +339,131 @@ async fn a_manual_failover_moves_both_processes_to_the_new_master() {
         assert!(
             cluster.count_in_logs("the sentinels name another master") >= 2,
             "the watchdog did not move the processes"
+        );
+        cluster.assert_no_errors();
+    })
+    .await;
+}
+
+/// A TCP relay to one port that can silence one of its connections: the
+/// connection stays open, but nothing passes either way any more (a
+/// blackhole, as a half-dead NAT entry or a frozen peer gives).
+struct SilenceProxy {
+    port: u16,
+    silenced: Arc<Mutex<Vec<Arc<AtomicBool>>>>,
+    streams: Arc<Mutex<Vec<TcpStream>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl SilenceProxy {
+    fn start(target: u16) -> SilenceProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
+        let port = listener.local_addr().expect("proxy address").port();
+        listener
+            .set_nonblocking(true)
+            .expect("nonblocking listener");
+        let proxy = SilenceProxy {
+            port,
+            silenced: Default::default(),
+            streams: Default::default(),
+            stop: Default::default(),
+        };
+        let (silenced, streams, stop) = (
+            proxy.silenced.clone(),
+            proxy.streams.clone(),
+            proxy.stop.clone(),
+        );
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let Ok((client, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                };
+                let _ = client.set_nonblocking(false);
+                let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
+                    continue;
+                };
+                let flag = Arc::new(AtomicBool::new(false));
+                silenced.lock().unwrap().push(flag.clone());
+                let mut all = streams.lock().unwrap();
+                for (from, to) in [(&client, &server), (&server, &client)] {
+                    let (mut from, mut to) = (from.try_clone().unwrap(), to.try_clone().unwrap());
+                    let flag = flag.clone();
+                    std::thread::spawn(move || {
+                        let mut buf = [0u8; 16 * 1024];
+                        while let Ok(n) = from.read(&mut buf) {
+                            if n == 0 {
+                                let _ = to.shutdown(std::net::Shutdown::Write);
+                                return;
+                            }
+                            if !flag.load(Ordering::Relaxed) && to.write_all(&buf[..n]).is_err() {
+                                return;
+                            }
+                        }
+                    });
+                }
+                all.push(client);
+                all.push(server);
+            }
+        });
+        proxy
+    }
+
+    /// From now on the `n`th connection (from 0) passes nothing.
+    fn silence(&self, n: usize) {
+        self.silenced.lock().unwrap()[n].store(true, Ordering::Relaxed);
+    }
+
+    fn connections(&self) -> usize {
+        self.silenced.lock().unwrap().len()
+    }
+}
+
+impl Drop for SilenceProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Ok(streams) = self.streams.lock() {
+            for s in streams.iter() {
+                let _ = s.shutdown(std::net::Shutdown::Both);
+            }
+        }
+    }
+}
+
+#[actix_rt::test]
+async fn a_subscription_connection_that_goes_silent_is_replaced() {
+    let _heavy = heavy_test_lock().await;
+    within(Duration::from_secs(60), "the test", async {
+        let redis = RedisProc::server(Auth::Open);
+        let proxy = SilenceProxy::start(redis.port);
+        let mut cluster = Cluster::start_logged(2, &redis.url(), &[]).await;
+        // Node 1 through the proxy: its first connection is the
+        // subscription (the command pool connects after it).
+        let through = format!("redis://127.0.0.1:{}", proxy.port);
+        cluster.restart_with(1, "REDIS_URL", &through).await;
+        assert!(proxy.connections() >= 2, "node 1 is not using the proxy");
+        let (room, mut ann, mut bob) = two_members(&cluster).await;
+        assert!(exchange(&mut ann, &mut bob, "before", FRAME).await);
+
+        // The subscription stays open but hears nothing; publishing (on
+        // the pool's connections) still works.
+        proxy.silence(0);
+        let silenced = Instant::now();
+        ann.chat("into-the-void").await;
+        assert!(
+            bob.heard("into-the-void", Duration::from_secs(10)).await,
+            "bob never got the chat sent while his process's subscription was silent"
+        );
+        let healed = silenced.elapsed();
+        assert!(exchange(&mut ann, &mut bob, "after", FRAME).await);
+        assert_complete(&cluster, room, &mut [&mut ann, &mut bob]).await;
+        eprintln!(
+            "silent subscription: replaced, and the chat sent into it delivered, \
+             {healed:?} after it went silent"
+        );
+        assert!(
+            cluster.count_in_logs("pinging the subscription connection timed out") >= 1,
+            "the watchdog did not notice"
         );
         cluster.assert_no_errors();
     })

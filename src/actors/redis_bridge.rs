@@ -30,9 +30,10 @@
 //!   pool is rebuilt for that master each time, so commands and the
 //!   subscription always go to the same server (see `bus_address.rs`).
 //! - **Watchdog.** Every `LIVENESS_REFRESH_MS` the bridge PINGs the
-//!   subscription connection and, with Sentinels, asks the master for its
-//!   role. No answer within `REDIS_TIMEOUT` (a connection still open but
-//!   blackholed), or a master demoted by a failover, counts as a lost
+//!   subscription connection and, with Sentinels, asks them which master
+//!   they name and asks the master for its role. No answer within
+//!   `REDIS_TIMEOUT` (a connection still open but blackholed), another
+//!   master named, or a master demoted by a failover, counts as a lost
 //!   connection: the bridge reconnects, and the rooms resynchronize.
 
 use std::collections::HashMap;

@@ -469,3 +469,42 @@ async fn a_subscription_connection_that_goes_silent_is_replaced() {
     })
     .await;
 }
+
+#[actix_rt::test]
+async fn passwords_for_the_sentinels_and_for_the_master_are_used() {
+    let _heavy = heavy_test_lock().await;
+    within(Duration::from_secs(60), "the test", async {
+        let group = SentinelGroup::start_with(
+            Auth::User {
+                name: "chat".into(),
+                password: "m4ster".into(),
+            },
+            Some("s3ntinel"),
+            Duration::from_millis(1000),
+        );
+        let sentinels = group.sentinels_setting();
+        let cluster = Cluster::start_logged(
+            2,
+            "",
+            &[
+                ("REDIS_SENTINELS", &sentinels),
+                ("REDIS_SENTINEL_PASSWORD", "s3ntinel"),
+                ("REDIS_USERNAME", "chat"),
+                ("REDIS_PASSWORD", "m4ster"),
+            ],
+        )
+        .await;
+        let (room, mut ann, mut bob) = two_members(&cluster).await;
+        assert!(exchange(&mut ann, &mut bob, "hello", FRAME).await);
+        assert_complete(&cluster, room, &mut [&mut ann, &mut bob]).await;
+        let warnings = cluster.warnings();
+        assert!(
+            !warnings
+                .iter()
+                .any(|l| l.contains("m4ster") || l.contains("s3ntinel")),
+            "a password reached the log: {warnings:?}"
+        );
+        cluster.assert_no_errors();
+    })
+    .await;
+}

@@ -151,12 +151,14 @@ impl RedisProc {
     }
 
     /// A Sentinel watching `master` as `name`, deciding with `quorum`,
-    /// calling the master down after `down_after`.
+    /// calling the master down after `down_after`; with `password`, it
+    /// requires it from clients (and gives it to the other Sentinels).
     pub fn sentinel(
         master: &RedisProc,
         name: &str,
         quorum: u32,
         down_after: Duration,
+        password: Option<&str>,
     ) -> RedisProc {
         let dir = temp_dir("sentinel");
         let mut conf = format!(
@@ -181,11 +183,14 @@ impl RedisProc {
                 "sentinel auth-user {name} {user}\nsentinel auth-pass {name} {password}\n"
             )),
         }
+        if let Some(p) = password {
+            conf.push_str(&format!("requirepass {p}\nsentinel sentinel-pass {p}\n"));
+        }
         let file = dir.join("sentinel.conf");
         std::fs::write(&file, conf).unwrap_or_else(|e| panic!("cannot write {file:?}: {e}"));
         let mut p = RedisProc {
             port: free_port(),
-            auth: Auth::Open,
+            auth: password.map_or(Auth::Open, |p| Auth::Password(p.into())),
             args: vec![file.display().to_string(), "--sentinel".into()],
             dir,
             child: None,
@@ -275,11 +280,20 @@ pub struct SentinelGroup {
 
 impl SentinelGroup {
     pub fn start(auth: Auth, down_after: Duration) -> SentinelGroup {
+        Self::start_with(auth, None, down_after)
+    }
+
+    /// Like `start`, with Sentinels that require `sentinel_password`.
+    pub fn start_with(
+        auth: Auth,
+        sentinel_password: Option<&str>,
+        down_after: Duration,
+    ) -> SentinelGroup {
         let name = "mymaster".to_string();
         let master = RedisProc::server(auth);
         let replica = RedisProc::replica_of(&master);
         let sentinels: Vec<RedisProc> = (0..3)
-            .map(|_| RedisProc::sentinel(&master, &name, 2, down_after))
+            .map(|_| RedisProc::sentinel(&master, &name, 2, down_after, sentinel_password))
             .collect();
         let group = SentinelGroup {
             name,

@@ -4,6 +4,9 @@
 
 use std::time::Duration;
 
+use crate::actors::bus_address::{
+    parse_sentinels, BusAddress, SentinelAddress, DEFAULT_MASTER_NAME,
+};
 use crate::client_addr::TrustedProxies;
 use crate::domain::TextLimits;
 pub use crate::ws::origin::AllowedOrigins;
@@ -17,8 +20,13 @@ pub struct Settings {
     pub port: u16,
     /// `MYSQL_URL`: set = MySQL store, unset = in-memory store.
     pub mysql_url: Option<String>,
-    /// `REDIS_URL`: set = cluster bus over Redis, unset = this process alone.
+    /// `REDIS_URL`: set = cluster bus over Redis, unset = this process alone
+    /// (unless `REDIS_SENTINELS` is set).
     pub redis_url: Option<String>,
+    /// `REDIS_SENTINELS` (with `REDIS_MASTER_NAME`, `REDIS_SENTINEL_PASSWORD`,
+    /// `REDIS_USERNAME`, `REDIS_PASSWORD`): set = cluster bus over the Redis
+    /// master these Sentinels name. Exclusive with `REDIS_URL`.
+    pub redis_sentinel: Option<SentinelAddress>,
     /// `INSTANCE_ID`: this process's name in a cluster.
     pub instance_id: String,
     /// `EMPTY_ROOM_GRACE_SECS`: how long a room nobody has joined lives.
@@ -183,6 +191,7 @@ impl Settings {
             host: env.text("HOST", "127.0.0.1", usize::MAX)?,
             port: env.port("PORT", 3000)?,
             redis_url: env.redis_url("REDIS_URL")?,
+            redis_sentinel: env.sentinel()?,
             mysql_url,
             instance_id: match env.value("INSTANCE_ID") {
                 Some(_) => env.text("INSTANCE_ID", "", 255)?,
@@ -287,6 +296,29 @@ impl Settings {
                 ),
             ));
         }
+        let sentinels = |s: &SentinelAddress| {
+            let list: Vec<String> = s
+                .sentinels
+                .iter()
+                .map(|(h, p)| format!("{h}:{p}"))
+                .collect();
+            list.join(",")
+        };
+        if let (Some(_), Some(sentinel)) = (&self.redis_url, &self.redis_sentinel) {
+            return Err(ConfigError::new(
+                "REDIS_SENTINELS",
+                &sentinels(sentinel),
+                "must be unset when REDIS_URL is set: the bus is one Redis or the master \
+                 the Sentinels name, not both",
+            ));
+        }
+        if let (Some(sentinel), None) = (&self.redis_sentinel, &self.mysql_url) {
+            return Err(ConfigError::new(
+                "REDIS_SENTINELS",
+                &sentinels(sentinel),
+                "needs MYSQL_URL too: the processes of a cluster must share one store",
+            ));
+        }
         if let (Some(redis), None) = (&self.redis_url, &self.mysql_url) {
             return Err(ConfigError::new(
                 "REDIS_URL",
@@ -295,6 +327,15 @@ impl Settings {
             ));
         }
         Ok(())
+    }
+
+    /// Where the cluster bus is, if there is one.
+    pub fn bus_address(&self) -> Option<BusAddress> {
+        match (&self.redis_url, &self.redis_sentinel) {
+            (Some(url), _) => Some(BusAddress::Direct(url.clone())),
+            (None, Some(s)) => Some(BusAddress::Sentinel(s.clone())),
+            (None, None) => None,
+        }
     }
 
     /// Settings for tests: an ephemeral port and defaults otherwise.
@@ -486,6 +527,43 @@ impl<F: Fn(&str) -> Option<String>> Env<'_, F> {
             Err(e) => fail(e.to_string()),
             Ok(_) => Ok(Some(url)),
         }
+    }
+}
+
+impl<F: Fn(&str) -> Option<String>> Env<'_, F> {
+    /// `REDIS_SENTINELS` and the settings that only apply with it.
+    fn sentinel(&self) -> Result<Option<SentinelAddress>, ConfigError> {
+        const CREDENTIALS: [&str; 3] = [
+            "REDIS_SENTINEL_PASSWORD",
+            "REDIS_USERNAME",
+            "REDIS_PASSWORD",
+        ];
+        let master_name = self.text("REDIS_MASTER_NAME", DEFAULT_MASTER_NAME, usize::MAX)?;
+        let Some(list) = self.value("REDIS_SENTINELS") else {
+            if let Some(name) = CREDENTIALS.into_iter().find(|n| self.value(n).is_some()) {
+                return Err(ConfigError::new(
+                    name,
+                    "***",
+                    "must be unset without REDIS_SENTINELS (with REDIS_URL, the \
+                     credentials go in the URL: redis://user:password@host:port)",
+                ));
+            }
+            return Ok(None);
+        };
+        let sentinels = parse_sentinels(&list).map_err(|why| {
+            ConfigError::new(
+                "REDIS_SENTINELS",
+                &list,
+                format!("must be a comma-separated list of host:port ({why})"),
+            )
+        })?;
+        Ok(Some(SentinelAddress {
+            sentinels,
+            master_name,
+            sentinel_password: self.value("REDIS_SENTINEL_PASSWORD"),
+            username: self.value("REDIS_USERNAME"),
+            password: self.value("REDIS_PASSWORD"),
+        }))
     }
 }
 
@@ -876,6 +954,68 @@ mod tests {
         ] {
             let e = load(&[mysql, ("REDIS_URL", bad)]).unwrap_err();
             assert_eq!(e.name, "REDIS_URL", "{e}");
+        }
+    }
+
+    #[test]
+    fn sentinels_name_the_bus_instead_of_a_url() {
+        let mysql = ("MYSQL_URL", "mysql://u:p@127.0.0.1:3306/chat");
+        let s = accepted(&[
+            mysql,
+            ("REDIS_SENTINELS", "10.0.0.1:26379, 10.0.0.2:26379"),
+            ("REDIS_SENTINEL_PASSWORD", "s3cret"),
+            ("REDIS_PASSWORD", "m4ster"),
+        ]);
+        let Some(BusAddress::Sentinel(sentinel)) = s.bus_address() else {
+            panic!("no sentinel address: {s:?}");
+        };
+        assert_eq!(sentinel.master_name, "mymaster");
+        assert_eq!(sentinel.sentinels[1], ("10.0.0.2".to_string(), 26379));
+        assert_eq!(sentinel.sentinel_password.as_deref(), Some("s3cret"));
+        assert_eq!(sentinel.password.as_deref(), Some("m4ster"));
+        assert_eq!(sentinel.username, None);
+        let s = accepted(&[
+            mysql,
+            ("REDIS_SENTINELS", "s:1"),
+            ("REDIS_MASTER_NAME", "chat"),
+        ]);
+        assert!(
+            matches!(s.bus_address(), Some(BusAddress::Sentinel(a)) if a.master_name == "chat")
+        );
+        let s = accepted(&[mysql, ("REDIS_URL", "redis://127.0.0.1")]);
+        assert!(matches!(s.bus_address(), Some(BusAddress::Direct(_))));
+        assert!(accepted(&[]).bus_address().is_none());
+
+        let e = load(&[mysql, ("REDIS_SENTINELS", "s:1,nope")]).unwrap_err();
+        assert_eq!(e.name, "REDIS_SENTINELS");
+        assert!(
+            e.accepted
+                .starts_with("must be a comma-separated list of host:port"),
+            "{e}"
+        );
+        let e = load(&[
+            mysql,
+            ("REDIS_URL", "redis://127.0.0.1"),
+            ("REDIS_SENTINELS", "s:1"),
+        ])
+        .unwrap_err();
+        assert_eq!(e.name, "REDIS_SENTINELS");
+        assert!(
+            e.accepted
+                .starts_with("must be unset when REDIS_URL is set"),
+            "{e}"
+        );
+        let e = load(&[("REDIS_SENTINELS", "s:1")]).unwrap_err();
+        assert_eq!(e.to_string(), "REDIS_SENTINELS=s:1: needs MYSQL_URL too: the processes of a cluster must share one store");
+        // Credentials without Sentinels belong in REDIS_URL; never echoed.
+        for name in [
+            "REDIS_PASSWORD",
+            "REDIS_USERNAME",
+            "REDIS_SENTINEL_PASSWORD",
+        ] {
+            let e = load(&[mysql, ("REDIS_URL", "redis://h"), (name, "s3cret")]).unwrap_err();
+            assert_eq!(e.name, name);
+            assert!(!e.to_string().contains("s3cret"), "{e}");
         }
     }
 

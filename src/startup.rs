@@ -73,7 +73,7 @@ impl Application {
                 path: template_path.clone(),
                 source: e,
             })?;
-        if settings.redis_url.is_some() && settings.mysql_url.is_none() {
+        if settings.bus_address().is_some() && settings.mysql_url.is_none() {
             // Each process's memory store would be a different world.
             return Err(StartupError::ClusterWithoutSharedStore);
         }
@@ -81,11 +81,11 @@ impl Application {
         let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
 
         let bus_health = BusHealth::default();
-        let bus = match settings.redis_url.as_deref() {
+        let bus = match settings.bus_address() {
             None => None,
-            Some(url) => {
+            Some(address) => {
                 let config = BridgeConfig {
-                    url: url.to_owned(),
+                    address,
                     prefix: settings.redis_prefix.clone(),
                     instance_id: settings.instance_id.clone(),
                     liveness_ttl: settings.liveness_ttl,

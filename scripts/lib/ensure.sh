@@ -94,7 +94,9 @@ ensure_node_deps() {
 }
 
 # Redis on 127.0.0.1:6379 (the cluster tests also start private
-# redis-server processes, so the binary must exist). Exports TEST_REDIS_URL.
+# redis-server processes, replicas and Sentinels as `redis-server <conf>
+# --sentinel`, so the binary must exist; no separate redis-sentinel is
+# needed). Exports TEST_REDIS_URL.
 ensure_redis() {
   if [ -n "${TEST_REDIS_URL:-}" ]; then log "using TEST_REDIS_URL=$TEST_REDIS_URL"; return; fi
   command -v redis-server >/dev/null 2>&1 || apt_install redis-server

@@ -10,6 +10,7 @@
 //! [`context::SessionContext`]; [`open_sessions`] is the registry the
 //! heartbeat and shutdown walk.
 
+pub mod bus_address;
 pub mod context;
 pub mod open_sessions;
 pub mod redis_bridge;

@@ -14,9 +14,12 @@
 //!   `REAP_INTERVAL_MS` for instances that hold members in the store but have
 //!   no key; one of them (a `SET NX` lock) removes those members, which
 //!   deletes rooms left empty, and announces each removal on the room's
-//!   channel. A survivor reaps only after being connected for a full TTL
-//!   plus the longest reconnection backoff, so instances that were merely cut
-//!   off from Redis get time to come back and renew.
+//!   channel. A missing key counts only once every live instance has had a
+//!   full TTL plus the longest reconnection backoff to write it on this
+//!   master (`bus_address::reap_wait`: at a first connection the master's
+//!   uptime tells; after an outage, counted from the reconnection), so
+//!   instances that were merely cut off from Redis get time to come back
+//!   and renew. The reap lock is released once the reap is done.
 //! - **Outages.** When the subscription connection drops, the bridge
 //!   reconnects with backoff, re-subscribes every room and tells each room to
 //!   resynchronize from the store (messages after the last one delivered, the
@@ -44,6 +47,16 @@
 //!   ([`BusHealth::rejected_payloads`], shown by `/health`), logged at most
 //!   once per [`REJECT_LOG_EVERY`] with the count, and the room it came on is
 //!   resynced (throttled) in case it carried something that mattered.
+//! - **Where Redis is.** `REDIS_URL`, or the master the Sentinels name
+//!   (`REDIS_SENTINELS`), looked up again at every connection; the command
+//!   pool is rebuilt for that master each time, so commands and the
+//!   subscription always go to the same server (see `bus_address.rs`).
+//! - **Watchdog.** Every `LIVENESS_REFRESH_MS` the bridge PINGs the
+//!   subscription connection and, with Sentinels, asks them which master
+//!   they name and asks the master for its role. No answer within
+//!   `REDIS_TIMEOUT` (a connection still open but blackholed), another
+//!   master named, or a master demoted by a failover, counts as a lost
+//!   connection: the bridge reconnects, and the rooms resynchronize.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -52,21 +65,22 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use deadpool_redis::redis::{self, aio::PubSubSink, AsyncCommands};
+use deadpool_redis::redis::{self, aio::PubSubSink, AsyncCommands, IntoConnectionInfo};
 use serde::{Deserialize, Serialize};
 
+use super::bus_address::{self, BusAddress, ServerFacts};
 use crate::domain::{Member, Message, RoomId, SocketId};
 use crate::error::Chain;
 use crate::store::{SharedStore, StoreError};
 
 /// Longest wait for a connection or a command before Redis counts as down.
 const REDIS_TIMEOUT: Duration = Duration::from_secs(3);
-/// Longest pause between reconnection attempts.
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Publishes queued while one pipeline is in flight; beyond this they are
 /// dropped (receivers catch up from the store).
 const MAX_QUEUED_PUBLISHES: usize = 100_000;
-/// How long one survivor holds the right to reap a given dead instance.
+/// How long one survivor holds the right to reap a given dead instance, at
+/// most: the reaper releases the lock as soon as it is done, so a second
+/// death of an instance restarted under the same id is reaped at once.
 const REAP_LOCK: Duration = Duration::from_secs(30);
 /// Shortest time between two resyncs of one room asked for by the bus
 /// (hints, undecodable payloads); later requests wait for the next tick.
@@ -77,6 +91,9 @@ pub const REJECT_LOG_EVERY: Duration = Duration::from_secs(10);
 /// this only the rooms this process has get a hint (the others' own
 /// resyncs still cover them once they notice).
 const MAX_UNSENT_ROOMS: usize = 100_000;
+/// Deletes the reap lock `KEYS[1]` only if `ARGV[1]` still holds it.
+const RELEASE_LOCK: &str =
+    "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end";
 
 /// What happens in a room, as other processes need to hear it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -164,7 +181,7 @@ pub struct Drain {
 /// Fixed settings of the bridge.
 #[derive(Debug, Clone)]
 pub struct BridgeConfig {
-    pub url: String,
+    pub address: BusAddress,
     pub prefix: String,
     pub instance_id: String,
     pub liveness_ttl: Duration,
@@ -302,7 +319,9 @@ impl LogLimiter {
 /// The cluster bus actor. See the module comment.
 pub struct RedisBridge {
     config: BridgeConfig,
-    client: Option<redis::Client>,
+    /// Commands go here. Replaced at every connection by a pool for the
+    /// master just found; used only while connected (`sink` is set), so
+    /// never one for a previous master.
     pool: deadpool_redis::Pool,
     store: SharedStore,
     health: BusHealth,
@@ -311,6 +330,17 @@ pub struct RedisBridge {
     connecting: bool,
     connected_at: Option<Instant>,
     backoff: Duration,
+    /// Counts connections, so a late watchdog answer about an earlier
+    /// connection is ignored.
+    generation: u64,
+    /// A watchdog round is in flight.
+    pinging: bool,
+    /// The master the current connection is on (host, port), if over TCP.
+    server: Option<(String, u16)>,
+    /// Whether this process was ever connected (see `bus_address::reap_wait`).
+    ever_connected: bool,
+    /// How long after `connected_at` missing liveness keys mean death.
+    reap_wait: Duration,
     subscribers: HashMap<RoomId, Recipient<BusSignal>>,
     queue: Vec<(String, String)>,
     publishing: bool,
@@ -336,7 +366,7 @@ pub struct RedisBridge {
 /// Why the bridge could not be built (a malformed URL).
 #[derive(Debug, thiserror::Error)]
 pub enum BridgeError {
-    #[error("invalid REDIS_URL")]
+    #[error("invalid REDIS_URL or REDIS_SENTINELS")]
     Url(#[source] redis::RedisError),
     #[error("cannot set up the redis connection pool")]
     Pool(#[source] deadpool_redis::CreatePoolError),
@@ -354,6 +384,12 @@ pub enum BusError {
     TimedOut { what: &'static str, after: Duration },
     #[error("the subscription connection closed")]
     SubscriptionClosed,
+    #[error("cannot set up the redis connection pool")]
+    PoolSetup(#[from] deadpool_redis::CreatePoolError),
+    #[error("the server is no longer the master")]
+    NotMaster,
+    #[error("the sentinels name another master")]
+    MasterMoved,
     #[error("store call failed")]
     Store(#[from] StoreError),
 }
@@ -374,30 +410,33 @@ async fn timed<T>(
 }
 
 impl RedisBridge {
-    /// Validates the URL and prepares the pool; connecting happens in the
-    /// background once the actor runs, so a missing Redis delays nothing.
+    /// Validates the address and prepares the pool; connecting happens in
+    /// the background once the actor runs, so a missing Redis delays
+    /// nothing.
     pub fn new(
         config: BridgeConfig,
         store: SharedStore,
         health: BusHealth,
     ) -> Result<Self, BridgeError> {
-        let client = redis::Client::open(config.url.as_str()).map_err(BridgeError::Url)?;
-        let mut pool_config = deadpool_redis::Config::from_url(config.url.clone());
-        pool_config.pool = Some(deadpool_redis::PoolConfig {
-            max_size: 4,
-            timeouts: deadpool_redis::Timeouts {
-                wait: Some(REDIS_TIMEOUT),
-                create: Some(REDIS_TIMEOUT),
-                recycle: Some(REDIS_TIMEOUT),
+        config.address.validate().map_err(BridgeError::Url)?;
+        // A placeholder until the first connection finds the master.
+        let placeholder = match &config.address {
+            BusAddress::Direct(url) => url.as_str().into_connection_info(),
+            BusAddress::Sentinel(s) => match s.sentinels.first() {
+                Some((host, port)) => {
+                    redis::ConnectionAddr::Tcp(host.clone(), *port).into_connection_info()
+                }
+                None => Err(redis::RedisError::from((
+                    redis::ErrorKind::InvalidClientConfig,
+                    "no sentinels",
+                ))),
             },
-            ..Default::default()
-        });
-        let pool = pool_config
-            .create_pool(Some(deadpool_redis::Runtime::Tokio1))
-            .map_err(BridgeError::Pool)?;
+        }
+        .map_err(BridgeError::Url)?;
+        let pool = make_pool(placeholder).map_err(BridgeError::Pool)?;
+        let settle = config.liveness_ttl + config.liveness_refresh + config.address.max_backoff();
         Ok(RedisBridge {
             config,
-            client: Some(client),
             pool,
             store,
             health,
@@ -406,6 +445,11 @@ impl RedisBridge {
             connecting: false,
             connected_at: None,
             backoff: Duration::from_millis(100),
+            generation: 0,
+            pinging: false,
+            server: None,
+            ever_connected: false,
+            reap_wait: settle,
             subscribers: HashMap::new(),
             queue: Vec::new(),
             publishing: false,
@@ -442,31 +486,56 @@ impl RedisBridge {
         if self.connecting || self.sink.is_some() {
             return;
         }
-        let Some(client) = self.client.clone() else {
-            return;
-        };
         self.connecting = true;
         let channels: Vec<String> = self.subscribers.keys().map(|r| self.channel(*r)).collect();
-        let pool = self.pool.clone();
+        let address = self.config.address.clone();
         let key = self.instance_key(&self.config.instance_id);
         let ttl = self.config.liveness_ttl;
         let fut = timed("connecting", async move {
+            // With Sentinels: the master they name now, confirmed by ROLE.
+            let client = address.master_client().await?;
+            let server = match client.get_connection_info().addr() {
+                redis::ConnectionAddr::Tcp(host, port) => Some((host.clone(), *port)),
+                _ => None,
+            };
+            let pool = make_pool(client.get_connection_info().clone())?;
             let (mut sink, stream) = client.get_async_pubsub().await?.split();
             if !channels.is_empty() {
                 sink.subscribe(&channels).await?;
             }
             let mut conn = pool.get().await?;
             let () = conn.pset_ex(&key, "alive", ttl.as_millis() as u64).await?;
-            Ok((sink, stream))
+            let (info_server, info_replication): (String, String) = redis::pipe()
+                .cmd("INFO")
+                .arg("server")
+                .cmd("INFO")
+                .arg("replication")
+                .query_async(&mut conn)
+                .await?;
+            let facts =
+                bus_address::parse_server_facts(&format!("{info_server}\n{info_replication}"));
+            Ok((sink, stream, pool, server, facts))
         });
         ctx.spawn(fut.into_actor(self).map(|res, act, ctx| {
             act.connecting = false;
             match res {
-                Ok((sink, stream)) => {
+                Ok((sink, stream, pool, server, facts)) => {
+                    act.reap_wait =
+                        bus_address::reap_wait(!act.ever_connected, facts.as_ref(), act.settle());
                     log::info!(
-                        "redis bus connected ({} rooms subscribed)",
-                        act.subscribers.len()
+                        "redis bus connected to {} ({} rooms subscribed; {}; \
+                         missing liveness keys count after {:?})",
+                        server
+                            .as_ref()
+                            .map_or("redis".into(), |(h, p)| format!("{h}:{p}")),
+                        act.subscribers.len(),
+                        describe(facts.as_ref()),
+                        act.reap_wait,
                     );
+                    act.ever_connected = true;
+                    act.server = server;
+                    act.generation += 1;
+                    act.pool = pool;
                     act.sink = Some(sink);
                     act.stream = Some(ctx.add_stream(stream));
                     act.connected_at = Some(Instant::now());
@@ -493,7 +562,59 @@ impl RedisBridge {
             self.backoff
         );
         ctx.run_later(self.backoff, |act, ctx| act.connect(ctx));
-        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+        self.backoff = bus_address::next_backoff(self.backoff, self.config.address.max_backoff());
+    }
+
+    /// A TTL, a renewal period and the longest reconnection backoff: time
+    /// enough for every live instance to (re)write its liveness key.
+    fn settle(&self) -> Duration {
+        self.config.liveness_ttl + self.config.liveness_refresh + self.config.address.max_backoff()
+    }
+
+    /// One watchdog round (see the module comment): PING on the
+    /// subscription connection, and with Sentinels, the master's role.
+    fn watchdog(&mut self, ctx: &mut Context<Self>) {
+        if self.pinging || self.connected_at.is_none() {
+            return;
+        }
+        let Some(mut sink) = self.sink.clone() else {
+            return;
+        };
+        let pool = self.pool.clone();
+        let check_role = matches!(self.config.address, BusAddress::Sentinel(_));
+        let address = self.config.address.clone();
+        let server = self.server.clone();
+        let generation = self.generation;
+        self.pinging = true;
+        let fut = timed("pinging the subscription connection", async move {
+            let _: redis::Value = sink.ping().await?;
+            if check_role {
+                // 500 ms a Sentinel: even three that do not answer leave
+                // the round within its limit (no answer proves nothing).
+                let named = address.named_master(REDIS_TIMEOUT / 6).await;
+                if bus_address::master_moved(server.as_ref(), named.as_ref()) {
+                    return Err(BusError::MasterMoved);
+                }
+                let mut conn = pool.get().await?;
+                let info: String = redis::cmd("INFO")
+                    .arg("replication")
+                    .query_async(&mut conn)
+                    .await?;
+                if !bus_address::reports_master(&info) {
+                    return Err(BusError::NotMaster);
+                }
+            }
+            Ok(())
+        });
+        ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
+            act.pinging = false;
+            if act.generation != generation {
+                return; // about a connection already replaced
+            }
+            if let Err(e) = res {
+                act.disconnected(&e, ctx);
+            }
+        }));
     }
 
     /// Forgets the connection and starts reconnecting.
@@ -727,11 +848,13 @@ impl RedisBridge {
     /// Finds instances that hold members but have no liveness key, and
     /// removes their members (one survivor per dead instance, by lock).
     fn reap(&mut self, ctx: &mut Context<Self>) {
-        // After a Redis outage every liveness key is gone; the others may
-        // still be in their reconnection backoff (up to MAX_BACKOFF). Reap
-        // only once each of them has had time to reconnect and renew.
-        let settle = self.config.liveness_ttl + self.config.liveness_refresh + MAX_BACKOFF;
-        let settled = self.connected_at.is_some_and(|t| t.elapsed() >= settle);
+        // Invariant: a missing key counts only once every live instance has
+        // had time to write it on this master (`bus_address::reap_wait`):
+        // after a Redis outage every key may be gone and the others may
+        // still be in their reconnection backoff.
+        let settled = self
+            .connected_at
+            .is_some_and(|t| t.elapsed() >= self.reap_wait);
         if !settled {
             return;
         }
@@ -759,7 +882,21 @@ impl RedisBridge {
                 if lock.is_none() {
                     continue; // another survivor is on it
                 }
-                let removed = store.remove_instance_members(&instance).await?;
+                let removed = store.remove_instance_members(&instance).await;
+                // Released at once, done or not: the instance may come back
+                // under the same id and die again, and its second death
+                // must not wait for the lock to expire.
+                let released: Result<i64, _> = redis::cmd("EVAL")
+                    .arg(RELEASE_LOCK)
+                    .arg(1)
+                    .arg(format!("{prefix}:reap:{instance}"))
+                    .arg(&me)
+                    .query_async(&mut conn)
+                    .await;
+                if let Err(e) = released {
+                    log::warn!("reaper: cannot release the lock on {instance}: {e}");
+                }
+                let removed = removed?;
                 log::warn!(
                     "instance {instance} is gone: removed its {} members",
                     removed.len()
@@ -772,6 +909,37 @@ impl RedisBridge {
             Ok(reaped) => act.announce(reaped, ctx),
             Err(e) => log::warn!("reaper: {}", Chain(&e)),
         }));
+    }
+}
+
+/// A pool of command connections to one server.
+fn make_pool(
+    info: redis::ConnectionInfo,
+) -> Result<deadpool_redis::Pool, deadpool_redis::CreatePoolError> {
+    let mut pool_config = deadpool_redis::Config::from_connection_info(info);
+    pool_config.pool = Some(deadpool_redis::PoolConfig {
+        max_size: 4,
+        timeouts: deadpool_redis::Timeouts {
+            wait: Some(REDIS_TIMEOUT),
+            create: Some(REDIS_TIMEOUT),
+            recycle: Some(REDIS_TIMEOUT),
+        },
+        ..Default::default()
+    });
+    pool_config.create_pool(Some(deadpool_redis::Runtime::Tokio1))
+}
+
+/// The server facts for the connection log line.
+fn describe(facts: Option<&ServerFacts>) -> String {
+    match facts {
+        Some(f) => format!(
+            "run {}, up {} s{}{}",
+            f.run_id,
+            f.uptime.as_secs(),
+            if f.is_master { "" } else { ", not a master" },
+            if f.promoted { ", promoted replica" } else { "" },
+        ),
+        None => "server facts unknown".into(),
     }
 }
 
@@ -789,6 +957,7 @@ impl Actor for RedisBridge {
             act.check_declared_dead()
         });
         ctx.run_interval(RESYNC_MIN_GAP / 4, |act, _| act.resync_due());
+        ctx.run_interval(self.config.liveness_refresh, |act, ctx| act.watchdog(ctx));
     }
 }
 
@@ -903,7 +1072,7 @@ mod tests {
     #[test]
     fn a_bad_url_keeps_the_redis_error() {
         let config = BridgeConfig {
-            url: "foo://nowhere".into(),
+            address: BusAddress::Direct("foo://nowhere".into()),
             prefix: "chat".into(),
             instance_id: "a".into(),
             liveness_ttl: Duration::from_secs(5),
@@ -916,8 +1085,9 @@ mod tests {
         };
         assert!(matches!(e, BridgeError::Url(_)), "{e:?}");
         let chain = Chain(&e).to_string();
-        assert!(chain.starts_with("invalid REDIS_URL: "), "{chain}");
-        assert!(chain.len() > "invalid REDIS_URL: ".len(), "{chain}");
+        let head = "invalid REDIS_URL or REDIS_SENTINELS: ";
+        assert!(chain.starts_with(head), "{chain}");
+        assert!(chain.len() > head.len(), "{chain}");
     }
 
     #[test]

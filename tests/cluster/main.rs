@@ -7,6 +7,8 @@ mod fault_proxy;
 #[path = "../api/helpers/mod.rs"]
 mod helpers;
 mod procs;
+#[path = "../common/redis_procs.rs"]
+mod redis_procs;
 #[path = "../common/wait.rs"]
 mod wait;
 
@@ -18,3 +20,4 @@ mod ops;
 mod order;
 mod partition;
 mod redis_outage;
+mod sentinel;

@@ -80,12 +80,35 @@ impl Cluster {
         Self::start_each(redis, extra, true).await
     }
 
+    /// Like `start_logged`, but waits only until each node answers
+    /// `/health`, whatever it says (a node that cannot reach its bus).
+    pub async fn start_answering(n: usize, redis: &str, extra: &[(&str, &str)]) -> Cluster {
+        let cluster = Self::spawn_all(&vec![redis.to_string(); n], extra, true);
+        for i in 0..n {
+            let cluster = &cluster;
+            eventually(
+                Duration::from_secs(30),
+                &format!("node {i} answers"),
+                || async move { cluster.get(i, "/health").await.0 != 0 },
+            )
+            .await;
+        }
+        cluster
+    }
+
     async fn start_inner(n: usize, redis: &str, extra: &[(&str, &str)], capture: bool) -> Cluster {
         Self::start_each(&vec![redis.to_string(); n], extra, capture).await
     }
 
     async fn start_each(redis_urls: &[String], extra: &[(&str, &str)], capture: bool) -> Cluster {
-        let n = redis_urls.len();
+        let cluster = Self::spawn_all(redis_urls, extra, capture);
+        for i in 0..redis_urls.len() {
+            cluster.wait_healthy(i, Duration::from_secs(30)).await;
+        }
+        cluster
+    }
+
+    fn spawn_all(redis_urls: &[String], extra: &[(&str, &str)], capture: bool) -> Cluster {
         let redis = redis_urls.first().map(String::as_str).unwrap_or_default();
         let database = TestDatabase::new();
         let prefix = format!("chattest-{}", database.name);
@@ -126,9 +149,6 @@ impl Cluster {
             };
             node.spawn();
             cluster.nodes.push(node);
-        }
-        for i in 0..n {
-            cluster.wait_healthy(i, Duration::from_secs(30)).await;
         }
         cluster
     }
@@ -177,6 +197,16 @@ impl Cluster {
     pub async fn restart(&mut self, i: usize) {
         self.nodes[i].spawn();
         self.wait_healthy(i, Duration::from_secs(30)).await;
+    }
+
+    /// Kills node `i` and starts it again with `name` set to `value` (kept
+    /// for later restarts).
+    pub async fn restart_with(&mut self, i: usize, name: &str, value: &str) {
+        self.nodes[i].kill();
+        let env = &mut self.nodes[i].env;
+        env.retain(|(k, _)| k != name);
+        env.push((name.to_string(), value.to_string()));
+        self.restart(i).await;
     }
 
     /// POST a JSON body to node `i`: status and JSON body.

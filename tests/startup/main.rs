@@ -317,6 +317,7 @@ async fn invalid_settings_stop_start_up_with_one_line_naming_the_variable() {
             "mysql://root@127.0.0.1:3306/chat?pool_min=20&pool_max=5",
         ),
         ("REDIS_URL", "http://127.0.0.1:6379"),
+        ("REDIS_SENTINELS", "127.0.0.1:0"),
     ];
     // All at once (each should stop at once), then each checked; every
     // case that fails is reported.
@@ -332,6 +333,20 @@ async fn invalid_settings_stop_start_up_with_one_line_naming_the_variable() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[actix_rt::test]
+async fn redis_url_and_sentinels_together_stop_start_up() {
+    let mut server = Server::start(&[
+        ("MYSQL_URL", "mysql://root@127.0.0.1:3306/chat"),
+        ("REDIS_URL", "redis://127.0.0.1:6379"),
+        ("REDIS_SENTINELS", "127.0.0.1:26379"),
+    ]);
+    let prefix = "configuration error: REDIS_SENTINELS=127.0.0.1:26379: must be unset when \
+                  REDIS_URL is set";
+    check_refused(&mut server, 2, prefix, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
 }
 
 #[actix_rt::test]

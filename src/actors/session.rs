@@ -73,6 +73,12 @@ pub enum SessionEvent {
         code: CloseCode,
         reason: &'static str,
     },
+    /// The explicit leave of `room_id` is recorded (or the wait for it
+    /// ended): answer `left`.
+    LeaveRecorded {
+        room_id: RoomId,
+        reference: Option<String>,
+    },
     /// The server is shutting down.
     ServerShutdown,
     /// Time to ping, or to drop a client that has gone silent.
@@ -286,11 +292,9 @@ impl ChatSession {
                 self.send_error(ctx, &e, reference.as_deref());
             }
             ClientCommand::Join { room_id, nickname } => {
-                // Rejoining the room you are in: leave first, or the join
-                // would collide with your own nickname.
-                if self.current.as_ref().is_some_and(|c| c.room_id == room_id) {
-                    self.leave_current(ctx);
-                }
+                // Rejoining the room you are in is not leaving it: the room
+                // answers `joined` again and keeps the membership (see
+                // `RoomActor::join_step`).
                 self.begin_join(room_id, nickname, reference, 1, ctx);
             }
             ClientCommand::Create { title, nickname } => {
@@ -352,11 +356,13 @@ impl ChatSession {
         let fut = async move {
             let _ = tokio::time::timeout(wait, recorded).await;
         };
-        ctx.spawn(fut.into_actor(self).map(move |(), act, ctx| {
-            let reference = reference.as_deref();
-            act.send(ServerFrame::Left { room_id, reference }.to_wire(), ctx);
-            act.leaving = None;
-            act.replay_queued(ctx);
+        // Through the mailbox, not straight from here: the room sent the
+        // frames it had for this member (a chat's echo or error) before it
+        // recorded the leave, so they are in the mailbox already and go out
+        // before `left`.
+        ctx.spawn(fut.into_actor(self).map(move |(), _, ctx| {
+            ctx.address()
+                .do_send(SessionEvent::LeaveRecorded { room_id, reference });
         }));
     }
 
@@ -556,7 +562,11 @@ impl ChatSession {
     fn handle_event(&mut self, event: SessionEvent, ctx: &mut Context<Self>) {
         match event {
             SessionEvent::Frames { room_id, wire } => {
-                if self.in_room(room_id) {
+                // While an explicit leave is being recorded the connection
+                // is still a member: what the room sends before it records
+                // the leave (the echo or the error of a chat sent just
+                // before `leave`) reaches the client before `left`.
+                if self.in_room(room_id) || self.leaving == Some(room_id) {
                     self.send(wire, ctx);
                 }
             }
@@ -567,15 +577,19 @@ impl ChatSession {
             } => {
                 if self.joining == Some(room_id) {
                     // One room at a time: the old room is left only now
-                    // that the new one has accepted.
-                    self.leave_current(ctx);
+                    // that the new one has accepted (a rejoin of the room
+                    // this connection is in leaves nothing).
+                    if !self.in_room(room_id) {
+                        self.leave_current(ctx);
+                    }
                     self.send(frame, ctx);
                     self.current = Some(CurrentRoom { room_id, room });
                     self.lobby_since = None;
                     self.joining = None;
                     self.replay_queued(ctx);
-                } else {
-                    // Stale: give the seat back.
+                } else if !self.in_room(room_id) {
+                    // Stale: give the seat back (unless it is the seat this
+                    // connection holds: a late answer to a rejoin).
                     room.do_send(Leave {
                         socket_id: self.id.clone(),
                         done: None,
@@ -595,6 +609,14 @@ impl ChatSession {
                 if self.in_room(room_id) {
                     self.current = None;
                     self.close(ctx, code, reason);
+                }
+            }
+            SessionEvent::LeaveRecorded { room_id, reference } => {
+                if self.leaving == Some(room_id) {
+                    let reference = reference.as_deref();
+                    self.send(ServerFrame::Left { room_id, reference }.to_wire(), ctx);
+                    self.leaving = None;
+                    self.replay_queued(ctx);
                 }
             }
             SessionEvent::ServerShutdown => {

@@ -51,7 +51,7 @@ use bytes::Bytes;
 
 use self::fanout::{Author, Fanout};
 use self::history::RecentHistory;
-use self::members::{MemberEntry, MemberList};
+use self::members::{MemberEntry, MemberList, Rejoin};
 use self::pending::PendingChats;
 use self::sequencer::Sequencer;
 use self::steps::{HasSteps, Step, StepFuture, StepQueue};
@@ -181,8 +181,8 @@ pub struct RoomActor {
     sequencer: Sequencer<Author>,
     gap_timer: Option<SpawnHandle>,
     pending: PendingChats,
-    /// A batch step is queued or running.
-    batch_queued: bool,
+    /// Batch steps queued and not yet started.
+    batches_queued: usize,
     steps: StepQueue<RoomActor>,
     /// Leaves the store has not yet recorded (queued, running or waiting
     /// to be retried).
@@ -215,7 +215,7 @@ impl RoomActor {
             manager,
             members: MemberList::default(),
             gap_timer: None,
-            batch_queued: false,
+            batches_queued: 0,
             steps: StepQueue::default(),
             unsynced_leaves: 0,
             leaving: HashSet::new(),
@@ -279,6 +279,27 @@ impl RoomActor {
     /// fall between the two (an event from before the read is a duplicate,
     /// one after it is news); then the membership transaction.
     fn join_step(&mut self, msg: Join, ctx: &mut Context<Self>) -> StepFuture<Self> {
+        // Rejoining is not leaving: a member that asks again for the room it
+        // is in keeps its membership (a retried slow join must never delete
+        // the room it is the only member of).
+        if !self.leaving.contains(&msg.socket_id) {
+            match self.members.rejoin(&msg.socket_id, msg.nickname.as_str()) {
+                Rejoin::NotMember => {}
+                Rejoin::Same(_) => return self.rejoin_step(msg),
+                Rejoin::OtherNickname(member) => {
+                    let error = ChatError::InvalidNickname(format!(
+                        "nickname: you are in this room as \"{}\"; leave it first to join \
+                         under another nickname",
+                        member.nickname
+                    ));
+                    msg.outbox.do_send(SessionEvent::JoinFailed {
+                        room_id: self.room_id,
+                        frame: error_frame(&error, msg.reference.as_deref()),
+                    });
+                    return Box::pin(actix::fut::ready(()));
+                }
+            }
+        }
         let store = self.store.clone();
         let room_id = self.room_id;
         let first = !self.sequencer.is_loaded();
@@ -318,6 +339,65 @@ impl RoomActor {
             fut.into_actor(self)
                 .map(move |res, act, ctx| act.finish_join(msg, res, ctx)),
         )
+    }
+
+    /// A `join` from a member of this room under the same nickname: answered
+    /// with `joined` as a first join would be (the room as the store has
+    /// it, the members and the history as they are now), and nothing
+    /// changes: no leave, no `memberJoined`, the same `joinedAt`.
+    fn rejoin_step(&mut self, msg: Join) -> StepFuture<Self> {
+        let store = self.store.clone();
+        let room_id = self.room_id;
+        let fut = async move { store.room(room_id).await };
+        Box::pin(fut.into_actor(self).map(move |res, act, ctx| {
+            let reference = msg.reference.as_deref();
+            let room = match res {
+                Ok(Some(room)) => room,
+                Ok(None) => {
+                    let error = ChatError::RoomNotFound(room_id);
+                    msg.outbox.do_send(SessionEvent::JoinFailed {
+                        room_id,
+                        frame: error_frame(&error, reference),
+                    });
+                    return;
+                }
+                Err(e) => {
+                    msg.outbox.do_send(SessionEvent::JoinFailed {
+                        room_id,
+                        frame: error_frame(&ChatError::from(e), reference),
+                    });
+                    return;
+                }
+            };
+            // The membership may have been lost while the store was read.
+            let Rejoin::Same(you) = act.members.rejoin(&msg.socket_id, msg.nickname.as_str())
+            else {
+                let error = ChatError::unavailable(format!("room {room_id}: membership ended"));
+                msg.outbox.do_send(SessionEvent::JoinFailed {
+                    room_id,
+                    frame: error_frame(&error, reference),
+                });
+                return;
+            };
+            let members: Vec<&Member> = act.members.members().collect();
+            let history: Vec<&Message> = act.history.iter().collect();
+            let frame = ServerFrame::Joined {
+                room: &room,
+                you,
+                members: &members,
+                history: &history,
+                reference,
+            }
+            .to_wire();
+            let joined = SessionEvent::Joined {
+                room_id,
+                room: ctx.address(),
+                frame,
+            };
+            if msg.outbox.try_send(joined).is_err() {
+                act.remove_members(vec![(msg.socket_id, Removal::Gone)], ctx);
+            }
+        }))
     }
 
     /// Answers the join: the member goes into the list, the others hear
@@ -442,16 +522,34 @@ impl RoomActor {
     /// step takes whatever waits when its turn comes, so chats that arrive
     /// while a batch is being stored go together in the next one.
     fn flush(&mut self, ctx: &mut Context<Self>) {
-        if self.batch_queued || self.pending.is_empty() {
+        if self.batches_queued > 0 || self.pending.is_empty() {
             return;
         }
-        self.batch_queued = true;
+        self.queue_batch(ctx);
+    }
+
+    /// Queues batch steps for every chat waiting now, however many batches
+    /// that takes, so they all run before a step queued next. A member's
+    /// leave is queued behind this: every chat it sent before leaving is
+    /// stored (or refused) and answered while it is still a member.
+    fn flush_all(&mut self, ctx: &mut Context<Self>) {
+        while self.batches_queued * MAX_BATCH < self.pending.len() {
+            self.queue_batch(ctx);
+        }
+    }
+
+    fn queue_batch(&mut self, ctx: &mut Context<Self>) {
+        self.batches_queued += 1;
         let step: Step<Self> = Box::new(|act, _| act.batch_step());
         StepQueue::enqueue(self, step, ctx);
     }
 
     fn batch_step(&mut self) -> StepFuture<Self> {
-        self.batch_queued = false;
+        self.batches_queued -= 1;
+        if self.pending.is_empty() {
+            // An earlier batch took these chats already.
+            return Box::pin(actix::fut::ready(()));
+        }
         let (batch, authors) = self.pending.take_batch(MAX_BATCH);
         let store = self.store.clone();
         let room_id = self.room_id;
@@ -769,6 +867,7 @@ impl RoomActor {
                     }
                     if self.leaving.insert(socket_id.clone()) {
                         self.unsynced_leaves += 1;
+                        self.flush_all(ctx);
                         let step: Step<Self> =
                             Box::new(move |act, _| act.store_leave(socket_id, FIRST_LEAVE_RETRY));
                         StepQueue::enqueue(self, step, ctx);

@@ -15,6 +15,7 @@ use std::time::Instant;
 
 use actix::prelude::*;
 use bytes::Bytes;
+use tokio::sync::oneshot;
 
 use super::context::SessionContext;
 use super::room::{Chat, Join, Leave, RoomActor, RoomClosing};
@@ -25,7 +26,7 @@ use crate::error::{Chain, ChatError};
 use crate::protocol::{error_frame, parse_client_frame, ClientCommand, ClientFrame, ServerFrame};
 use crate::rate_limit::TokenBucket;
 use crate::store::StoreError;
-use crate::ws::{CloseCode, Transport, WsActor};
+use crate::ws::{CloseCode, Released, Transport, WsActor};
 
 /// Client frames held while a join is in progress; beyond this a client is
 /// sending faster than any chat needs.
@@ -193,7 +194,7 @@ impl ChatSession {
         };
         if !sent {
             log::info!("session {}: closing slow consumer", self.id);
-            self.release(ctx);
+            let _ = self.release(ctx);
         }
     }
 
@@ -205,7 +206,7 @@ impl ChatSession {
     /// socket once the close frame is out.
     fn close(&mut self, ctx: &mut Context<Self>, code: CloseCode, why: &str) {
         self.transport.close(code, why, ctx);
-        self.release(ctx);
+        let _ = self.release(ctx);
     }
 
     /// Handles one complete text message from the client.
@@ -227,7 +228,7 @@ impl ChatSession {
             if let Some(ip) = self.peer {
                 self.cx.flood_penalties.try_take(&ip);
             }
-            self.release(ctx);
+            let _ = self.release(ctx);
             return;
         }
         let parsed = parse_client_frame(text, &self.cx.limits.text);
@@ -345,7 +346,7 @@ impl ChatSession {
             return;
         };
         self.lobby_since = Some(Instant::now());
-        let (done, recorded) = tokio::sync::oneshot::channel();
+        let (done, recorded) = oneshot::channel();
         room.do_send(Leave {
             socket_id: self.id.clone(),
             done: Some(done),
@@ -488,7 +489,7 @@ impl Actor for ChatSession {
     }
 
     fn stopping(&mut self, ctx: &mut Self::Context) -> Running {
-        self.release(ctx);
+        let _ = self.release(ctx);
         self.cx.sessions.remove(self.number);
         Running::Stop
     }
@@ -503,8 +504,16 @@ impl WsActor for ChatSession {
         self.handle_text(text, ctx);
     }
 
-    fn on_closing(&mut self, ctx: &mut Context<Self>) {
-        self.release(ctx);
+    /// The client's close is answered once its leave is recorded (as an
+    /// explicit `leave` is), so a nickname is free everywhere once the close
+    /// is acknowledged. Bounded: a store outage delays the answer by at most
+    /// 2 × `STORE_TIMEOUT_MS`, never withholds it.
+    fn on_closing(&mut self, ctx: &mut Context<Self>) -> Option<Released> {
+        let recorded = self.release(ctx)?;
+        let wait = self.cx.limits.store_timeout * 2;
+        Some(Box::pin(async move {
+            let _ = tokio::time::timeout(wait, recorded).await;
+        }))
     }
 }
 
@@ -512,19 +521,22 @@ impl ChatSession {
     /// Gives up the room this connection is in, once: the connection is
     /// ending. A join still in flight is cleaned up by the room: its
     /// `Joined` event finds this mailbox closed (or the session no longer
-    /// joining) and the room removes the member.
-    fn release(&mut self, _ctx: &mut Context<Self>) {
+    /// joining) and the room removes the member. Returns, when a room was
+    /// left, what completes once the room has recorded the leave.
+    fn release(&mut self, _ctx: &mut Context<Self>) -> Option<oneshot::Receiver<()>> {
         self.joining = None;
         self.queued.clear();
-        if let Some(current) = self.current.take() {
-            if current.room.connected() {
-                current.room.do_send(Leave {
-                    socket_id: self.id.clone(),
-                    done: None,
-                });
-            } else {
-                self.remove_membership_directly(current.room_id);
-            }
+        let current = self.current.take()?;
+        if current.room.connected() {
+            let (done, recorded) = oneshot::channel();
+            current.room.do_send(Leave {
+                socket_id: self.id.clone(),
+                done: Some(done),
+            });
+            Some(recorded)
+        } else {
+            self.remove_membership_directly(current.room_id);
+            None
         }
     }
 

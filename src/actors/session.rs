@@ -80,6 +80,12 @@ pub enum SessionEvent {
         room_id: RoomId,
         reference: Option<String>,
     },
+    /// The room's actor was found stopped when a chat was sent to it; the
+    /// chat (its `ref`) was not stored.
+    RoomGone {
+        room_id: RoomId,
+        reference: Option<String>,
+    },
     /// The server is shutting down.
     ServerShutdown,
     /// Time to ping, or to drop a client that has gone silent.
@@ -284,7 +290,13 @@ impl ChatSession {
                         let e = ChatError::RateLimited("the room is busy; retry shortly".into());
                         self.send_error(ctx, &e, chat.reference.as_deref());
                     }
-                    Err(SendError::Closed(chat)) => self.room_failed(chat.reference, ctx),
+                    // Through the mailbox: what the room sent before it
+                    // stopped (echoes, a shutdown's 1001) is there already
+                    // and is handled first.
+                    Err(SendError::Closed(chat)) => ctx.address().do_send(SessionEvent::RoomGone {
+                        room_id: current.room_id,
+                        reference: chat.reference,
+                    }),
                 }
             }
             ClientCommand::Leave => self.leave_and_confirm(reference, ctx),
@@ -629,6 +641,14 @@ impl ChatSession {
                     self.send(ServerFrame::Left { room_id, reference }.to_wire(), ctx);
                     self.leaving = None;
                     self.replay_queued(ctx);
+                }
+            }
+            SessionEvent::RoomGone { room_id, reference } => {
+                if self.in_room(room_id) {
+                    self.room_failed(reference, ctx);
+                } else {
+                    let e = ChatError::unavailable(format!("room {room_id} is closed; not stored"));
+                    self.send_error(ctx, &e, reference.as_deref());
                 }
             }
             SessionEvent::ServerShutdown => {

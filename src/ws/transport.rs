@@ -23,6 +23,11 @@
 //!   behind what the kernel already buffers). Dropping it earlier with
 //!   unread input would make the kernel reset the connection and lose the
 //!   close.
+//! - **A client's close is answered once the connection is released.** The
+//!   answer waits (phase `Releasing`, nothing else accepted) until the
+//!   actor's release future ends (the session: its leave recorded, bounded
+//!   by 2 × `STORE_TIMEOUT_MS`), so a client that has read it finds its
+//!   nickname free on every process.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
@@ -752,6 +757,23 @@ mod tests {
         // given back.
         assert!(t.poll_fill(&mut cx).is_pending());
         assert_eq!(t.inbuf.capacity(), 0);
+    }
+
+    #[actix_rt::test]
+    async fn a_held_close_answer_is_queued_only_when_released() {
+        let (mut t, _client) = pair().await;
+        t.phase = Phase::Releasing;
+        assert!(!t.is_open());
+        // Nothing is queued while the answer is held.
+        assert!(t.offer(Bytes::from_static(b"late")));
+        assert!(t.queue.is_empty());
+        t.answer_close(frame::close(CloseCode::Normal, ""));
+        assert_eq!(t.phase, Phase::Closing);
+        assert_eq!(t.queue.len(), 1);
+        assert_eq!(frame::close_code_of(&t.queue[0][2..]), Some(1000));
+        // Answered once only.
+        t.answer_close(frame::close(CloseCode::Normal, ""));
+        assert_eq!(t.queue.len(), 1);
     }
 
     #[actix_rt::test]

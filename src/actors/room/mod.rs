@@ -34,6 +34,18 @@
 //! - **Every leave recorded.** A local member's leave is a step, retried
 //!   with backoff while the store is down; the actor stays alive until every
 //!   leave is recorded, so counts never drift.
+//! - **Every chat answered before its author leaves.** A leave step is
+//!   queued behind batch steps for every chat waiting (`flush_all`), so a
+//!   chat sent before `leave` gets its echo or error while its author is
+//!   still a member.
+//! - **A closing room finishes what it accepted.** `CloseRoom` refuses new
+//!   chats and joins, and closes the members (1001) only in a step behind
+//!   every batch: each accepted chat is stored and published, or refused,
+//!   and answered first.
+//! - **A departure checks for a gap.** When a remote member departs, the
+//!   room reads the store after its last delivered id (coalesced, see
+//!   `recheck.rs`), so a batch whose publication was lost is delivered even
+//!   if nobody posts again.
 
 mod fanout;
 mod history;

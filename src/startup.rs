@@ -124,6 +124,7 @@ impl Application {
                 queue_max_messages: settings.room_queue_max_messages,
                 queue_max_bytes: settings.room_queue_max_bytes,
                 gap_timeout: settings.gap_timeout,
+                store_timeout: settings.store_timeout,
                 bus: bus.clone(),
             },
             settings.empty_room_grace,

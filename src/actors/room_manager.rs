@@ -45,6 +45,11 @@ pub struct GetMembers {
     pub room_id: RoomId,
 }
 
+/// Why a join is refused while the process shuts down.
+#[derive(Debug, thiserror::Error)]
+#[error("the server is shutting down")]
+struct ShuttingDown;
+
 /// Close every room and remove this process's members from the store.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -64,6 +69,8 @@ pub struct RoomManager {
     next_generation: u64,
     arbiters: Vec<ArbiterHandle>,
     next_arbiter: usize,
+    /// `Shutdown` has begun: no room actor is started any more.
+    shutting_down: bool,
 }
 
 impl RoomManager {
@@ -85,6 +92,7 @@ impl RoomManager {
             next_generation: 0,
             arbiters,
             next_arbiter: 0,
+            shutting_down: false,
         }
     }
 
@@ -131,6 +139,10 @@ impl Handler<GetRoom> for RoomManager {
 
     fn handle(&mut self, msg: GetRoom, _: &mut Self::Context) -> Self::Result {
         let room_id = msg.room_id;
+        if self.shutting_down {
+            let e = StoreError::unavailable("joining", ShuttingDown);
+            return Box::pin(actix::fut::ready(Err(e)));
+        }
         if let Some(addr) = self.live(room_id) {
             return Box::pin(actix::fut::ready(Ok(addr.clone())));
         }
@@ -139,6 +151,9 @@ impl Handler<GetRoom> for RoomManager {
         Box::pin(exists.into_actor(self).map(move |found, act, ctx| {
             if found?.is_none() {
                 return Err(StoreError::RoomNotFound(room_id));
+            }
+            if act.shutting_down {
+                return Err(StoreError::unavailable("joining", ShuttingDown));
             }
             // Another join may have started the actor while the store was
             // asked.
@@ -220,14 +235,32 @@ impl Handler<GetMembers> for RoomManager {
 impl Handler<Shutdown> for RoomManager {
     type Result = ResponseFuture<()>;
 
+    /// In this order: every room finishes the chats it accepted (stored,
+    /// published, answered) and closes its members' sockets; then this
+    /// process's memberships are removed and announced; then the bus is
+    /// drained, so every batch stored here was handed to Redis before the
+    /// bus closes. The wait for the rooms is bounded by 2 × `STORE_TIMEOUT_MS`.
     fn handle(&mut self, _: Shutdown, _: &mut Self::Context) -> Self::Result {
-        for room in self.rooms.values() {
-            room.addr.do_send(CloseRoom);
-        }
+        self.shutting_down = true;
+        let closing: Vec<_> = self
+            .rooms
+            .values()
+            .map(|room| room.addr.send(CloseRoom))
+            .collect();
+        let wait = self.config.store_timeout * 2;
         let store = self.store.clone();
         let instance = self.config.instance_id.clone();
         let bus = self.config.bus.clone();
         Box::pin(async move {
+            let rooms = closing.len();
+            let all = futures_util::future::join_all(closing);
+            if tokio::time::timeout(wait, all).await.is_err() {
+                log::warn!(
+                    "shutdown: not every one of {rooms} rooms finished its store writes \
+                     within {} ms",
+                    wait.as_millis()
+                );
+            }
             match store.remove_instance_members(&instance).await {
                 Ok(removed) => {
                     log::info!("shutdown: removed {} members", removed.len());
@@ -278,6 +311,7 @@ mod tests {
             queue_max_messages: 10,
             queue_max_bytes: 1000,
             gap_timeout: Duration::from_millis(300),
+            store_timeout: Duration::from_secs(5),
             bus: None,
         };
         let manager = RoomManager::new(store.clone(), config, Duration::from_secs(60), 1).start();

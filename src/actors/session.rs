@@ -15,6 +15,7 @@ use std::time::Instant;
 
 use actix::prelude::*;
 use bytes::Bytes;
+use tokio::sync::oneshot;
 
 use super::context::SessionContext;
 use super::room::{Chat, Join, Leave, RoomActor, RoomClosing};
@@ -25,7 +26,7 @@ use crate::error::{Chain, ChatError};
 use crate::protocol::{error_frame, parse_client_frame, ClientCommand, ClientFrame, ServerFrame};
 use crate::rate_limit::TokenBucket;
 use crate::store::StoreError;
-use crate::ws::{CloseCode, Transport, WsActor};
+use crate::ws::{CloseCode, Released, Transport, WsActor};
 
 /// Client frames held while a join is in progress; beyond this a client is
 /// sending faster than any chat needs.
@@ -72,6 +73,18 @@ pub enum SessionEvent {
         room_id: RoomId,
         code: CloseCode,
         reason: &'static str,
+    },
+    /// The explicit leave of `room_id` is recorded (or the wait for it
+    /// ended): answer `left`.
+    LeaveRecorded {
+        room_id: RoomId,
+        reference: Option<String>,
+    },
+    /// The room's actor was found stopped when a chat was sent to it; the
+    /// chat (its `ref`) was not stored.
+    RoomGone {
+        room_id: RoomId,
+        reference: Option<String>,
     },
     /// The server is shutting down.
     ServerShutdown,
@@ -187,7 +200,7 @@ impl ChatSession {
         };
         if !sent {
             log::info!("session {}: closing slow consumer", self.id);
-            self.release(ctx);
+            let _ = self.release(ctx);
         }
     }
 
@@ -199,7 +212,7 @@ impl ChatSession {
     /// socket once the close frame is out.
     fn close(&mut self, ctx: &mut Context<Self>, code: CloseCode, why: &str) {
         self.transport.close(code, why, ctx);
-        self.release(ctx);
+        let _ = self.release(ctx);
     }
 
     /// Handles one complete text message from the client.
@@ -221,7 +234,7 @@ impl ChatSession {
             if let Some(ip) = self.peer {
                 self.cx.flood_penalties.try_take(&ip);
             }
-            self.release(ctx);
+            let _ = self.release(ctx);
             return;
         }
         let parsed = parse_client_frame(text, &self.cx.limits.text);
@@ -277,7 +290,13 @@ impl ChatSession {
                         let e = ChatError::RateLimited("the room is busy; retry shortly".into());
                         self.send_error(ctx, &e, chat.reference.as_deref());
                     }
-                    Err(SendError::Closed(chat)) => self.room_failed(chat.reference, ctx),
+                    // Through the mailbox: what the room sent before it
+                    // stopped (echoes, a shutdown's 1001) is there already
+                    // and is handled first.
+                    Err(SendError::Closed(chat)) => ctx.address().do_send(SessionEvent::RoomGone {
+                        room_id: current.room_id,
+                        reference: chat.reference,
+                    }),
                 }
             }
             ClientCommand::Leave => self.leave_and_confirm(reference, ctx),
@@ -286,11 +305,9 @@ impl ChatSession {
                 self.send_error(ctx, &e, reference.as_deref());
             }
             ClientCommand::Join { room_id, nickname } => {
-                // Rejoining the room you are in: leave first, or the join
-                // would collide with your own nickname.
-                if self.current.as_ref().is_some_and(|c| c.room_id == room_id) {
-                    self.leave_current(ctx);
-                }
+                // Rejoining the room you are in is not leaving it: the room
+                // answers `joined` again and keeps the membership (see
+                // `RoomActor::join_step`).
                 self.begin_join(room_id, nickname, reference, 1, ctx);
             }
             ClientCommand::Create { title, nickname } => {
@@ -341,7 +358,7 @@ impl ChatSession {
             return;
         };
         self.lobby_since = Some(Instant::now());
-        let (done, recorded) = tokio::sync::oneshot::channel();
+        let (done, recorded) = oneshot::channel();
         room.do_send(Leave {
             socket_id: self.id.clone(),
             done: Some(done),
@@ -352,11 +369,13 @@ impl ChatSession {
         let fut = async move {
             let _ = tokio::time::timeout(wait, recorded).await;
         };
-        ctx.spawn(fut.into_actor(self).map(move |(), act, ctx| {
-            let reference = reference.as_deref();
-            act.send(ServerFrame::Left { room_id, reference }.to_wire(), ctx);
-            act.leaving = None;
-            act.replay_queued(ctx);
+        // Through the mailbox, not straight from here: the room sent the
+        // frames it had for this member (a chat's echo or error) before it
+        // recorded the leave, so they are in the mailbox already and go out
+        // before `left`.
+        ctx.spawn(fut.into_actor(self).map(move |(), _, ctx| {
+            ctx.address()
+                .do_send(SessionEvent::LeaveRecorded { room_id, reference });
         }));
     }
 
@@ -482,7 +501,7 @@ impl Actor for ChatSession {
     }
 
     fn stopping(&mut self, ctx: &mut Self::Context) -> Running {
-        self.release(ctx);
+        let _ = self.release(ctx);
         self.cx.sessions.remove(self.number);
         Running::Stop
     }
@@ -497,8 +516,16 @@ impl WsActor for ChatSession {
         self.handle_text(text, ctx);
     }
 
-    fn on_closing(&mut self, ctx: &mut Context<Self>) {
-        self.release(ctx);
+    /// The client's close is answered once its leave is recorded (as an
+    /// explicit `leave` is), so a nickname is free everywhere once the close
+    /// is acknowledged. Bounded: a store outage delays the answer by at most
+    /// 2 × `STORE_TIMEOUT_MS`, never withholds it.
+    fn on_closing(&mut self, ctx: &mut Context<Self>) -> Option<Released> {
+        let recorded = self.release(ctx)?;
+        let wait = self.cx.limits.store_timeout * 2;
+        Some(Box::pin(async move {
+            let _ = tokio::time::timeout(wait, recorded).await;
+        }))
     }
 }
 
@@ -506,19 +533,22 @@ impl ChatSession {
     /// Gives up the room this connection is in, once: the connection is
     /// ending. A join still in flight is cleaned up by the room: its
     /// `Joined` event finds this mailbox closed (or the session no longer
-    /// joining) and the room removes the member.
-    fn release(&mut self, _ctx: &mut Context<Self>) {
+    /// joining) and the room removes the member. Returns, when a room was
+    /// left, what completes once the room has recorded the leave.
+    fn release(&mut self, _ctx: &mut Context<Self>) -> Option<oneshot::Receiver<()>> {
         self.joining = None;
         self.queued.clear();
-        if let Some(current) = self.current.take() {
-            if current.room.connected() {
-                current.room.do_send(Leave {
-                    socket_id: self.id.clone(),
-                    done: None,
-                });
-            } else {
-                self.remove_membership_directly(current.room_id);
-            }
+        let current = self.current.take()?;
+        if current.room.connected() {
+            let (done, recorded) = oneshot::channel();
+            current.room.do_send(Leave {
+                socket_id: self.id.clone(),
+                done: Some(done),
+            });
+            Some(recorded)
+        } else {
+            self.remove_membership_directly(current.room_id);
+            None
         }
     }
 
@@ -556,7 +586,11 @@ impl ChatSession {
     fn handle_event(&mut self, event: SessionEvent, ctx: &mut Context<Self>) {
         match event {
             SessionEvent::Frames { room_id, wire } => {
-                if self.in_room(room_id) {
+                // While an explicit leave is being recorded the connection
+                // is still a member: what the room sends before it records
+                // the leave (the echo or the error of a chat sent just
+                // before `leave`) reaches the client before `left`.
+                if self.in_room(room_id) || self.leaving == Some(room_id) {
                     self.send(wire, ctx);
                 }
             }
@@ -567,15 +601,19 @@ impl ChatSession {
             } => {
                 if self.joining == Some(room_id) {
                     // One room at a time: the old room is left only now
-                    // that the new one has accepted.
-                    self.leave_current(ctx);
+                    // that the new one has accepted (a rejoin of the room
+                    // this connection is in leaves nothing).
+                    if !self.in_room(room_id) {
+                        self.leave_current(ctx);
+                    }
                     self.send(frame, ctx);
                     self.current = Some(CurrentRoom { room_id, room });
                     self.lobby_since = None;
                     self.joining = None;
                     self.replay_queued(ctx);
-                } else {
-                    // Stale: give the seat back.
+                } else if !self.in_room(room_id) {
+                    // Stale: give the seat back (unless it is the seat this
+                    // connection holds: a late answer to a rejoin).
                     room.do_send(Leave {
                         socket_id: self.id.clone(),
                         done: None,
@@ -595,6 +633,22 @@ impl ChatSession {
                 if self.in_room(room_id) {
                     self.current = None;
                     self.close(ctx, code, reason);
+                }
+            }
+            SessionEvent::LeaveRecorded { room_id, reference } => {
+                if self.leaving == Some(room_id) {
+                    let reference = reference.as_deref();
+                    self.send(ServerFrame::Left { room_id, reference }.to_wire(), ctx);
+                    self.leaving = None;
+                    self.replay_queued(ctx);
+                }
+            }
+            SessionEvent::RoomGone { room_id, reference } => {
+                if self.in_room(room_id) {
+                    self.room_failed(reference, ctx);
+                } else {
+                    let e = ChatError::unavailable(format!("room {room_id} is closed; not stored"));
+                    self.send_error(ctx, &e, reference.as_deref());
                 }
             }
             SessionEvent::ServerShutdown => {

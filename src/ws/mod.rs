@@ -11,4 +11,4 @@ pub mod origin;
 pub mod transport;
 
 pub use frame::CloseCode;
-pub use transport::{Transport, TransportLimits, WsActor};
+pub use transport::{Released, Transport, TransportLimits, WsActor};

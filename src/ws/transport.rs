@@ -23,6 +23,11 @@
 //!   behind what the kernel already buffers). Dropping it earlier with
 //!   unread input would make the kernel reset the connection and lose the
 //!   close.
+//! - **A client's close is answered once the connection is released.** The
+//!   answer waits (phase `Releasing`, nothing else accepted) until the
+//!   actor's release future ends (the session: its leave recorded, bounded
+//!   by 2 × `STORE_TIMEOUT_MS`), so a client that has read it finds its
+//!   nickname free on every process.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
@@ -56,8 +61,13 @@ pub trait WsActor: Actor<Context = Context<Self>> {
     /// The connection is ending (the client closed it, broke the protocol,
     /// timed out or read too slowly): release what it holds. Called at most
     /// once, and not when the actor itself called [`Transport::close`].
-    fn on_closing(&mut self, ctx: &mut Context<Self>);
+    /// Returns, when releasing takes a while, a future that ends once it is
+    /// done (the actor bounds it): a client's close is answered only then.
+    fn on_closing(&mut self, ctx: &mut Context<Self>) -> Option<Released>;
 }
+
+/// Ends once what a closing connection held is released.
+pub type Released = Pin<Box<dyn std::future::Future<Output = ()>>>;
 
 /// How long a connection failed for a flood stays open for its close frame
 /// to be read (it is not read from any more meanwhile).
@@ -79,6 +89,9 @@ pub struct TransportLimits {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     Open,
+    /// The client sent its close; ours, the answer, waits until the actor
+    /// has released what the connection held. Nothing more is accepted.
+    Releasing,
     /// Our close frame is queued; nothing more is accepted.
     Closing,
     /// Our close frame is written and the socket shut for writing.
@@ -152,7 +165,7 @@ impl Transport {
         }
         if t.last_heard.elapsed() > t.limits.client_timeout {
             log::debug!("heartbeat timeout");
-            act.on_closing(ctx);
+            let _ = act.on_closing(ctx);
             ctx.stop();
         } else if !t.offer(frame::control(OpCode::Ping, b"")) {
             evicted(act, ctx);
@@ -261,6 +274,14 @@ impl Transport {
     /// frame is still unread.
     fn stop_after_linger<A: Actor<Context = Context<A>>>(&self, ctx: &mut Context<A>) {
         ctx.run_later(self.limits.client_timeout, |_, ctx| ctx.stop());
+    }
+
+    /// Answers the client's close once the connection is released.
+    fn answer_close(&mut self, close: Bytes) {
+        if self.phase == Phase::Releasing {
+            self.push(close);
+            self.phase = Phase::Closing;
+        }
     }
 
     fn queue_close(&mut self, code: CloseCode, reason: &str) {
@@ -441,13 +462,33 @@ fn end<A: WsActor>(act: &mut A, code: Option<(CloseCode, &str)>, ctx: &mut Conte
         return;
     }
     match code {
+        // The client asked to close: the close is acknowledged only once
+        // what the connection held is released (its leave recorded), so a
+        // client that has read our close finds its nickname free on every
+        // process. Bounded by the actor, and by the linger at the latest.
+        Some((code, reason)) if t.peer_closed => {
+            t.phase = Phase::Releasing;
+            t.stop_after_linger(ctx);
+            let close = frame::close(code, reason);
+            match act.on_closing(ctx) {
+                Some(released) => {
+                    ctx.spawn(
+                        released
+                            .into_actor(act)
+                            .map(move |(), act, _| act.transport().answer_close(close)),
+                    );
+                }
+                None => act.transport().answer_close(close),
+            }
+            return;
+        }
         Some((code, reason)) => {
             t.queue_close(code, reason);
             t.stop_after_linger(ctx);
         }
         None => ctx.stop(),
     }
-    act.on_closing(ctx);
+    let _ = act.on_closing(ctx);
 }
 
 /// The queue bound refused a frame the transport itself had to send (a
@@ -456,7 +497,7 @@ fn end<A: WsActor>(act: &mut A, code: Option<(CloseCode, &str)>, ctx: &mut Conte
 fn evicted<A: WsActor>(act: &mut A, ctx: &mut Context<A>) {
     log::info!("closing a slow consumer");
     act.transport().stop_after_linger(ctx);
-    act.on_closing(ctx);
+    let _ = act.on_closing(ctx);
 }
 
 /// Reads and decodes the client's frames for as long as the actor lives.
@@ -489,7 +530,7 @@ impl<A: WsActor> ActorFuture<A> for ReadPump {
                     match t.phase {
                         Phase::Open => end(act, None, ctx),
                         // The writer stops the actor once the close is out.
-                        Phase::Closing => {}
+                        Phase::Releasing | Phase::Closing => {}
                         Phase::WriteShut => ctx.stop(),
                     }
                     return Poll::Ready(());
@@ -609,7 +650,7 @@ impl<A: WsActor> ActorFuture<A> for WritePump {
             Poll::Ready(Ok(())) => {}
         }
         match t.phase {
-            Phase::Open => {
+            Phase::Open | Phase::Releasing => {
                 if !t.writer.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
                     t.writer = Some(cx.waker().clone());
                 }
@@ -716,6 +757,23 @@ mod tests {
         // given back.
         assert!(t.poll_fill(&mut cx).is_pending());
         assert_eq!(t.inbuf.capacity(), 0);
+    }
+
+    #[actix_rt::test]
+    async fn a_held_close_answer_is_queued_only_when_released() {
+        let (mut t, _client) = pair().await;
+        t.phase = Phase::Releasing;
+        assert!(!t.is_open());
+        // Nothing is queued while the answer is held.
+        assert!(t.offer(Bytes::from_static(b"late")));
+        assert!(t.queue.is_empty());
+        t.answer_close(frame::close(CloseCode::Normal, ""));
+        assert_eq!(t.phase, Phase::Closing);
+        assert_eq!(t.queue.len(), 1);
+        assert_eq!(frame::close_code_of(&t.queue[0][2..]), Some(1000));
+        // Answered once only.
+        t.answer_close(frame::close(CloseCode::Normal, ""));
+        assert_eq!(t.queue.len(), 1);
     }
 
     #[actix_rt::test]

@@ -10,6 +10,7 @@ mod concurrency;
 mod connections;
 mod limits;
 mod protocol_errors;
+mod replies;
 mod rest;
 mod room_list;
 mod rooms;

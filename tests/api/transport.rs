@@ -24,7 +24,7 @@ fn handshake_from(host: &str, origin: Option<&str>) -> String {
     )
 }
 
-fn handshake(path: &str, version: &str) -> String {
+pub(crate) fn handshake(path: &str, version: &str) -> String {
     format!(
         "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: {version}\r\n\r\n"
@@ -50,20 +50,20 @@ fn masked(first_byte: u8, payload: &[u8]) -> Vec<u8> {
     out
 }
 
-fn text_frame(v: &Value) -> Vec<u8> {
+pub(crate) fn text_frame(v: &Value) -> Vec<u8> {
     masked(0x81, v.to_string().as_bytes())
 }
 
 /// A raw connection and what it has received but not yet parsed.
-struct Raw {
-    stream: TcpStream,
+pub(crate) struct Raw {
+    pub(crate) stream: TcpStream,
     input: Vec<u8>,
 }
 
 impl Raw {
     /// Connects and sends `first` (a handshake, maybe with frames behind
     /// it) in one write.
-    async fn open(port: u16, first: &[u8]) -> Raw {
+    pub(crate) async fn open(port: u16, first: &[u8]) -> Raw {
         let stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
         Raw::start(stream, first).await
     }
@@ -103,7 +103,7 @@ impl Raw {
 
     /// The response head (status line and headers) and any body given by
     /// Content-Length.
-    async fn response(&mut self) -> (String, String) {
+    pub(crate) async fn response(&mut self) -> (String, String) {
         loop {
             if let Some(end) = self.input.windows(4).position(|w| w == b"\r\n\r\n") {
                 let head = String::from_utf8(self.input[..end].to_vec()).unwrap();
@@ -155,7 +155,7 @@ impl Raw {
     }
 
     /// The next JSON text frame, skipping pings.
-    async fn json(&mut self) -> Value {
+    pub(crate) async fn json(&mut self) -> Value {
         loop {
             let (first, payload) = self.frame().await.expect("closed while expecting JSON");
             match first {

@@ -14,6 +14,7 @@ mod wait;
 
 mod crash;
 mod cross_process;
+mod goodbyes;
 mod lifecycle;
 mod member_lists;
 mod ops;

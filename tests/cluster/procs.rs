@@ -263,6 +263,24 @@ impl Cluster {
             .clone()
     }
 
+    /// Sends SIGTERM to node `i` (a clean shutdown) and waits at most
+    /// `limit` for it to exit; returns how long it took.
+    pub async fn terminate(&mut self, i: usize, limit: Duration) -> Duration {
+        let node = &mut self.nodes[i];
+        let child = node.child.as_mut().expect("node is running");
+        let pid = child.id().to_string();
+        let started = std::time::Instant::now();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status();
+        assert!(sent.is_ok_and(|s| s.success()), "kill -TERM {pid} failed");
+        eventually(limit, "the node to exit after SIGTERM", || {
+            let exited = child.try_wait().ok().flatten().is_some();
+            async move { exited }
+        })
+        .await;
+        node.child = None;
+        started.elapsed()
+    }
+
     /// Asserts every node whose process was not killed is still running.
     pub fn assert_running(&mut self) {
         for (i, node) in self.nodes.iter_mut().enumerate() {

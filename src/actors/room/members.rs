@@ -33,6 +33,17 @@ impl<O> MemberEntry<O> {
     }
 }
 
+/// What a `join` means for a connection that may already be a member here.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Rejoin<'a> {
+    /// Not a member connected to this process: an ordinary join.
+    NotMember,
+    /// Already a member under the nickname asked for: nothing to change.
+    Same(&'a Member),
+    /// Already a member under another nickname.
+    OtherNickname(&'a Member),
+}
+
 /// The members, in join order.
 #[derive(Debug)]
 pub struct MemberList<O> {
@@ -64,6 +75,19 @@ impl<O> MemberList<O> {
     /// Whether `socket_id` is a member connected to this process.
     pub fn is_local(&self, socket_id: &SocketId) -> bool {
         self.outbox(socket_id).is_some()
+    }
+
+    /// Whether a `join` of `socket_id` as `nickname` is a rejoin. Only a
+    /// local membership counts: a remote entry with the same socket id
+    /// cannot exist (socket ids carry their process).
+    pub fn rejoin(&self, socket_id: &SocketId, nickname: &str) -> Rejoin<'_> {
+        match self.get(socket_id) {
+            Some(m) if m.outbox.is_some() && m.member.nickname == nickname => {
+                Rejoin::Same(&m.member)
+            }
+            Some(m) if m.outbox.is_some() => Rejoin::OtherNickname(&m.member),
+            _ => Rejoin::NotMember,
+        }
     }
 
     /// Puts a member in its place in the join order.
@@ -164,5 +188,26 @@ mod tests {
         assert!(!list.has_local());
         assert_eq!(names(&list), ["ann"]);
         assert!(list.remove(&SocketId::from("i:2")).is_none());
+    }
+
+    #[test]
+    fn a_join_by_a_local_member_is_a_rejoin() {
+        let mut list = MemberList::default();
+        list.insert(entry("ann", 1, None));
+        list.insert(entry("bob", 2, Some(2)));
+        let bob = SocketId::from("i:2");
+        assert!(matches!(list.rejoin(&bob, "bob"), Rejoin::Same(m) if m.nickname == "bob"));
+        assert!(
+            matches!(list.rejoin(&bob, "bobby"), Rejoin::OtherNickname(m) if m.nickname == "bob")
+        );
+        // A remote entry or a stranger joins as usual.
+        assert_eq!(
+            list.rejoin(&SocketId::from("i:1"), "ann"),
+            Rejoin::NotMember
+        );
+        assert_eq!(
+            list.rejoin(&SocketId::from("i:9"), "bob"),
+            Rejoin::NotMember
+        );
     }
 }

@@ -34,11 +34,24 @@
 //! - **Every leave recorded.** A local member's leave is a step, retried
 //!   with backoff while the store is down; the actor stays alive until every
 //!   leave is recorded, so counts never drift.
+//! - **Every chat answered before its author leaves.** A leave step is
+//!   queued behind batch steps for every chat waiting (`flush_all`), so a
+//!   chat sent before `leave` gets its echo or error while its author is
+//!   still a member.
+//! - **A closing room finishes what it accepted.** `CloseRoom` refuses new
+//!   chats and joins, and closes the members (1001) only in a step behind
+//!   every batch: each accepted chat is stored and published, or refused,
+//!   and answered first.
+//! - **A departure checks for a gap.** When a remote member departs, the
+//!   room reads the store after its last delivered id (coalesced, see
+//!   `recheck.rs`), so a batch whose publication was lost is delivered even
+//!   if nobody posts again.
 
 mod fanout;
 mod history;
 mod members;
 mod pending;
+mod recheck;
 mod sequencer;
 mod steps;
 
@@ -51,8 +64,9 @@ use bytes::Bytes;
 
 use self::fanout::{Author, Fanout};
 use self::history::RecentHistory;
-use self::members::{MemberEntry, MemberList};
+use self::members::{MemberEntry, MemberList, Rejoin};
 use self::pending::PendingChats;
+use self::recheck::Recheck;
 use self::sequencer::Sequencer;
 use self::steps::{HasSteps, Step, StepFuture, StepQueue};
 use super::redis_bridge::{BusSignal, Publish, RedisBridge, RoomEvent, Subscribe, Unsubscribe};
@@ -86,6 +100,9 @@ pub struct RoomConfig {
     pub queue_max_messages: usize,
     pub queue_max_bytes: usize,
     pub gap_timeout: Duration,
+    /// `STORE_TIMEOUT_MS`: bounds how long a closing room waits for its
+    /// last store writes.
+    pub store_timeout: Duration,
     /// The cluster bus, when there is one.
     pub bus: Option<Addr<RedisBridge>>,
 }
@@ -131,8 +148,11 @@ pub struct Leave {
 #[rtype(result = "Vec<Member>")]
 pub struct ListMembers;
 
-/// The process is shutting down: close every member's socket and stop. The
-/// manager removes this process's memberships from the store in bulk.
+/// The process is shutting down: finish the store writes already queued
+/// (every chat accepted is stored and published, and its author answered),
+/// then close every member's socket with 1001 and stop. Resolves once the
+/// room has stopped. The manager removes this process's memberships from
+/// the store in bulk afterwards.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct CloseRoom;
@@ -165,6 +185,9 @@ enum CatchUp {
     Gap,
     /// The bus was down: other processes may have stored messages.
     Resync,
+    /// A remote member departed: its process may have stored messages whose
+    /// announcement this process missed (it shut down, or died).
+    Departure,
 }
 
 type Outbox = Recipient<SessionEvent>;
@@ -181,8 +204,8 @@ pub struct RoomActor {
     sequencer: Sequencer<Author>,
     gap_timer: Option<SpawnHandle>,
     pending: PendingChats,
-    /// A batch step is queued or running.
-    batch_queued: bool,
+    /// Batch steps queued and not yet started.
+    batches_queued: usize,
     steps: StepQueue<RoomActor>,
     /// Leaves the store has not yet recorded (queued, running or waiting
     /// to be retried).
@@ -192,6 +215,11 @@ pub struct RoomActor {
     /// Bus events that arrived before the first join read the room's state;
     /// replayed after it (duplicates are harmless: ids and sockets dedupe).
     early_events: Vec<RoomEvent>,
+    /// The store check after a remote member's departure.
+    departure_check: Recheck,
+    /// Shutting down: no new joins or chats; the room stops once the store
+    /// writes queued before are done.
+    closing: bool,
 }
 
 impl RoomActor {
@@ -215,11 +243,13 @@ impl RoomActor {
             manager,
             members: MemberList::default(),
             gap_timer: None,
-            batch_queued: false,
+            batches_queued: 0,
             steps: StepQueue::default(),
             unsynced_leaves: 0,
             leaving: HashSet::new(),
             early_events: Vec::new(),
+            departure_check: Recheck::default(),
+            closing: false,
         }
     }
 }
@@ -264,7 +294,7 @@ impl Handler<Join> for RoomActor {
     type Result = Result<(), RoomClosing>;
 
     fn handle(&mut self, msg: Join, ctx: &mut Self::Context) -> Self::Result {
-        if ctx.state() != ActorState::Running {
+        if ctx.state() != ActorState::Running || self.closing {
             return Err(RoomClosing);
         }
         let step: Step<Self> = Box::new(move |act, ctx| act.join_step(msg, ctx));
@@ -279,6 +309,27 @@ impl RoomActor {
     /// fall between the two (an event from before the read is a duplicate,
     /// one after it is news); then the membership transaction.
     fn join_step(&mut self, msg: Join, ctx: &mut Context<Self>) -> StepFuture<Self> {
+        // Rejoining is not leaving: a member that asks again for the room it
+        // is in keeps its membership (a retried slow join must never delete
+        // the room it is the only member of).
+        if !self.leaving.contains(&msg.socket_id) {
+            match self.members.rejoin(&msg.socket_id, msg.nickname.as_str()) {
+                Rejoin::NotMember => {}
+                Rejoin::Same(_) => return self.rejoin_step(msg),
+                Rejoin::OtherNickname(member) => {
+                    let error = ChatError::InvalidNickname(format!(
+                        "nickname: you are in this room as \"{}\"; leave it first to join \
+                         under another nickname",
+                        member.nickname
+                    ));
+                    msg.outbox.do_send(SessionEvent::JoinFailed {
+                        room_id: self.room_id,
+                        frame: error_frame(&error, msg.reference.as_deref()),
+                    });
+                    return Box::pin(actix::fut::ready(()));
+                }
+            }
+        }
         let store = self.store.clone();
         let room_id = self.room_id;
         let first = !self.sequencer.is_loaded();
@@ -318,6 +369,65 @@ impl RoomActor {
             fut.into_actor(self)
                 .map(move |res, act, ctx| act.finish_join(msg, res, ctx)),
         )
+    }
+
+    /// A `join` from a member of this room under the same nickname: answered
+    /// with `joined` as a first join would be (the room as the store has
+    /// it, the members and the history as they are now), and nothing
+    /// changes: no leave, no `memberJoined`, the same `joinedAt`.
+    fn rejoin_step(&mut self, msg: Join) -> StepFuture<Self> {
+        let store = self.store.clone();
+        let room_id = self.room_id;
+        let fut = async move { store.room(room_id).await };
+        Box::pin(fut.into_actor(self).map(move |res, act, ctx| {
+            let reference = msg.reference.as_deref();
+            let room = match res {
+                Ok(Some(room)) => room,
+                Ok(None) => {
+                    let error = ChatError::RoomNotFound(room_id);
+                    msg.outbox.do_send(SessionEvent::JoinFailed {
+                        room_id,
+                        frame: error_frame(&error, reference),
+                    });
+                    return;
+                }
+                Err(e) => {
+                    msg.outbox.do_send(SessionEvent::JoinFailed {
+                        room_id,
+                        frame: error_frame(&ChatError::from(e), reference),
+                    });
+                    return;
+                }
+            };
+            // The membership may have been lost while the store was read.
+            let Rejoin::Same(you) = act.members.rejoin(&msg.socket_id, msg.nickname.as_str())
+            else {
+                let error = ChatError::unavailable(format!("room {room_id}: membership ended"));
+                msg.outbox.do_send(SessionEvent::JoinFailed {
+                    room_id,
+                    frame: error_frame(&error, reference),
+                });
+                return;
+            };
+            let members: Vec<&Member> = act.members.members().collect();
+            let history: Vec<&Message> = act.history.iter().collect();
+            let frame = ServerFrame::Joined {
+                room: &room,
+                you,
+                members: &members,
+                history: &history,
+                reference,
+            }
+            .to_wire();
+            let joined = SessionEvent::Joined {
+                room_id,
+                room: ctx.address(),
+                frame,
+            };
+            if msg.outbox.try_send(joined).is_err() {
+                act.remove_members(vec![(msg.socket_id, Removal::Gone)], ctx);
+            }
+        }))
     }
 
     /// Answers the join: the member goes into the list, the others hear
@@ -414,6 +524,18 @@ impl Handler<Chat> for RoomActor {
         let Some(entry) = self.members.get(&msg.socket_id) else {
             return;
         };
+        if self.closing {
+            // Too late to be stored before the process goes: refused, and
+            // the author hears it before its socket is closed.
+            let author = Author {
+                socket_id: msg.socket_id,
+                reference: msg.reference,
+            };
+            let error = ChatError::unavailable("the server is shutting down; not stored");
+            let refused = self.tell_author(&author, &error);
+            self.remove_members(refused.into_iter().collect(), ctx);
+            return;
+        }
         let message = NewMessage {
             nickname: entry.member.nickname.clone(),
             content: msg.content.into_string(),
@@ -442,16 +564,34 @@ impl RoomActor {
     /// step takes whatever waits when its turn comes, so chats that arrive
     /// while a batch is being stored go together in the next one.
     fn flush(&mut self, ctx: &mut Context<Self>) {
-        if self.batch_queued || self.pending.is_empty() {
+        if self.batches_queued > 0 || self.pending.is_empty() {
             return;
         }
-        self.batch_queued = true;
+        self.queue_batch(ctx);
+    }
+
+    /// Queues batch steps for every chat waiting now, however many batches
+    /// that takes, so they all run before a step queued next. A member's
+    /// leave is queued behind this: every chat it sent before leaving is
+    /// stored (or refused) and answered while it is still a member.
+    fn flush_all(&mut self, ctx: &mut Context<Self>) {
+        while self.batches_queued * MAX_BATCH < self.pending.len() {
+            self.queue_batch(ctx);
+        }
+    }
+
+    fn queue_batch(&mut self, ctx: &mut Context<Self>) {
+        self.batches_queued += 1;
         let step: Step<Self> = Box::new(|act, _| act.batch_step());
         StepQueue::enqueue(self, step, ctx);
     }
 
     fn batch_step(&mut self) -> StepFuture<Self> {
-        self.batch_queued = false;
+        self.batches_queued -= 1;
+        if self.pending.is_empty() {
+            // An earlier batch took these chats already.
+            return Box::pin(actix::fut::ready(()));
+        }
         let (batch, authors) = self.pending.take_batch(MAX_BATCH);
         let store = self.store.clone();
         let room_id = self.room_id;
@@ -587,6 +727,9 @@ impl RoomActor {
                 _ if why == CatchUp::Gap => {
                     act.sequencer.fill_finished(Instant::now());
                     act.watch_gap(ctx);
+                }
+                _ if why == CatchUp::Departure && act.departure_check.finished() => {
+                    act.start_departure_check(ctx);
                 }
                 _ => {}
             }
@@ -772,6 +915,7 @@ impl RoomActor {
                     }
                     if self.leaving.insert(socket_id.clone()) {
                         self.unsynced_leaves += 1;
+                        self.flush_all(ctx);
                         let step: Step<Self> =
                             Box::new(move |act, _| act.store_leave(socket_id, FIRST_LEAVE_RETRY));
                         StepQueue::enqueue(self, step, ctx);
@@ -838,6 +982,9 @@ impl RoomActor {
         let Some(gone) = self.members.remove(socket_id) else {
             return;
         };
+        if gone.outbox.is_none() {
+            self.check_after_departure(ctx);
+        }
         if let (Some(outbox), Removal::Lost) = (&gone.outbox, why) {
             outbox.do_send(SessionEvent::Evicted {
                 room_id: self.room_id,
@@ -852,6 +999,32 @@ impl RoomActor {
         .to_wire();
         let refused = self.broadcast(&frame);
         self.remove_members(refused, ctx);
+    }
+
+    /// A remote member departed (left, closed, or its process shut down or
+    /// was reaped). A batch its process stored may never have reached this
+    /// process over the bus (published into a bus that was going down, or
+    /// lost with the process), and in a room where nobody posts again no
+    /// later message would reveal the gap. So the store is read once for
+    /// anything after the last id delivered here.
+    ///
+    /// Load: one indexed read of the room's messages after the last id
+    /// (normally empty) per departure, coalesced per room to at most one
+    /// read running and one more queued (see `recheck.rs`), so a process
+    /// leaving with many members in a room costs that room two reads.
+    fn check_after_departure(&mut self, ctx: &mut Context<Self>) {
+        if self.sequencer.is_loaded() && self.departure_check.request() {
+            self.start_departure_check(ctx);
+        }
+    }
+
+    fn start_departure_check(&mut self, ctx: &mut Context<Self>) {
+        match self.sequencer.last_delivered() {
+            Some(last) => self.catch_up(last, CatchUp::Departure, ctx),
+            None => {
+                self.departure_check.finished();
+            }
+        }
     }
 
     /// Stops once nothing is left to do here: no local member, no store
@@ -892,15 +1065,88 @@ impl Handler<ListMembers> for RoomActor {
 }
 
 impl Handler<CloseRoom> for RoomActor {
-    type Result = ();
+    type Result = ResponseFuture<()>;
 
-    fn handle(&mut self, _: CloseRoom, ctx: &mut Self::Context) {
+    /// Everything accepted before the close is finished first: every chat
+    /// waiting goes into a batch step, and the close is a step behind them,
+    /// so each accepted chat is stored and published (or refused), and its
+    /// author gets the echo (or the error) before the 1001. Chats and joins
+    /// arriving from now on are refused. Bounded by the steps queued, each
+    /// bounded by `STORE_TIMEOUT_MS`; the manager also bounds its wait.
+    fn handle(&mut self, _: CloseRoom, ctx: &mut Self::Context) -> Self::Result {
+        let (closed, wait) = tokio::sync::oneshot::channel::<()>();
+        self.closing = true;
+        self.flush_all(ctx);
+        let step: Step<Self> = Box::new(move |act, _| {
+            // A batch stored here may wait behind an id another process
+            // stored and this one has not received yet: read the gap now
+            // rather than after the gap timeout, so those echoes go out.
+            let after = (act.sequencer.waiting() > 0)
+                .then(|| act.sequencer.last_delivered())
+                .flatten();
+            let (store, room_id) = (act.store.clone(), act.room_id);
+            let fill = async move {
+                let mut read = Vec::new();
+                let Some(mut after) = after else {
+                    return read;
+                };
+                // Bounded: a few pages, each within the store timeout.
+                for _ in 0..8 {
+                    match store.messages_after(room_id, after, FILL_PAGE).await {
+                        Ok(page) => {
+                            let full = page.len() == FILL_PAGE;
+                            after = page.last().map_or(after, |m| m.id);
+                            read.extend(page);
+                            if !full {
+                                break;
+                            }
+                        }
+                        Err(_) => break,
+                    }
+                }
+                read
+            };
+            Box::pin(fill.into_actor(act).map(move |read, act, ctx| {
+                act.accept(read.into_iter().map(|m| (m, None)).collect(), ctx);
+                act.close_members();
+                ctx.stop();
+                let _ = closed.send(());
+            }))
+        });
+        StepQueue::enqueue(self, step, ctx);
+        // A room that stops before its close step runs (its last member
+        // left meanwhile) drops `closed`: that ends the wait too.
+        Box::pin(async move {
+            let _ = wait.await;
+        })
+    }
+}
+
+impl RoomActor {
+    /// The last act of a closing room: a chat stored here that still waits
+    /// behind a gap (the store could not be read) is stored, so its author
+    /// gets its echo even out of order; then every local member is told the
+    /// server is going away (1001).
+    fn close_members(&mut self) {
+        for (message, author) in self.sequencer.take_waiting() {
+            let Some(author) = author else { continue };
+            if let Some(outbox) = self.members.outbox(&author.socket_id) {
+                let wire = ServerFrame::Message {
+                    message: &message,
+                    reference: author.reference.as_deref(),
+                }
+                .to_wire();
+                let _ = outbox.try_send(SessionEvent::Frames {
+                    room_id: self.room_id,
+                    wire,
+                });
+            }
+        }
         for m in self.members.drain() {
             if let Some(outbox) = m.outbox {
                 outbox.do_send(SessionEvent::ServerShutdown);
             }
         }
-        ctx.stop();
     }
 }
 

@@ -64,6 +64,11 @@ impl PendingChats {
         self.messages.is_empty()
     }
 
+    /// How many chats wait.
+    pub fn len(&self) -> usize {
+        self.messages.len()
+    }
+
     /// The oldest chats, at most `max`, to store as one batch.
     pub fn take_batch(&mut self, max: usize) -> (Vec<NewMessage>, Vec<Author>) {
         let n = self.messages.len().min(max);

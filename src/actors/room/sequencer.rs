@@ -142,6 +142,16 @@ impl<A> Sequencer<A> {
         }
     }
 
+    /// Takes out every message waiting behind a gap, in id order (a room
+    /// that closes answers their authors anyway: they are stored).
+    pub fn take_waiting(&mut self) -> Vec<(Message, Option<A>)> {
+        self.gap = match self.gap {
+            Gap::Filling => Gap::Filling,
+            _ => Gap::Closed,
+        };
+        std::mem::take(&mut self.waiting).into_values().collect()
+    }
+
     /// How many messages wait behind a gap.
     pub fn waiting(&self) -> usize {
         self.waiting.len()
@@ -234,6 +244,18 @@ mod tests {
         assert_eq!(s.gap_deadline(), Some(done + TIMEOUT));
         assert_eq!(s.take_fill(done), None);
         assert_eq!(s.take_fill(done + TIMEOUT), Some(MessageSeq::new(4)));
+    }
+
+    #[test]
+    fn waiting_messages_can_be_taken_out() {
+        let mut s = loaded(0);
+        let t = Instant::now();
+        s.accept(vec![(message(3), Some(7)), (message(2), None)], t);
+        let out = s.take_waiting();
+        assert_eq!(ids(&out), vec![2, 3]);
+        assert_eq!(out[1].1, Some(7));
+        assert_eq!(s.waiting(), 0);
+        assert_eq!(s.gap_deadline(), None);
     }
 
     #[test]

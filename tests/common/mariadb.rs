@@ -122,7 +122,8 @@ impl PrivateMariaDb {
 
     async fn wait_ready(&mut self) {
         let deadline = Instant::now() + START_LIMIT;
-        let url = self.url("mysql");
+        // No database: the data directory starts without any.
+        let url = format!("mysql://root@127.0.0.1:{}", self.port);
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("mariadbd exited at start ({status}):\n{}", self.log());
@@ -137,7 +138,10 @@ impl PrivateMariaDb {
                 return;
             }
             if Instant::now() > deadline {
-                panic!("mariadbd did not answer within {START_LIMIT:?}:\n{}", self.log());
+                panic!(
+                    "mariadbd did not answer within {START_LIMIT:?}:\n{}",
+                    self.log()
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -171,4 +175,145 @@ fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free port")
+}
+
+/// What [`CommitTrap`] does to the next `COMMIT` it sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trap {
+    /// Pass everything.
+    Off = 0,
+    /// Forward the `COMMIT` (it commits) and lose its answer.
+    AnswerLost = 1,
+    /// Swallow the `COMMIT` (it never reaches the server).
+    CommitLost = 2,
+}
+
+/// A TCP proxy in front of a MySQL server that, when armed, blackholes the
+/// connection that sends the next `COMMIT` at exactly that moment: after
+/// the `COMMIT` went through ([`Trap::AnswerLost`]) or before
+/// ([`Trap::CommitLost`]). The connection stays open and silent both ways,
+/// as through a network partition. One-shot: the trap disarms itself.
+pub struct CommitTrap {
+    port: u16,
+    mode: std::sync::Arc<std::sync::atomic::AtomicU8>,
+    sprung: std::sync::Arc<std::sync::atomic::AtomicU32>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl CommitTrap {
+    pub async fn start(upstream: u16) -> CommitTrap {
+        use std::sync::atomic::AtomicU8;
+        use std::sync::Arc;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the proxy");
+        let port = listener.local_addr().expect("proxy address").port();
+        let mode = Arc::new(AtomicU8::new(Trap::Off as u8));
+        let sprung = Arc::new(AtomicU32::new(0));
+        let (m, s) = (mode.clone(), sprung.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                else {
+                    continue;
+                };
+                tokio::spawn(relay(client, server, m.clone(), s.clone()));
+            }
+        });
+        CommitTrap {
+            port,
+            mode,
+            sprung,
+            task,
+        }
+    }
+
+    /// The URL through the proxy. `prefer_socket=false`: the driver would
+    /// otherwise switch to the server's Unix socket, around the proxy.
+    pub fn url(&self, db: &str) -> String {
+        format!(
+            "mysql://root@127.0.0.1:{}/{db}?prefer_socket=false",
+            self.port
+        )
+    }
+
+    pub fn arm(&self, trap: Trap) {
+        self.mode.store(trap as u8, Ordering::SeqCst);
+    }
+
+    /// How many times the trap has sprung.
+    pub fn sprung(&self) -> u32 {
+        self.sprung.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for CommitTrap {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Relays one connection, reading the client's side packet by packet.
+async fn relay(
+    client: tokio::net::TcpStream,
+    server: tokio::net::TcpStream,
+    mode: std::sync::Arc<std::sync::atomic::AtomicU8>,
+    sprung: std::sync::Arc<AtomicU32>,
+) {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut client_rx, mut client_tx) = client.into_split();
+    let (mut server_rx, mut server_tx) = server.into_split();
+    let dark = Arc::new(AtomicBool::new(false));
+    let dark_down = dark.clone();
+    let down = tokio::spawn(async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let Ok(n) = server_rx.read(&mut buf).await else {
+                return;
+            };
+            if n == 0 || dark_down.load(Ordering::SeqCst) {
+                // Silent: keep the socket, forward nothing more.
+                std::future::pending::<()>().await;
+            }
+            if client_tx.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    });
+    // Client to server, one MySQL packet at a time: 3-byte length, 1-byte
+    // sequence, payload. COM_QUERY is 0x03.
+    loop {
+        let mut header = [0u8; 4];
+        if client_rx.read_exact(&mut header).await.is_err() {
+            break;
+        }
+        let len =
+            usize::from(header[0]) | usize::from(header[1]) << 8 | usize::from(header[2]) << 16;
+        let mut payload = vec![0u8; len];
+        if client_rx.read_exact(&mut payload).await.is_err() {
+            break;
+        }
+        let is_commit =
+            payload.first() == Some(&0x03) && payload[1..].eq_ignore_ascii_case(b"COMMIT");
+        let trap = mode.load(Ordering::SeqCst);
+        if is_commit && trap != Trap::Off as u8 {
+            mode.store(Trap::Off as u8, Ordering::SeqCst);
+            sprung.fetch_add(1, Ordering::SeqCst);
+            dark.store(true, Ordering::SeqCst);
+            if trap == Trap::AnswerLost as u8 {
+                let _ = server_tx.write_all(&header).await;
+                let _ = server_tx.write_all(&payload).await;
+            }
+            // Both ways silent from here, both sockets kept open.
+            std::future::pending::<()>().await;
+        }
+        if server_tx.write_all(&header).await.is_err()
+            || server_tx.write_all(&payload).await.is_err()
+        {
+            break;
+        }
+    }
+    down.abort();
 }

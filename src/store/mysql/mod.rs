@@ -834,7 +834,7 @@ const LOCK_HELD: [u16; 2] = [ER_LOCK_WAIT_TIMEOUT, 3572];
 const ER_NO_SUCH_THREAD: u16 = 1094;
 /// How long [`settle`] waits for the old transaction's locks before it
 /// kills that transaction's connection.
-const SETTLE_KILL_AFTER: Duration = Duration::from_secs(1);
+pub(super) const SETTLE_KILL_AFTER: Duration = Duration::from_secs(1);
 /// Pause between two locking reads of [`settle`].
 const SETTLE_POLL: Duration = Duration::from_millis(50);
 
@@ -847,17 +847,22 @@ const SETTLE_POLL: Duration = Duration::from_millis(50);
 /// The locking read uses `NOWAIT` (MariaDB 10.3+, MySQL 8) and is repeated
 /// every `SETTLE_POLL`. A server that was frozen ends the old transaction
 /// as soon as it runs again. One cut off from the old connection (a network
-/// partition) may keep it open for hours, so after `SETTLE_KILL_AFTER` that
-/// connection is killed; a transaction whose `COMMIT` the server has not
+/// partition) may keep it open for hours, so from `kill_from` on (the
+/// caller's first attempt plus `SETTLE_KILL_AFTER`) that connection is
+/// killed; a transaction whose `COMMIT` the server has not
 /// read is then rolled back. The caller bounds the wait.
-async fn settle(pool: &Pool, conn_id: u32, room_ids: &[RoomId]) -> SqlResult<Transaction<'static>> {
+async fn settle(
+    pool: &Pool,
+    conn_id: u32,
+    room_ids: &[RoomId],
+    kill_from: Instant,
+) -> SqlResult<Transaction<'static>> {
     let ids = room_ids
         .iter()
         .map(RoomId::to_string)
         .collect::<Vec<_>>()
         .join(",");
     let sql = format!("SELECT id FROM chatRoom WHERE id IN ({ids}) ORDER BY id FOR UPDATE NOWAIT");
-    let started = Instant::now();
     let mut killed = false;
     loop {
         let mut tx = pool.start_transaction(TxOpts::default()).await?;
@@ -866,7 +871,7 @@ async fn settle(pool: &Pool, conn_id: u32, room_ids: &[RoomId]) -> SqlResult<Tra
             Err(SqlError::Server(e)) if LOCK_HELD.contains(&e.code) => {
                 let own = tx.id();
                 let _ = tx.rollback().await;
-                if !killed && own != conn_id && started.elapsed() >= SETTLE_KILL_AFTER {
+                if !killed && own != conn_id && Instant::now() >= kill_from {
                     let mut conn = pool.get_conn().await?;
                     if conn.id() != conn_id {
                         match conn.query_drop(format!("KILL CONNECTION {conn_id}")).await {
@@ -905,8 +910,9 @@ async fn undo_join(
     member_id: u64,
     socket_id: SocketId,
 ) {
+    let kill_from = Instant::now() + SETTLE_KILL_AFTER;
     let attempt = || async {
-        let mut tx = settle(&pool, conn_id, &[room_id]).await?;
+        let mut tx = settle(&pool, conn_id, &[room_id], kill_from).await?;
         let r = remove_member_row_tx(&mut tx, room_id, member_id, &socket_id).await;
         match r {
             Ok(removed) => {

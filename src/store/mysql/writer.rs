@@ -37,6 +37,7 @@ use tokio::time::Instant;
 
 use super::{
     from_db, rows, settle, to_db, transact_until, TxFailed, TxResult, MAX_ROWS_PER_INSERT,
+    SETTLE_KILL_AFTER,
 };
 use crate::domain::{Message, MessageSeq, RoomId};
 use crate::store::{NewMessage, StoreError};
@@ -385,8 +386,10 @@ async fn resolve(
     if by_room.is_empty() {
         return HashSet::new();
     }
+    let kill_from = Instant::now() + SETTLE_KILL_AFTER;
     loop {
-        match tokio::time::timeout(op_timeout, committed_rooms(pool, conn_id, &by_room)).await {
+        let attempt = committed_rooms(pool, conn_id, &by_room, kill_from);
+        match tokio::time::timeout(op_timeout, attempt).await {
             Ok(Ok(found)) => return found,
             Ok(Err(e)) => log::debug!("resolving an unanswered COMMIT: {e}"),
             Err(_) => log::debug!("resolving an unanswered COMMIT: no answer yet"),
@@ -402,9 +405,10 @@ async fn committed_rooms(
     pool: &Pool,
     conn_id: u32,
     by_room: &BTreeMap<RoomId, Vec<&Message>>,
+    kill_from: Instant,
 ) -> Result<HashSet<RoomId>, SqlError> {
     let rooms: Vec<RoomId> = by_room.keys().copied().collect();
-    let mut tx = settle(pool, conn_id, &rooms).await?;
+    let mut tx = settle(pool, conn_id, &rooms, kill_from).await?;
     let mut found = HashSet::new();
     for (&room_id, planned) in by_room {
         let (Some(first), Some(last)) = (planned.first(), planned.last()) else {

@@ -18,13 +18,13 @@ use crate::wait::{eventually, within};
 use crate::Server;
 
 /// `STORE_TIMEOUT_MS` of the server under test.
-const STORE_TIMEOUT: Duration = Duration::from_millis(800);
+const STORE_TIMEOUT: Duration = Duration::from_millis(1500);
 /// How long each freeze lasts: well past the store timeout.
-const FREEZE: Duration = Duration::from_millis(2500);
+const FREEZE: Duration = Duration::from_millis(3000);
 /// Freezes per run, each at a different moment of the chatting.
 const ROUNDS: usize = 4;
 /// The latest an answer may come, outside an unanswered COMMIT.
-const ANSWER_LIMIT: Duration = Duration::from_millis(800 + 1000);
+const ANSWER_LIMIT: Duration = Duration::from_millis(1500 + 1000);
 
 /// What one chat got back.
 #[derive(Debug)]
@@ -159,7 +159,12 @@ async fn a_frozen_mysql_gets_true_answers_in_time_and_chat_resumes_after_it() {
             received: Vec::new(),
         })
         .collect();
-    // A socket that joins and leaves again and again.
+    // A socket that joins and leaves again and again, in a room of its own
+    // (kept alive by a member that stays).
+    let mut holder = WsClient::connect(server.port).await;
+    let lobby = holder.create("joins", "holder").await["room"]["id"]
+        .as_u64()
+        .expect("room id");
     let mut joiner = WsClient::connect(server.port).await;
     let mut refused_joins: Vec<String> = Vec::new();
     let mut health_waits = Vec::new();
@@ -188,7 +193,7 @@ async fn a_frozen_mysql_gets_true_answers_in_time_and_chat_resumes_after_it() {
                 let nick = format!("j{round}x{k}");
                 k += 1;
                 joiner
-                    .send(json!({"type": "join", "roomId": room, "nickname": nick, "ref": "j"}))
+                    .send(json!({"type": "join", "roomId": lobby, "nickname": nick, "ref": "j"}))
                     .await;
                 let reply = joiner.reply_or_error("j").await;
                 if reply["type"] == "error" {
@@ -358,6 +363,7 @@ async fn a_frozen_mysql_gets_true_answers_in_time_and_chat_resumes_after_it() {
         );
     }
     drop(joiner);
+    drop(holder);
     let _ = pool.disconnect().await;
     server.kill();
 }

@@ -492,9 +492,10 @@ impl Store for MySqlStore {
                 None => Err(StoreError::RoomNotFound(room_id)),
             };
         }
-        // No outer timeout: the writer answers within 2 × op_timeout (see
-        // `MessageWriter::append`), and cutting the wait shorter could
-        // report as failed a batch that then commits.
+        // No outer timeout: the writer answers within op_timeout / 2, or,
+        // after a COMMIT that got no answer, once it knows the outcome (see
+        // `MessageWriter::append`); cutting the wait shorter could report
+        // as failed a batch that then commits.
         self.writer.append(room_id, batch.to_vec()).await
     }
 

@@ -24,7 +24,10 @@
 //!   unreachable server becomes `StoreError::Unavailable` instead of a stuck
 //!   actor. A call cut off mid-transaction is rolled back: `mysql_async`
 //!   rolls back the connection before reusing it, and the server does so
-//!   when a connection closes.
+//!   when a connection closes. A call cut off after its `COMMIT` was sent
+//!   may have committed: `transact_until` reports that as
+//!   `TxFailed::Unknown`, and the message writer and `add_member` resolve
+//!   it (see `settle`) so that their answers stay true.
 //!
 //! Times are stored as UTC `DATETIME` (the session time zone is `+00:00`),
 //! truncated to whole seconds as the domain supplies them.

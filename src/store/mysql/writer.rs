@@ -23,6 +23,14 @@
 //!   is retried by `transact_on` anyway).
 //! - **A room that is gone fails alone.** Its requests get `RoomNotFound`;
 //!   the rest of the group is stored.
+//! - **Every answer is true.** `Ok` means committed; an error means not
+//!   stored, now or later (the `COMMIT` was never sent). A `COMMIT` sent
+//!   but not answered is resolved against the database before anyone is
+//!   answered (`store_group_truly`).
+//! - **Answers in time.** A request is answered within half the store
+//!   timeout, queued or in a group, except after an unanswered `COMMIT`.
+//! - **Supervised.** A writer task that dies is started again; until then
+//!   `is_running` is false and the store's `ping` (so `/health`) fails.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};

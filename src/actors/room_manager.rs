@@ -118,6 +118,13 @@ impl RoomManager {
         let cutoff = domain::now() - chrono::Duration::from_std(self.grace).unwrap_or_default();
         let fut = async move { store.delete_unjoined_rooms(cutoff).await };
         ctx.spawn(fut.into_actor(self).map(|res, _, _| match res {
+            // A backlog can be thousands of rooms: name a few.
+            Ok(ids) if ids.len() > 20 => log::info!(
+                "deleted {} unjoined rooms ({:?} ... {:?})",
+                ids.len(),
+                &ids[..10],
+                &ids[ids.len() - 10..]
+            ),
             Ok(ids) if !ids.is_empty() => log::info!("deleted unjoined rooms {ids:?}"),
             Ok(_) => {}
             Err(e) => log::warn!("empty-room sweep failed (will retry): {}", Chain(&e)),

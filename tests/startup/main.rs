@@ -9,7 +9,11 @@ mod helpers;
 #[path = "../common/wait.rs"]
 mod wait;
 
+#[path = "../common/mariadb.rs"]
+mod mariadb;
+
 mod memory_budget;
+mod mysql_outage;
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;

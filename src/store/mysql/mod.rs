@@ -24,7 +24,10 @@
 //!   unreachable server becomes `StoreError::Unavailable` instead of a stuck
 //!   actor. A call cut off mid-transaction is rolled back: `mysql_async`
 //!   rolls back the connection before reusing it, and the server does so
-//!   when a connection closes.
+//!   when a connection closes. A call cut off after its `COMMIT` was sent
+//!   may have committed: `transact_until` reports that as
+//!   `TxFailed::Unknown`, and the message writer and `add_member` resolve
+//!   it (see `settle`) so that their answers stay true.
 //!
 //! Times are stored as UTC `DATETIME` (the session time zone is `+00:00`),
 //! truncated to whole seconds as the domain supplies them.
@@ -35,6 +38,8 @@ use writer::MessageWriter;
 
 use std::future::Future;
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDateTime, SubsecRound, Utc};
@@ -83,6 +88,9 @@ const STMT_CACHE_SIZE: usize = MAX_ROWS_PER_INSERT + 64;
 
 /// How long a pooled connection above the pool's minimum may sit idle.
 const IDLE_CONNECTION_TTL: Duration = Duration::from_secs(60);
+
+/// Rooms the empty-room sweep deletes per transaction.
+const SWEEP_CHUNK: usize = 500;
 
 /// Ids per `IN (...)` list, far below the 65,535 placeholders a statement
 /// may have.
@@ -248,8 +256,10 @@ impl MySqlStore {
         Fut: Future<Output = (Transaction<'static>, TxResult<T>)> + Send,
         T: Send,
     {
-        self.bounded(what, transact_on(&self.pool, what, body))
+        let deadline = Instant::now() + self.op_timeout;
+        transact_until(&self.pool, what, deadline, body)
             .await
+            .map_err(TxFailed::into_error)
     }
 
     /// Bulk removal shared by `remove_instance_members` (`Some(instance)`)
@@ -308,6 +318,11 @@ impl Store for MySqlStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
+        // A dead writer means no chat can be stored: not healthy, however
+        // well the database answers.
+        if !self.writer.is_running() {
+            return Err(StoreError::unavailable("ping", writer::WriterDown));
+        }
         self.with_conn("ping", true, |mut conn| async move { conn.ping().await })
             .await
     }
@@ -384,11 +399,36 @@ impl Store for MySqlStore {
         room_id: RoomId,
         member: &NewMember,
     ) -> Result<JoinOutcome, StoreError> {
-        self.transact("add_member", |mut tx| async move {
+        const WHAT: &str = "add_member";
+        let deadline = Instant::now() + self.op_timeout;
+        let call = transact_until(&self.pool, WHAT, deadline, |mut tx| async move {
             let r = add_member_tx(&mut tx, room_id, member).await;
             (tx, r)
-        })
-        .await
+        });
+        match call.await {
+            Ok(outcome) => Ok(outcome),
+            Err(TxFailed::NotStored(e)) => Err(e),
+            Err(TxFailed::Unknown {
+                value,
+                conn_id,
+                cause,
+            }) => {
+                // The join is answered `unavailable` now, so it must not
+                // stay stored: the row, if the commit went through, is
+                // removed as soon as the database answers (see
+                // `undo_join`). Invariant: a join answered with an error
+                // leaves no member row behind once MySQL answers again.
+                tokio::spawn(undo_join(
+                    self.pool.clone(),
+                    self.op_timeout,
+                    conn_id,
+                    room_id,
+                    value.join_seq,
+                    member.socket_id.clone(),
+                ));
+                Err(cause)
+            }
+        }
     }
 
     async fn remove_member(
@@ -455,9 +495,10 @@ impl Store for MySqlStore {
                 None => Err(StoreError::RoomNotFound(room_id)),
             };
         }
-        // No outer timeout: the writer answers within 2 × op_timeout (see
-        // `MessageWriter::append`), and cutting the wait shorter could
-        // report as failed a batch that then commits.
+        // No outer timeout: the writer answers within op_timeout / 2, or,
+        // after a COMMIT that got no answer, once it knows the outcome (see
+        // `MessageWriter::append`); cutting the wait shorter could report
+        // as failed a batch that then commits.
         self.writer.append(room_id, batch.to_vec()).await
     }
 
@@ -501,12 +542,42 @@ impl Store for MySqlStore {
         &self,
         created_before: DateTime<Utc>,
     ) -> Result<Vec<RoomId>, StoreError> {
+        // In chunks of `SWEEP_CHUNK` rooms, oldest first, one transaction
+        // each: a backlog of any size is worked off in steps that each fit
+        // in `op_timeout` (one transaction for all of them could time out
+        // on every sweep and never finish). One call stops starting chunks
+        // after `op_timeout`, so it ends within about twice that; the next
+        // sweep goes on where it stopped.
+        const WHAT: &str = "delete_unjoined_rooms";
         let cutoff = to_db(created_before);
-        self.transact("delete_unjoined_rooms", |mut tx| async move {
-            let r = delete_unjoined_rooms_tx(&mut tx, cutoff).await;
-            (tx, r)
-        })
-        .await
+        let started = Instant::now();
+        let mut deleted = Vec::new();
+        loop {
+            let chunk = self
+                .transact(WHAT, |mut tx| async move {
+                    let r = delete_unjoined_rooms_tx(&mut tx, cutoff, SWEEP_CHUNK).await;
+                    (tx, r)
+                })
+                .await;
+            match chunk {
+                Ok((candidates, gone)) => {
+                    deleted.extend(gone);
+                    if candidates < SWEEP_CHUNK || started.elapsed() >= self.op_timeout {
+                        return Ok(deleted);
+                    }
+                }
+                // What earlier chunks deleted is deleted: report it.
+                Err(e) if !deleted.is_empty() => {
+                    log::warn!(
+                        "empty-room sweep stopped after {} rooms: {}",
+                        deleted.len(),
+                        crate::error::Chain(&e)
+                    );
+                    return Ok(deleted);
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     async fn remove_instance_members(
@@ -653,61 +724,275 @@ async fn remove_member_tx(
     }
 }
 
-/// [`MySqlStore::transact`] on `pool`, for callers that hold only the pool,
-/// without the timeout (the caller adds it).
-async fn transact_on<T, F, Fut>(
+/// How a transaction run by [`transact_until`] failed.
+pub(super) enum TxFailed<T> {
+    /// Not committed, and it never will be: the server refused or rolled it
+    /// back, or it was cut off before `COMMIT` was sent (a transaction whose
+    /// `COMMIT` is never sent cannot commit; the server rolls it back when
+    /// the connection ends). Reporting the error is the truth.
+    NotStored(StoreError),
+    /// `COMMIT` was sent but its answer never came (timed out, or the
+    /// connection broke): the transaction may have committed or not, and
+    /// only the server can tell. `value` is what the body returned,
+    /// `conn_id` the server's id of the connection that sent `COMMIT`.
+    Unknown {
+        value: T,
+        conn_id: u32,
+        cause: StoreError,
+    },
+}
+
+impl<T> TxFailed<T> {
+    /// For callers that have nothing to resolve: the error as it stands.
+    /// (`Unknown` then reports as failed a transaction that may have
+    /// committed; only callers whose writes are harmless either way may do
+    /// this.)
+    fn into_error(self) -> StoreError {
+        match self {
+            TxFailed::NotStored(e) | TxFailed::Unknown { cause: e, .. } => e,
+        }
+    }
+}
+
+/// Runs `body` in a transaction on `pool` and commits it, all before
+/// `deadline`: commits when it returns `Ok(Ok(_))`, rolls back otherwise. A
+/// lock conflict (deadlock victim, lock wait timeout) or a connection that
+/// died before the commit was sent rolls the whole attempt back, so running
+/// it again is safe; that happens up to `TX_ATTEMPTS` times. A failed or
+/// unanswered commit is never repeated: it may have succeeded, and it is
+/// reported as [`TxFailed::Unknown`].
+///
+/// Invariant: every failure other than `Unknown` is a transaction whose
+/// `COMMIT` was never sent (or was answered with an error), so it is not
+/// stored now and never will be.
+pub(super) async fn transact_until<T, F, Fut>(
     pool: &Pool,
     what: &'static str,
+    deadline: Instant,
     mut body: F,
-) -> Result<T, StoreError>
+) -> Result<T, TxFailed<T>>
 where
     F: FnMut(Transaction<'static>) -> Fut + Send,
     Fut: Future<Output = (Transaction<'static>, TxResult<T>)> + Send,
     T: Send,
 {
+    let limit = deadline.saturating_duration_since(Instant::now());
+    let timed_out = || StoreError::unavailable(what, TimedOut { after: limit });
     let mut attempt = 1;
     loop {
-        let failure = match pool.start_transaction(TxOpts::default()).await {
-            Err(e) => e,
-            Ok(tx) => match body(tx).await {
-                (tx, Ok(Ok(value))) => {
-                    return tx.commit().await.map(|()| value).map_err(unavailable(what))
+        let started = tokio::time::timeout_at(deadline, pool.start_transaction(TxOpts::default()));
+        let failure = match started.await {
+            Err(_) => return Err(TxFailed::NotStored(timed_out())),
+            Ok(Err(e)) => e,
+            // Cut off here, the transaction is dropped uncommitted.
+            Ok(Ok(tx)) => match tokio::time::timeout_at(deadline, body(tx)).await {
+                Err(_) => return Err(TxFailed::NotStored(timed_out())),
+                Ok((tx, Ok(Ok(value)))) => {
+                    let conn_id = tx.id();
+                    return match tokio::time::timeout_at(deadline, tx.commit()).await {
+                        Ok(Ok(())) => Ok(value),
+                        Ok(Err(e)) => Err(TxFailed::Unknown {
+                            value,
+                            conn_id,
+                            cause: StoreError::unavailable(what, e),
+                        }),
+                        Err(_) => Err(TxFailed::Unknown {
+                            value,
+                            conn_id,
+                            cause: timed_out(),
+                        }),
+                    };
                 }
-                (tx, Ok(Err(outcome))) => {
-                    // Nothing worth keeping was written; a failed
+                Ok((tx, Ok(Err(outcome)))) => {
+                    // Nothing worth keeping was written; a failed or slow
                     // rollback leaves it to the pool or the server.
-                    let _ = tx.rollback().await;
-                    return Err(outcome);
+                    let _ = tokio::time::timeout_at(deadline, tx.rollback()).await;
+                    return Err(TxFailed::NotStored(outcome));
                 }
-                (tx, Err(e)) => {
+                Ok((tx, Err(e))) => {
                     // Release the locks now rather than when the pool
                     // recycles the connection.
-                    let _ = tx.rollback().await;
+                    let _ = tokio::time::timeout_at(deadline, tx.rollback()).await;
                     e
                 }
             },
         };
         let retry = is_lock_conflict(&failure) || is_broken_connection(&failure);
         if !retry || attempt >= TX_ATTEMPTS {
-            return Err(StoreError::unavailable(what, failure));
+            return Err(TxFailed::NotStored(StoreError::unavailable(what, failure)));
         }
         log::debug!("MySQL transaction attempt {attempt} of {what} failed ({failure}); retrying");
-        tokio::time::sleep(backoff(attempt)).await;
+        let pause = backoff(attempt);
+        if Instant::now() + pause >= deadline {
+            return Err(TxFailed::NotStored(timed_out()));
+        }
+        tokio::time::sleep(pause).await;
         attempt += 1;
     }
 }
 
-/// `delete_unjoined_rooms`'s transaction: lock the candidates, then delete
-/// them with the member-count condition checked again in the `DELETE`.
+/// `NOWAIT` refused a locking read because another transaction holds the
+/// row (MariaDB reports `ER_LOCK_WAIT_TIMEOUT`, MySQL 8 `ER_LOCK_NOWAIT`).
+const LOCK_HELD: [u16; 2] = [ER_LOCK_WAIT_TIMEOUT, 3572];
+/// `ER_NO_SUCH_THREAD`: `KILL` named a connection that is gone.
+const ER_NO_SUCH_THREAD: u16 = 1094;
+/// How long [`settle`] waits for the old transaction's locks before it
+/// kills that transaction's connection.
+pub(super) const SETTLE_KILL_AFTER: Duration = Duration::from_secs(1);
+/// Pause between two locking reads of [`settle`].
+const SETTLE_POLL: Duration = Duration::from_millis(50);
+
+/// After a `COMMIT` that got no answer on connection `conn_id`: waits until
+/// that transaction has ended, committed or rolled back, and returns a new
+/// transaction holding the locks on the `chatRoom` rows of `room_ids`
+/// (which the old transaction had locked, so it holds them until it ends;
+/// what it wrote can then be read, and nobody changes it meanwhile).
+///
+/// The locking read uses `NOWAIT` (MariaDB 10.3+, MySQL 8) and is repeated
+/// every `SETTLE_POLL`. A server that was frozen ends the old transaction
+/// as soon as it runs again. One cut off from the old connection (a network
+/// partition) may keep it open for hours, so from `kill_from` on (the
+/// caller's first attempt plus `SETTLE_KILL_AFTER`) that connection is
+/// killed; a transaction whose `COMMIT` the server has not
+/// read is then rolled back. The caller bounds the wait.
+async fn settle(
+    pool: &Pool,
+    conn_id: u32,
+    room_ids: &[RoomId],
+    kill_from: Instant,
+) -> SqlResult<Transaction<'static>> {
+    let ids = room_ids
+        .iter()
+        .map(RoomId::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    let sql = format!("SELECT id FROM chatRoom WHERE id IN ({ids}) ORDER BY id FOR UPDATE NOWAIT");
+    let mut killed = false;
+    loop {
+        let mut tx = pool.start_transaction(TxOpts::default()).await?;
+        match tx.query_drop(sql.as_str()).await {
+            Ok(()) => return Ok(tx),
+            Err(SqlError::Server(e)) if LOCK_HELD.contains(&e.code) => {
+                let own = tx.id();
+                let _ = tx.rollback().await;
+                if !killed && own != conn_id && Instant::now() >= kill_from {
+                    let mut conn = pool.get_conn().await?;
+                    if conn.id() != conn_id {
+                        match conn.query_drop(format!("KILL CONNECTION {conn_id}")).await {
+                            Ok(()) => log::warn!(
+                                "killed MySQL connection {conn_id}: its COMMIT got no answer \
+                                 and it still holds its locks"
+                            ),
+                            Err(SqlError::Server(e)) if e.code == ER_NO_SUCH_THREAD => {}
+                            Err(e) => return Err(e),
+                        }
+                        killed = true;
+                    }
+                }
+                tokio::time::sleep(SETTLE_POLL).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Pause between two attempts of [`undo_join`].
+const UNDO_RETRY: Duration = Duration::from_millis(200);
+
+/// Removes the membership `member_id` (of connection `socket_id` in
+/// `room_id`) that an `add_member` whose `COMMIT` got no answer on
+/// connection `conn_id` may have stored, as a leave would (the count goes
+/// down; a room left empty is deleted). Tries until the database answers;
+/// each attempt waits for the old transaction to end first (see
+/// [`settle`]), so it sees the row if, and only if, that commit went
+/// through. Repeating it is harmless: a second attempt finds no row.
+async fn undo_join(
+    pool: Pool,
+    op_timeout: Duration,
+    conn_id: u32,
+    room_id: RoomId,
+    member_id: u64,
+    socket_id: SocketId,
+) {
+    let kill_from = Instant::now() + SETTLE_KILL_AFTER;
+    let attempt = || async {
+        let mut tx = settle(&pool, conn_id, &[room_id], kill_from).await?;
+        let r = remove_member_row_tx(&mut tx, room_id, member_id, &socket_id).await;
+        match r {
+            Ok(removed) => {
+                tx.commit().await?;
+                Ok(removed)
+            }
+            Err(e) => {
+                let _ = tx.rollback().await;
+                Err(e)
+            }
+        }
+    };
+    loop {
+        match tokio::time::timeout(op_timeout, attempt()).await {
+            Ok(Ok(true)) => {
+                log::warn!(
+                    "removed member {member_id} of room {room_id}: its join was answered \
+                     unavailable but its COMMIT had gone through"
+                );
+                return;
+            }
+            Ok(Ok(false)) => return,
+            Ok(Err(e)) => log::debug!("undoing a join of room {room_id}: {e}"),
+            Err(_) => log::debug!("undoing a join of room {room_id}: no answer yet"),
+        }
+        tokio::time::sleep(UNDO_RETRY).await;
+    }
+}
+
+/// [`undo_join`]'s transaction body (the room row is locked already):
+/// deletes the member row if it is there, and counts it out. True if it was.
+async fn remove_member_row_tx(
+    tx: &mut Transaction<'static>,
+    room_id: RoomId,
+    member_id: u64,
+    socket_id: &SocketId,
+) -> SqlResult<bool> {
+    let Some(count) = first::<u32, _, _>(tx, LOCK_ROOM_COUNT, (room_id,)).await? else {
+        return Ok(false);
+    };
+    tx.exec_drop(
+        "DELETE FROM chatMember WHERE id = ? AND room_id = ? AND socket_id = ?",
+        (member_id, room_id, socket_id),
+    )
+    .await?;
+    if tx.affected_rows() == 0 {
+        return Ok(false);
+    }
+    let remaining = count.saturating_sub(1);
+    if remaining == 0 {
+        tx.exec_drop("DELETE FROM chatRoom WHERE id = ?", (room_id,))
+            .await?;
+    } else {
+        tx.exec_drop(
+            "UPDATE chatRoom SET join_member_count = ? WHERE id = ?",
+            (remaining, room_id),
+        )
+        .await?;
+    }
+    Ok(true)
+}
+
+/// One chunk of `delete_unjoined_rooms`: lock the oldest `limit`
+/// candidates, then delete them with the member-count condition checked
+/// again in the `DELETE`. Returns how many candidates there were and which
+/// rooms were deleted.
 async fn delete_unjoined_rooms_tx(
     tx: &mut Transaction<'static>,
     cutoff: NaiveDateTime,
-) -> TxResult<Vec<RoomId>> {
+    limit: usize,
+) -> TxResult<(usize, Vec<RoomId>)> {
     let candidates: Vec<u64> = rows(
         tx,
         "SELECT id FROM chatRoom WHERE join_member_count = 0 AND created < ? \
-         ORDER BY id FOR UPDATE",
-        (cutoff,),
+         ORDER BY id LIMIT ? FOR UPDATE",
+        (cutoff, u64::try_from(limit).unwrap_or(u64::MAX)),
     )
     .await?;
     let mut deleted = Vec::with_capacity(candidates.len());
@@ -733,7 +1018,10 @@ async fn delete_unjoined_rooms_tx(
             deleted.extend(chunk.iter().filter(|id| !survivors.contains(id)));
         }
     }
-    Ok(Ok(deleted.into_iter().map(RoomId::new).collect()))
+    Ok(Ok((
+        candidates.len(),
+        deleted.into_iter().map(RoomId::new).collect(),
+    )))
 }
 
 /// One room of a bulk removal: lock the room row, delete the chosen members

@@ -10,6 +10,7 @@ mod helpers;
 mod wait;
 
 mod memory_budget;
+mod second_start;
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;

@@ -86,8 +86,9 @@ pub struct Application {
     port: u16,
     server: Server,
     chat: Arc<SessionContext>,
-    /// The instance lock (MySQL store), released after the server stopped.
-    lock: Option<LockKeeper>,
+    /// The instance lock (MySQL store), released by [`Stopper::stop`] once
+    /// the members are removed.
+    lock: SharedKeeper,
     /// Told why when another process took the instance lock.
     lock_lost: Option<tokio::sync::oneshot::Receiver<String>>,
 }
@@ -203,6 +204,7 @@ impl Application {
             }
             None => (None, None),
         };
+        let lock = Arc::new(tokio::sync::Mutex::new(lock));
 
         let manager = RoomManager::new(
             store.clone(),
@@ -306,13 +308,13 @@ impl Application {
         Stopper {
             handle: self.server.handle(),
             chat: self.chat.clone(),
+            lock: self.lock.clone(),
         }
     }
 
     /// Serves until stopped (see [`Stopper`]), until SIGINT/SIGTERM, or
     /// until another process took the instance lock (then the result is an
-    /// error saying so). SIGHUP is ignored (see [`wait_for_signal`]). The
-    /// instance lock is released last, after the members were removed.
+    /// error saying so). SIGHUP is ignored (see [`wait_for_signal`]).
     pub async fn run_until_stopped(mut self) -> std::io::Result<()> {
         let stopper = self.stopper();
         let lost = self.lock_lost.take();
@@ -338,9 +340,7 @@ impl Application {
             stopper.stop().await;
         });
         let served = self.server.await;
-        if let Some(lock) = self.lock.take() {
-            lock.release().await;
-        }
+        release(&self.lock).await;
         if let Ok(why) = why_rx.await {
             return Err(std::io::Error::other(format!(
                 "lost the instance lock: {why}"
@@ -357,18 +357,34 @@ impl Application {
 pub struct Stopper {
     handle: ServerHandle,
     chat: Arc<SessionContext>,
+    lock: SharedKeeper,
 }
 
 impl Stopper {
     /// Runs the shutdown sequence: rooms record their members' departure,
     /// then every socket (in a room or not) is closed with 1001, then the
-    /// listener and the HTTP workers stop.
+    /// listener and the HTTP workers stop, then the instance lock is
+    /// released.
     pub async fn stop(&self) {
         if let Err(e) = self.chat.manager.send(Shutdown).await {
             log::warn!("room manager did not answer shutdown: {e}");
         }
         self.chat.sessions.close_all(Duration::from_secs(3)).await;
         self.handle.stop(true).await;
+        // Last: while the lock is held no other start deletes our rows, and
+        // once `stop` returns a new process may start on the database.
+        release(&self.lock).await;
+    }
+}
+
+/// The instance lock's keeper, shared by the application and its stoppers.
+type SharedKeeper = Arc<tokio::sync::Mutex<Option<LockKeeper>>>;
+
+/// Releases the instance lock, if held (once; later calls do nothing).
+async fn release(lock: &SharedKeeper) {
+    let keeper = lock.lock().await.take();
+    if let Some(keeper) = keeper {
+        keeper.release().await;
     }
 }
 

@@ -204,6 +204,19 @@ struct Ops {
     pm2: Pm2,
     base: u16,
     front: String,
+    /// Dropped last: the directory pm2's and nginx's lie in.
+    _tmp: TmpDir,
+}
+
+/// Removes its directory on drop (unless `CHAT_OPS_KEEP` is set).
+struct TmpDir(PathBuf);
+
+impl Drop for TmpDir {
+    fn drop(&mut self) {
+        if std::env::var_os("CHAT_OPS_KEEP").is_none() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
 }
 
 async fn start_ops(database: &TestDatabase, extra: &[(&str, &str)]) -> Ops {
@@ -256,6 +269,7 @@ async fn start_ops(database: &TestDatabase, extra: &[(&str, &str)]) -> Ops {
         pm2,
         base,
         front,
+        _tmp: TmpDir(tmp),
     }
 }
 

@@ -314,3 +314,119 @@ async fn a_column_narrower_than_its_limit_is_refused() {
     let mut fits = Server::start(&[("MYSQL_URL", url), ("MAX_TITLE_CHARS", "60")]);
     fits.wait_healthy().await;
 }
+
+/// The MySQL lock name of `INSTANCE_ID=id` on `database` (as
+/// `src/instance_lock.rs` derives it; the format must stay stable, so that
+/// processes of different versions agree).
+fn instance_lock_name(database: &str, id: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(format!("{database}\ninstance {id}").as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("chat:{}", &hex[..40])
+}
+
+/// An administrator's connection (to `database`).
+async fn admin_conn(database: &TestDatabase) -> mysql_async::Conn {
+    mysql_async::Conn::new(
+        mysql_async::Opts::from_url(&database.url).expect("the test database's URL"),
+    )
+    .await
+    .expect("connect as admin")
+}
+
+/// Kills the connection that holds `name`; returns its id.
+async fn kill_holder(admin: &mut mysql_async::Conn, name: &str) -> u64 {
+    use mysql_async::prelude::Queryable;
+    let holder: Option<Option<u64>> = admin
+        .exec_first("SELECT IS_USED_LOCK(?)", (name,))
+        .await
+        .expect("IS_USED_LOCK");
+    let holder = holder.flatten().expect("the running server holds its lock");
+    admin
+        .query_drop(format!("KILL CONNECTION {holder}"))
+        .await
+        .expect("KILL");
+    holder
+}
+
+#[actix_rt::test]
+async fn a_broken_lock_connection_is_replaced_and_the_lock_taken_again() {
+    use mysql_async::prelude::Queryable;
+    let database = TestDatabase::new();
+    let url = database.url.as_str();
+    let mut running = Chatting::start(&[("MYSQL_URL", url), ("INSTANCE_ID", "keeper")]).await;
+    let name = instance_lock_name(&database.name, "keeper");
+    let mut admin = admin_conn(&database).await;
+    let killed = kill_holder(&mut admin, &name).await;
+    super::wait::eventually(Duration::from_secs(10), "lock taken again", || {
+        let lines = running.server.lines();
+        async move {
+            if lines.iter().any(|l| l.contains("instance lock held again")) {
+                Ok(())
+            } else {
+                Err(format!("{lines:?}"))
+            }
+        }
+    })
+    .await;
+    let holder: Option<Option<u64>> = admin
+        .exec_first("SELECT IS_USED_LOCK(?)", (name.as_str(),))
+        .await
+        .expect("IS_USED_LOCK");
+    let holder = holder.flatten();
+    assert!(holder.is_some() && holder != Some(killed), "{holder:?}");
+    running.assert_intact(&database, 1).await;
+    // Held again: a duplicate is still refused.
+    let mut twin = Server::start(&[("MYSQL_URL", url), ("INSTANCE_ID", "keeper")]);
+    check_refused(
+        &mut twin,
+        REFUSED,
+        "cannot start: refused, to protect a running process: ",
+        &["INSTANCE_ID=keeper"],
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let _ = admin.disconnect().await;
+}
+
+#[actix_rt::test]
+async fn a_process_whose_lock_was_taken_meanwhile_shuts_down_cleanly() {
+    use mysql_async::prelude::Queryable;
+    let database = TestDatabase::new();
+    let url = database.url.as_str();
+    let mut running = Chatting::start(&[("MYSQL_URL", url), ("INSTANCE_ID", "usurped")]).await;
+    let name = instance_lock_name(&database.name, "usurped");
+    let mut admin = admin_conn(&database).await;
+    kill_holder(&mut admin, &name).await;
+    // Another process takes the lock before the server notices.
+    let got: Option<Option<i64>> = admin
+        .exec_first("SELECT GET_LOCK(?, 0)", (name.as_str(),))
+        .await
+        .expect("GET_LOCK");
+    assert_eq!(
+        got.flatten(),
+        Some(1),
+        "the lock was not free after the kill"
+    );
+    let code = within(Duration::from_secs(15), "the server exits", async {
+        loop {
+            if let Some(status) = running.server.child.try_wait().expect("try_wait") {
+                break status.code();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert_eq!(code, Some(1), "{:?}", running.server.lines());
+    let lines = running.server.lines();
+    assert!(
+        lines.iter().any(|l| l.contains("lost the instance lock")),
+        "{lines:?}"
+    );
+    // A clean shutdown: its members were told 1001 and their rows removed.
+    assert_eq!(running.alice.close_code().await, Some(1001));
+    let room = running.room;
+    let members = format!("SELECT COUNT(*) FROM chatMember WHERE room_id = {room}");
+    assert_eq!(database.query_u64(&members).await, 0);
+    let _ = admin.disconnect().await;
+}

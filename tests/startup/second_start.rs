@@ -430,3 +430,47 @@ async fn a_process_whose_lock_was_taken_meanwhile_shuts_down_cleanly() {
     assert_eq!(database.query_u64(&members).await, 0);
     let _ = admin.disconnect().await;
 }
+
+#[actix_rt::test]
+async fn processes_with_and_without_redis_never_share_a_database() {
+    let redis = std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    // A cluster process beside a running one without Redis.
+    let database = TestDatabase::new();
+    let url = database.url.as_str();
+    let prefix = format!("h4mix{}", &database.name[database.name.len() - 4..]);
+    let mut solo = Chatting::start(&[("MYSQL_URL", url)]).await;
+    let mut clustered = Server::start(&[
+        ("MYSQL_URL", url),
+        ("REDIS_URL", redis.as_str()),
+        ("REDIS_PREFIX", prefix.as_str()),
+    ]);
+    check_refused(
+        &mut clustered,
+        REFUSED,
+        "cannot start: refused, to protect a running process: ",
+        &["without REDIS_URL"],
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    solo.assert_intact(&database, 1).await;
+
+    // And one without Redis beside a running cluster process.
+    let database = TestDatabase::new();
+    let url = database.url.as_str();
+    let mut clustered = Chatting::start(&[
+        ("MYSQL_URL", url),
+        ("REDIS_URL", redis.as_str()),
+        ("REDIS_PREFIX", prefix.as_str()),
+    ])
+    .await;
+    let mut solo = Server::start(&[("MYSQL_URL", url)]);
+    check_refused(
+        &mut solo,
+        REFUSED,
+        "cannot start: refused, to protect a running process: ",
+        &["1 other live process(es)", "REDIS_URL"],
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    clustered.assert_intact(&database, 1).await;
+}

@@ -8,6 +8,7 @@ use chat_server::Chain;
 #[actix_web::main]
 async fn main() -> std::process::ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    chat_server::startup::ignore_sighup();
     let settings = match Settings::from_env() {
         Ok(s) => s,
         Err(e) => {

@@ -314,7 +314,7 @@ impl Application {
 
     /// Serves until stopped (see [`Stopper`]), until SIGINT/SIGTERM, or
     /// until another process took the instance lock (then the result is an
-    /// error saying so). SIGHUP is ignored (see [`wait_for_signal`]).
+    /// error saying so).
     pub async fn run_until_stopped(mut self) -> std::io::Result<()> {
         let stopper = self.stopper();
         let lost = self.lock_lost.take();
@@ -388,25 +388,40 @@ async fn release(lock: &SharedKeeper) {
     }
 }
 
-/// Waits for SIGINT or SIGTERM, the signals that stop the server (clean
-/// shutdown: members removed, sockets closed with 1001).
+/// Ignores SIGHUP from now on, with a log line each time it comes. The
+/// binary calls this first thing, so a HUP never kills it, not even while
+/// it waits for MySQL.
 ///
-/// SIGHUP is ignored, with a log line: it is what log rotation and
-/// `systemctl reload` send, and the server has no log file to reopen and
-/// no setting it could reload, so a HUP must not end every chat. (Without
-/// a handler SIGHUP would kill the process outright: clients would see
-/// 1006 and the member rows would stay behind.)
+/// SIGHUP is what log rotation and `systemctl reload` send, and the server
+/// has no log file to reopen and no setting it could reload, so a HUP must
+/// not end every chat. (With the default action SIGHUP killed the process
+/// outright: clients saw 1006 and the member rows stayed behind.)
+pub fn ignore_sighup() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::hangup()) {
+            Ok(mut hup) => {
+                actix_web::rt::spawn(async move {
+                    while hup.recv().await.is_some() {
+                        log::info!(
+                            "SIGHUP ignored: nothing to reload; stop with SIGTERM or SIGINT"
+                        );
+                    }
+                });
+            }
+            Err(e) => log::warn!("cannot handle SIGHUP (it will stop the process): {e}"),
+        }
+    }
+}
+
+/// Waits for SIGINT or SIGTERM, the signals that stop the server (clean
+/// shutdown: members removed, sockets closed with 1001). SIGHUP: see
+/// [`ignore_sighup`].
 async fn wait_for_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        if let Ok(mut hup) = signal(SignalKind::hangup()) {
-            actix_web::rt::spawn(async move {
-                while hup.recv().await.is_some() {
-                    log::info!("SIGHUP ignored: nothing to reload; stop with SIGTERM or SIGINT");
-                }
-            });
-        }
         match signal(SignalKind::terminate()) {
             Ok(mut term) => {
                 tokio::select! {

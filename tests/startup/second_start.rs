@@ -398,9 +398,11 @@ async fn a_process_whose_lock_was_taken_meanwhile_shuts_down_cleanly() {
     let name = instance_lock_name(&database.name, "usurped");
     let mut admin = admin_conn(&database).await;
     kill_holder(&mut admin, &name).await;
-    // Another process takes the lock before the server notices.
+    // Another process takes the lock before the server notices (waiting:
+    // the killed connection's locks go a moment after the KILL; a waiter
+    // gets the lock before the server's own `GET_LOCK(name, 0)` can).
     let got: Option<Option<i64>> = admin
-        .exec_first("SELECT GET_LOCK(?, 0)", (name.as_str(),))
+        .exec_first("SELECT GET_LOCK(?, 5)", (name.as_str(),))
         .await
         .expect("GET_LOCK");
     assert_eq!(
@@ -473,4 +475,39 @@ async fn processes_with_and_without_redis_never_share_a_database() {
     .await
     .unwrap_or_else(|e| panic!("{e}"));
     clustered.assert_intact(&database, 1).await;
+}
+
+#[actix_rt::test]
+async fn sighup_while_waiting_for_mysql_is_ignored_too() {
+    // A loopback port where nothing listens: start-up waits for MySQL.
+    let url = format!("mysql://root@127.0.0.1:{}/chat_down", super::free_port());
+    let mut server = Server::start(&[("MYSQL_URL", url.as_str())]);
+    super::wait::eventually(Duration::from_secs(10), "waiting for MySQL", || {
+        let lines = server.lines();
+        async move {
+            if lines.iter().any(|l| l.contains("MySQL not ready")) {
+                Ok(())
+            } else {
+                Err(format!("{lines:?}"))
+            }
+        }
+    })
+    .await;
+    let pid = server.child.id().to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", pid.as_str()])
+        .status()
+        .expect("kill -HUP");
+    assert!(status.success());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        server.running(),
+        "a SIGHUP stopped it: {:?}",
+        server.lines()
+    );
+    assert!(
+        server.lines().iter().any(|l| l.contains("SIGHUP ignored")),
+        "{:?}",
+        server.lines()
+    );
 }

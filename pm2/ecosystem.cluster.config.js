@@ -43,6 +43,9 @@ module.exports = {
     cwd: root,
     autorestart: true,
     kill_timeout: 8000,
+    // Exit code 3: the start was refused because another live process is
+    // in the way (README, Operate); restarting cannot help.
+    stop_exit_codes: [3],
     env: {
       RUST_LOG: 'info',
       // Behind nginx every client arrives from 127.0.0.1: rate limits key

@@ -24,6 +24,9 @@ module.exports = {
       // SIGTERM starts a clean shutdown (members removed, sockets closed
       // with 1001) that takes at most ~5 s; give it that before SIGKILL.
       kill_timeout: 8000,
+      // Exit code 3: the start was refused because another live process is
+      // in the way (README, Operate); restarting cannot help.
+      stop_exit_codes: [3],
       env: {
         PORT: env.PORT || '3000',
         HOST: env.HOST || '127.0.0.1',

@@ -41,6 +41,7 @@ pub(crate) mod connections;
 pub(crate) mod error;
 pub(crate) mod fd_limit;
 pub(crate) mod http;
+pub(crate) mod instance_lock;
 pub(crate) mod protocol;
 pub(crate) mod rate_limit;
 pub(crate) mod ws;

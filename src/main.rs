@@ -2,12 +2,13 @@
 //! application until a signal stops it.
 
 use chat_server::config::Settings;
-use chat_server::startup::Application;
+use chat_server::startup::{Application, StartupError};
 use chat_server::Chain;
 
 #[actix_web::main]
 async fn main() -> std::process::ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    chat_server::startup::ignore_sighup();
     let settings = match Settings::from_env() {
         Ok(s) => s,
         Err(e) => {
@@ -28,7 +29,15 @@ async fn main() -> std::process::ExitCode {
         Ok(app) => app,
         Err(e) => {
             eprintln!("cannot start: {}", Chain(&e));
-            return std::process::ExitCode::FAILURE;
+            // Let any actor that did start run once while the runtime is
+            // alive: one dropped unpolled at exit panics ("no reactor
+            // running").
+            actix_web::rt::task::yield_now().await;
+            return std::process::ExitCode::from(if e.is_refusal() {
+                StartupError::REFUSED_EXIT
+            } else {
+                1
+            });
         }
     };
     log::info!(

@@ -25,6 +25,7 @@ use crate::config::Settings;
 use crate::connections::ConnectionLimiter;
 use crate::error::Chain;
 use crate::http::state::HttpState;
+use crate::instance_lock::{InstanceLock, LockError, LockKeeper, Refusal, Role};
 use crate::rate_limit::KeyedLimiter;
 use crate::store::{may_heal, MemoryStore, MySqlStore, SharedStore, StoreError};
 use crate::ws::TransportLimits;
@@ -50,6 +51,34 @@ pub enum StartupError {
     Store(#[source] StoreError),
     #[error("cannot set up the redis bus")]
     Bus(#[source] BridgeError),
+    /// Another live process is in the way (see `instance_lock`): nothing
+    /// was deleted. The binary exits with [`StartupError::REFUSED_EXIT`].
+    #[error("refused, to protect a running process")]
+    Refused(#[source] Refusal),
+    #[error("cannot check the instance lock")]
+    Lock(#[source] LockError),
+}
+
+impl StartupError {
+    /// The exit code of a refused start (another live process in the way),
+    /// so a supervisor can be told not to restart it (pm2
+    /// `stop_exit_codes`, systemd `RestartPreventExitStatus`).
+    pub const REFUSED_EXIT: u8 = 3;
+
+    /// Whether waiting and restarting cannot help: another process is in
+    /// the way.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, StartupError::Refused(_))
+    }
+}
+
+impl From<LockError> for StartupError {
+    fn from(e: LockError) -> Self {
+        match e {
+            LockError::Refused(r) => StartupError::Refused(r),
+            e => StartupError::Lock(e),
+        }
+    }
 }
 
 /// A bound, running server.
@@ -57,6 +86,11 @@ pub struct Application {
     port: u16,
     server: Server,
     chat: Arc<SessionContext>,
+    /// The instance lock (MySQL store), released by [`Stopper::stop`] once
+    /// the members are removed.
+    lock: SharedKeeper,
+    /// Told why when another process took the instance lock.
+    lock_lost: Option<tokio::sync::oneshot::Receiver<String>>,
 }
 
 impl Application {
@@ -77,7 +111,40 @@ impl Application {
             // Each process's memory store would be a different world.
             return Err(StartupError::ClusterWithoutSharedStore);
         }
-        let store = connect_store(&settings).await?;
+        // Invariant: the port is ours before the store is touched. A second
+        // start on a busy port fails here, having read and deleted nothing.
+        // The socket is bound but not listening until the server is ready:
+        // connections to it are refused (not queued) while MySQL is waited
+        // for, so a balancer tries another process.
+        let address = format!("{}:{}", settings.host, settings.port);
+        let bind_error = |source| StartupError::Bind {
+            address: address.clone(),
+            source,
+        };
+        let socket = reserve_port(&address).map_err(bind_error)?;
+        let local_addr = socket
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .ok_or_else(|| bind_error(std::io::Error::other("no local address")))?;
+        let port = local_addr.port();
+
+        let Opened { store, mysql, lock } = connect_store(&settings).await?;
+        let close = || async {
+            if let Some(mysql) = &mysql {
+                mysql.disconnect().await;
+            }
+        };
+        // Everything that can refuse the start runs before any actor starts
+        // (an actor dropped unpolled panics when the runtime goes away).
+        let listener = match listen(socket) {
+            Ok(listener) => listener,
+            Err(e) => {
+                close().await;
+                return Err(bind_error(e));
+            }
+        };
+        let mut lock = lock;
         let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
 
         let bus_health = BusHealth::default();
@@ -92,29 +159,52 @@ impl Application {
                     liveness_refresh: settings.liveness_refresh,
                     reap_interval: settings.reap_interval,
                 };
-                let bridge = RedisBridge::new(config, store.clone(), bus_health.clone())
-                    .map_err(StartupError::Bus)?;
-                Some(bridge.start())
+                match RedisBridge::new(config, store.clone(), bus_health.clone()) {
+                    Ok(bridge) => Some(bridge),
+                    Err(e) => {
+                        close().await;
+                        return Err(StartupError::Bus(e));
+                    }
+                }
             }
         };
 
-        // Memberships the store holds for this process from an earlier life
-        // (a crash, or a restart quicker than the liveness TTL) are stale:
-        // no socket of this process exists yet. Alone, every membership is.
-        let stale = match &bus {
-            Some(_) => store.remove_instance_members(&settings.instance_id).await,
-            None => store.remove_all_members().await,
+        // Memberships the store holds of a dead process: this instance id's
+        // earlier life (a crash, or a restart quicker than the liveness TTL)
+        // and, without a bus, every instance whose lock is free. Only rows
+        // the instance lock proves dead are deleted (`instance_lock`,
+        // invariant 2); a live process's rows are never touched, and one in
+        // the way was refused above or is refused here.
+        let stale = match lock.as_mut() {
+            None => Ok(Vec::new()),
+            Some(lock) => remove_dead_members(&*store, lock).await,
         };
-        match stale {
-            Ok(removed) if !removed.is_empty() => {
-                log::info!("removed {} stale members of an earlier run", removed.len());
-                if let Some(bus) = &bus {
-                    bus.do_send(AnnounceRemoved(removed));
-                }
+        let removed = match stale {
+            Ok(removed) => removed,
+            Err(StartupError::Refused(r)) => {
+                close().await;
+                return Err(StartupError::Refused(r));
             }
-            Ok(_) => {}
-            Err(e) => log::warn!("could not clear stale members: {}", Chain(&e)),
+            Err(e) => {
+                log::warn!("could not clear stale members: {}", Chain(&e));
+                Vec::new()
+            }
+        };
+        let bus = bus.map(|bridge| bridge.start());
+        if !removed.is_empty() {
+            log::info!("removed {} stale members of an earlier run", removed.len());
+            if let Some(bus) = &bus {
+                bus.do_send(AnnounceRemoved(removed));
+            }
         }
+        let (lock, lock_lost) = match lock {
+            Some(lock) => {
+                let (keeper, lost) = lock.keep();
+                (Some(keeper), Some(lost))
+            }
+            None => (None, None),
+        };
+        let lock = Arc::new(tokio::sync::Mutex::new(lock));
 
         let manager = RoomManager::new(
             store.clone(),
@@ -156,14 +246,6 @@ impl Application {
             bus_health: bus.as_ref().map(|_| bus_health.clone()),
         });
 
-        let address = format!("{}:{}", settings.host, settings.port);
-        let bind_error = |source| StartupError::Bind {
-            address: address.clone(),
-            source,
-        };
-        let listener = TcpListener::bind(&address).map_err(bind_error)?;
-        let port = listener.local_addr().map_err(bind_error)?.port();
-        let local_addr = listener.local_addr().map_err(bind_error)?;
         let app_state = state.clone();
         let server = Server::build()
             .workers(settings.workers.unwrap_or(cpus))
@@ -208,7 +290,13 @@ impl Application {
             })
             .map_err(bind_error)?
             .run();
-        Ok(Application { port, server, chat })
+        Ok(Application {
+            port,
+            server,
+            chat,
+            lock,
+            lock_lost,
+        })
     }
 
     /// The port actually bound (useful with `PORT=0`).
@@ -221,18 +309,45 @@ impl Application {
         Stopper {
             handle: self.server.handle(),
             chat: self.chat.clone(),
+            lock: self.lock.clone(),
         }
     }
 
-    /// Serves until stopped (see [`Stopper`]) or until SIGINT/SIGTERM.
-    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+    /// Serves until stopped (see [`Stopper`]), until SIGINT/SIGTERM, or
+    /// until another process took the instance lock (then the result is an
+    /// error saying so).
+    pub async fn run_until_stopped(mut self) -> std::io::Result<()> {
         let stopper = self.stopper();
+        let lost = self.lock_lost.take();
+        let (why_tx, why_rx) = tokio::sync::oneshot::channel::<String>();
         actix_web::rt::spawn(async move {
-            wait_for_signal().await;
-            log::info!("signal received, shutting down");
+            let lost = async move {
+                match lost {
+                    Some(rx) => match rx.await {
+                        Ok(why) => why,
+                        // The keeper stopped: the server is stopping anyway.
+                        Err(_) => std::future::pending().await,
+                    },
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = wait_for_signal() => log::info!("signal received, shutting down"),
+                why = lost => {
+                    log::error!("shutting down: lost the instance lock ({why})");
+                    let _ = why_tx.send(why);
+                }
+            }
             stopper.stop().await;
         });
-        self.server.await
+        let served = self.server.await;
+        release(&self.lock).await;
+        if let Ok(why) = why_rx.await {
+            return Err(std::io::Error::other(format!(
+                "lost the instance lock: {why}"
+            )));
+        }
+        served
     }
 }
 
@@ -243,21 +358,67 @@ impl Application {
 pub struct Stopper {
     handle: ServerHandle,
     chat: Arc<SessionContext>,
+    lock: SharedKeeper,
 }
 
 impl Stopper {
     /// Runs the shutdown sequence: rooms record their members' departure,
     /// then every socket (in a room or not) is closed with 1001, then the
-    /// listener and the HTTP workers stop.
+    /// listener and the HTTP workers stop, then the instance lock is
+    /// released.
     pub async fn stop(&self) {
         if let Err(e) = self.chat.manager.send(Shutdown).await {
             log::warn!("room manager did not answer shutdown: {e}");
         }
         self.chat.sessions.close_all(Duration::from_secs(3)).await;
         self.handle.stop(true).await;
+        // Last: while the lock is held no other start deletes our rows, and
+        // once `stop` returns a new process may start on the database.
+        release(&self.lock).await;
     }
 }
 
+/// The instance lock's keeper, shared by the application and its stoppers.
+type SharedKeeper = Arc<tokio::sync::Mutex<Option<LockKeeper>>>;
+
+/// Releases the instance lock, if held (once; later calls do nothing).
+async fn release(lock: &SharedKeeper) {
+    let keeper = lock.lock().await.take();
+    if let Some(keeper) = keeper {
+        keeper.release().await;
+    }
+}
+
+/// Ignores SIGHUP from now on, with a log line each time it comes. The
+/// binary calls this first thing, so a HUP never kills it, not even while
+/// it waits for MySQL.
+///
+/// SIGHUP is what log rotation and `systemctl reload` send, and the server
+/// has no log file to reopen and no setting it could reload, so a HUP must
+/// not end every chat. (With the default action SIGHUP killed the process
+/// outright: clients saw 1006 and the member rows stayed behind.)
+pub fn ignore_sighup() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::hangup()) {
+            Ok(mut hup) => {
+                actix_web::rt::spawn(async move {
+                    while hup.recv().await.is_some() {
+                        log::info!(
+                            "SIGHUP ignored: nothing to reload; stop with SIGTERM or SIGINT"
+                        );
+                    }
+                });
+            }
+            Err(e) => log::warn!("cannot handle SIGHUP (it will stop the process): {e}"),
+        }
+    }
+}
+
+/// Waits for SIGINT or SIGTERM, the signals that stop the server (clean
+/// shutdown: members removed, sockets closed with 1001). SIGHUP: see
+/// [`ignore_sighup`].
 async fn wait_for_signal() {
     #[cfg(unix)]
     {
@@ -342,22 +503,47 @@ fn session_limits(settings: &Settings) -> SessionLimits {
     }
 }
 
+/// The store, and for MySQL the concrete store (to close it) and the
+/// instance lock.
+struct Opened {
+    store: SharedStore,
+    mysql: Option<Arc<MySqlStore>>,
+    lock: Option<InstanceLock>,
+}
+
 /// Picks the store from the settings. A MySQL that is down or not ready is
 /// retried until it answers: an operator starting the chat before the
 /// database should see it come up by itself, not crash-loop. A refusal that
 /// waiting cannot change (authentication, privileges, a bad URL or option,
-/// see [`may_heal`]) stops start-up at once with its cause.
-async fn connect_store(settings: &Settings) -> Result<SharedStore, StartupError> {
+/// a schema that is not ours or too narrow for the limits, see
+/// [`may_heal`]) stops start-up at once with its cause. With MySQL the
+/// instance lock is taken before anything reads a member row (see
+/// `instance_lock`).
+async fn connect_store(settings: &Settings) -> Result<Opened, StartupError> {
     let Some(url) = settings.mysql_url.as_deref() else {
-        return Ok(Arc::new(
-            MemoryStore::new(settings.memory_history_limit)
-                .with_max_bytes(settings.memory_store_max_bytes),
-        ));
+        return Ok(Opened {
+            store: Arc::new(
+                MemoryStore::new(settings.memory_history_limit)
+                    .with_max_bytes(settings.memory_store_max_bytes),
+            ),
+            mysql: None,
+            lock: None,
+        });
     };
     let mut backoff = Duration::from_millis(250);
-    loop {
-        match MySqlStore::connect(url, settings.store_timeout).await {
-            Ok(store) => return Ok(Arc::new(store)),
+    let mysql = loop {
+        let connected = match MySqlStore::connect(url, settings.store_timeout).await {
+            Ok(store) => match store.check_limits(&settings.limits).await {
+                Ok(()) => Ok(store),
+                Err(e) => {
+                    store.disconnect().await;
+                    Err(e)
+                }
+            },
+            Err(e) => Err(e),
+        };
+        match connected {
+            Ok(store) => break Arc::new(store),
             Err(e) if !may_heal(&e) => return Err(StartupError::Store(e)),
             Err(e) => {
                 log::warn!("MySQL not ready ({}); retrying in {backoff:?}", Chain(&e));
@@ -365,8 +551,82 @@ async fn connect_store(settings: &Settings) -> Result<SharedStore, StartupError>
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
+    };
+    let role = match settings.redis_url {
+        Some(_) => Role::Cluster,
+        None => Role::Solo,
+    };
+    match InstanceLock::acquire(url, &settings.instance_id, role, settings.store_timeout).await {
+        Ok(lock) => Ok(Opened {
+            store: mysql.clone(),
+            mysql: Some(mysql),
+            lock: Some(lock),
+        }),
+        Err(e) => {
+            mysql.disconnect().await;
+            Err(e.into())
+        }
     }
 }
+
+/// Deletes the member rows of every instance the lock proves dead (see
+/// `InstanceLock::dead_instances`); a live one is a refusal.
+async fn remove_dead_members(
+    store: &dyn crate::store::Store,
+    lock: &mut InstanceLock,
+) -> Result<Vec<crate::store::RemovedMember>, StartupError> {
+    let ids = store
+        .instances_with_members()
+        .await
+        .map_err(StartupError::Store)?;
+    let dead = lock.dead_instances(&ids).await?;
+    let mut removed = Vec::new();
+    for id in dead {
+        removed.extend(
+            store
+                .remove_instance_members(&id)
+                .await
+                .map_err(StartupError::Store)?,
+        );
+    }
+    Ok(removed)
+}
+
+/// Binds `address` (each address it resolves to in turn) without
+/// listening: the port is taken, connections to it are refused.
+fn reserve_port(address: &str) -> std::io::Result<socket2::Socket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    use std::net::ToSocketAddrs;
+    let mut last = None;
+    for addr in address.to_socket_addrs()? {
+        let bound = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+            .and_then(|socket| {
+                // As std's TcpListener: a restart may bind while connections
+                // of the previous process linger in TIME_WAIT. Linux still
+                // refuses the bind while another socket listens on the port.
+                socket.set_reuse_address(true)?;
+                socket.bind(&addr.into())?;
+                Ok(socket)
+            });
+        match bound {
+            Ok(socket) => return Ok(socket),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::AddrNotAvailable, "no address to bind")
+    }))
+}
+
+/// Starts listening on a socket from [`reserve_port`].
+fn listen(socket: socket2::Socket) -> std::io::Result<TcpListener> {
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket.into())
+}
+
+/// Pending connections the kernel queues before the server accepts them
+/// (actix's own default).
+const LISTEN_BACKLOG: i32 = 2048;
 
 #[cfg(test)]
 mod tests {

@@ -14,6 +14,7 @@ mod mariadb;
 
 mod memory_budget;
 mod mysql_outage;
+mod second_start;
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;

@@ -32,8 +32,10 @@
 //! Times are stored as UTC `DATETIME` (the session time zone is `+00:00`),
 //! truncated to whole seconds as the domain supplies them.
 
+mod schema;
 mod writer;
 
+use schema::{ensure_schema, SchemaNotApplied, SCHEMA_STEP};
 use writer::MessageWriter;
 
 use std::future::Future;
@@ -54,12 +56,6 @@ use super::{
     StoreError, StoreKind, TimedOut,
 };
 use crate::domain::{Member, Message, MessageSeq, Room, RoomId, RoomTitle, SocketId};
-
-/// The schema, applied at start-up when one of its tables is missing (each
-/// statement is idempotent).
-const SCHEMA: &str = include_str!("../../../sql/schema.sql");
-/// The tables `SCHEMA` creates, in its order.
-const TABLES: [&str; 3] = ["chatRoom", "chatMember", "chatMsg"];
 
 /// `ER_BAD_DB_ERROR`: the database named in the URL does not exist.
 const ER_BAD_DB_ERROR: u16 = 1049;
@@ -1126,83 +1122,6 @@ async fn open_creating_db(opts: &Opts) -> Result<Conn, StoreError> {
     }
 }
 
-const SCHEMA_STEP: &str = "applying the schema";
-
-/// Applies `SCHEMA` unless all its tables exist already (then no DDL runs,
-/// and no privilege beyond reading and writing rows is needed).
-async fn ensure_schema(conn: &mut Conn) -> Result<(), StoreError> {
-    const CHECKING: &str = "checking the schema";
-    let present: Vec<String> = conn
-        .query("SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE()")
-        .await
-        .map_err(unavailable(CHECKING))?;
-    let missing = missing_tables(&present);
-    if missing.is_empty() {
-        return Ok(());
-    }
-    let database: Option<String> = conn
-        .query_first("SELECT DATABASE()")
-        .await
-        .map_err(unavailable(CHECKING))?;
-    for statement in schema_statements(SCHEMA) {
-        if let Err(e) = conn.query_drop(statement).await {
-            return Err(match e {
-                SqlError::Server(ref s) if NO_PRIVILEGE.contains(&s.code) => {
-                    StoreError::unavailable(
-                        SCHEMA_STEP,
-                        SchemaNotApplied {
-                            database: database.unwrap_or_default(),
-                            missing,
-                            cause: e,
-                        },
-                    )
-                }
-                e => StoreError::unavailable(SCHEMA_STEP, e),
-            });
-        }
-    }
-    log::info!("created the missing tables {}", missing.join(", "));
-    Ok(())
-}
-
-/// The tables of `TABLES` not in `present` (compared without regard to
-/// case, as servers with `lower_case_table_names` store them lower-case).
-fn missing_tables(present: &[String]) -> Vec<&'static str> {
-    TABLES
-        .into_iter()
-        .filter(|t| !present.iter().any(|p| p.eq_ignore_ascii_case(t)))
-        .collect()
-}
-
-/// The schema is incomplete and this user may not complete it.
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "database `{database}` lacks the tables {} and this user may not create them: \
-     have an administrator apply sql/schema.sql (mysql {database} < sql/schema.sql)",
-    .missing.join(", ")
-)]
-struct SchemaNotApplied {
-    database: String,
-    missing: Vec<&'static str>,
-    #[source]
-    cause: SqlError,
-}
-
-/// The statements of a schema file: whole-line `--` comments dropped, the
-/// rest split on `;`.
-fn schema_statements(schema: &str) -> Vec<String> {
-    let code: String = schema
-        .lines()
-        .filter(|line| !line.trim_start().starts_with("--"))
-        .map(|line| format!("{line}\n"))
-        .collect();
-    code.split(';')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-        .collect()
-}
-
 /// A MySQL identifier in backquotes, with backquotes inside doubled.
 fn quote_identifier(name: &str) -> String {
     format!("`{}`", name.replace('`', "``"))
@@ -1405,19 +1324,6 @@ mod tests {
     use crate::error::Chain;
 
     #[test]
-    fn schema_splits_into_its_three_tables() {
-        let statements = schema_statements(SCHEMA);
-        assert_eq!(statements.len(), 3, "{statements:#?}");
-        for (s, table) in statements.iter().zip(TABLES) {
-            assert!(
-                s.starts_with(&format!("CREATE TABLE IF NOT EXISTS {table} (")),
-                "{s}"
-            );
-            assert!(s.contains("ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"), "{s}");
-        }
-    }
-
-    #[test]
     fn a_driver_error_stays_in_the_chain() {
         let e = unavailable("ping")(SqlError::Driver(DriverError::ConnectionClosed));
         assert!(
@@ -1464,18 +1370,6 @@ mod tests {
         assert_eq!(
             Chain(&e).to_string(),
             "store unavailable: ping: no answer within 5 ms"
-        );
-    }
-
-    #[test]
-    fn missing_tables_are_found_whatever_their_case() {
-        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert_eq!(missing_tables(&[]), TABLES.to_vec());
-        assert!(missing_tables(&names(&["chatRoom", "chatMember", "chatMsg", "x"])).is_empty());
-        assert!(missing_tables(&names(&["chatroom", "CHATMEMBER", "chatmsg"])).is_empty());
-        assert_eq!(
-            missing_tables(&names(&["chatRoom", "chatMsg"])),
-            ["chatMember"]
         );
     }
 
@@ -1528,25 +1422,6 @@ mod tests {
         for e in &stop {
             assert!(!may_heal(e), "{}", Chain(e));
         }
-    }
-
-    #[test]
-    fn a_schema_this_user_cannot_apply_says_what_to_run() {
-        let e = StoreError::unavailable(
-            SCHEMA_STEP,
-            SchemaNotApplied {
-                database: "chat".into(),
-                missing: vec!["chatRoom", "chatMsg"],
-                cause: server_error(1142),
-            },
-        );
-        let chain = Chain(&e).to_string();
-        assert!(chain.contains("sql/schema.sql"), "{chain}");
-        assert!(
-            chain.contains("database `chat` lacks the tables chatRoom, chatMsg and"),
-            "{chain}"
-        );
-        assert!(chain.contains("ERROR 1142"), "{chain}");
     }
 
     #[test]

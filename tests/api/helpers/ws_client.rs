@@ -43,6 +43,31 @@ impl WsClient {
         (WsClient { framed }, instance)
     }
 
+    /// Like `connect_url`, but a failed handshake is an `Err` (for clients
+    /// that reconnect while processes restart).
+    pub async fn try_connect_url(url: &str) -> Result<(WsClient, Option<String>), String> {
+        let (resp, framed) = awc::Client::new()
+            .ws(url)
+            .max_frame_size(1 << 22)
+            .connect()
+            .await
+            .map_err(|e| format!("ws connect to {url}: {e}"))?;
+        let instance = resp
+            .headers()
+            .get("x-chat-instance")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        Ok((WsClient { framed }, instance))
+    }
+
+    /// Like `send`, but `false` instead of a panic when the socket is gone.
+    pub async fn try_send(&mut self, value: Value) -> bool {
+        self.framed
+            .send(WsMessage::Text(value.to_string().into()))
+            .await
+            .is_ok()
+    }
+
     /// Opens a WebSocket to `/ws` on a loopback port (on any thread that
     /// runs an actix system).
     pub async fn connect(port: u16) -> WsClient {

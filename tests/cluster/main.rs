@@ -21,4 +21,5 @@ mod ops;
 mod order;
 mod partition;
 mod redis_outage;
+mod rolling;
 mod sentinel;

@@ -12,12 +12,12 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::helpers::{
-    assert_error_envelope, nicknames, spawn_app_with, Incoming, StoreMode, TestDatabase, WsClient,
+    assert_error_envelope, nicknames, spawn_app_with, StoreMode, TestDatabase, WsClient,
 };
 use crate::procs::{free_port, redis_url};
 use crate::wait::eventually;
 
-const INSTANCES: u16 = 3;
+pub(crate) const INSTANCES: u16 = 3;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -49,13 +49,13 @@ fn free_port_run() -> u16 {
 }
 
 /// pm2 with its own home, so the test never touches a user's pm2.
-struct Pm2 {
-    home: PathBuf,
+pub(crate) struct Pm2 {
+    pub(crate) home: PathBuf,
     envs: Vec<(String, String)>,
 }
 
 impl Pm2 {
-    fn run(&self, args: &[&str]) -> String {
+    pub(crate) fn run(&self, args: &[&str]) -> String {
         let out = Command::new("pm2")
             .args(args)
             .env("PM2_HOME", &self.home)
@@ -183,7 +183,7 @@ impl Drop for Nginx {
     }
 }
 
-async fn get(url: &str) -> (u16, Option<String>, String) {
+pub(crate) async fn get(url: &str) -> (u16, Option<String>, String) {
     let client = awc::Client::builder()
         .timeout(Duration::from_secs(5))
         .finish();
@@ -207,12 +207,14 @@ async fn get(url: &str) -> (u16, Option<String>, String) {
 
 /// The cluster ecosystem file under its own pm2 (`INSTANCES` instances on
 /// `base`, `base + 1`, ...) and nginx in front on `front`.
-struct Ops {
+pub(crate) struct Ops {
     // Held to be dropped (stopped) first: nginx, then pm2.
     _nginx: Nginx,
-    pm2: Pm2,
-    base: u16,
-    front: String,
+    pub(crate) pm2: Pm2,
+    pub(crate) base: u16,
+    pub(crate) front: String,
+    /// The pm2 app prefix: instance `i` is `<app>-<i>`.
+    pub(crate) app: String,
     /// Dropped last: the directory pm2's and nginx's lie in.
     _tmp: TmpDir,
 }
@@ -228,7 +230,7 @@ impl Drop for TmpDir {
     }
 }
 
-async fn start_ops(database: &TestDatabase, extra: &[(&str, &str)]) -> Ops {
+pub(crate) async fn start_ops(database: &TestDatabase, extra: &[(&str, &str)]) -> Ops {
     require("pm2");
     require("nginx");
     let base = free_port_run();
@@ -278,6 +280,7 @@ async fn start_ops(database: &TestDatabase, extra: &[(&str, &str)]) -> Ops {
         pm2,
         base,
         front,
+        app,
         _tmp: TmpDir(tmp),
     }
 }
@@ -543,362 +546,4 @@ async fn through_nginx_the_pages_own_origin_may_open_a_socket_and_others_may_not
         header(&head, "content-security-policy").is_some_and(|v| v.contains("connect-src 'self'")),
         "{head}"
     );
-}
-
-/// One scripted client of the rolling-restart test: it chats, and when its
-/// socket closes it reconnects through nginx, rejoins under its nickname
-/// and fetches what it missed (`GET .../messages?after=<last id>`), as the
-/// page does.
-struct Rejoining {
-    nick: String,
-    ws: Option<WsClient>,
-    /// Every message id it has, in the order it got them.
-    log: Vec<u64>,
-    /// Ids received live on the current socket.
-    live: Vec<u64>,
-    /// Chats answered with `message`: stored.
-    acked: Vec<u64>,
-    /// Close codes read from the socket.
-    closes: Vec<Option<u16>>,
-    /// Sockets found closed by a failed send instead.
-    send_failures: usize,
-    problems: Vec<String>,
-    sent: usize,
-}
-
-impl Rejoining {
-    fn last(&self) -> u64 {
-        self.log.last().copied().unwrap_or(0)
-    }
-
-    /// Takes ids fetched from the store (or `joined.history`): the ones
-    /// after the last it has.
-    fn catch_up(&mut self, ids: impl IntoIterator<Item = u64>) {
-        for id in ids {
-            if id > self.last() {
-                self.log.push(id);
-            }
-        }
-    }
-
-    /// A message frame on the live socket: in order and without a gap or a
-    /// repeat on this socket; ids it already fetched are skipped.
-    fn on_live(&mut self, id: u64) {
-        if self.live.contains(&id) {
-            self.problems
-                .push(format!("{}: id {id} twice on one socket", self.nick));
-            return;
-        }
-        self.live.push(id);
-        if id <= self.last() {
-            return;
-        }
-        if id != self.last() + 1 {
-            self.problems.push(format!(
-                "{}: gap on a live socket: {} then {id}",
-                self.nick,
-                self.last()
-            ));
-        }
-        self.log.push(id);
-    }
-
-    /// Connects through nginx, joins and catches up, retrying for a while
-    /// (an instance may be stopping, nginx may still pick it).
-    async fn rejoin(&mut self, front: &str, room: u64) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        let mut why = String::new();
-        while tokio::time::Instant::now() < deadline {
-            match WsClient::try_connect_url(&format!("ws://{front}/ws")).await {
-                Err(e) => why = e,
-                Ok((mut ws, instance)) => {
-                    let join = serde_json::json!({
-                        "type": "join", "roomId": room, "nickname": self.nick, "ref": "j"
-                    });
-                    if !ws.try_send(join).await {
-                        why = "send failed".into();
-                    } else {
-                        match joined_reply(&mut ws).await {
-                            Ok(joined) => {
-                                let history = joined["history"]
-                                    .as_array()
-                                    .map(|h| h.iter().filter_map(|m| m["id"].as_u64()).collect())
-                                    .unwrap_or_else(Vec::new);
-                                self.catch_up(history);
-                                let missed = fetch_after(front, room, self.last()).await;
-                                self.catch_up(missed);
-                                self.live.clear();
-                                self.ws = Some(ws);
-                                return;
-                            }
-                            Err(e) => why = format!("{instance:?}: {e}"),
-                        }
-                    }
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        panic!(
-            "{} could not rejoin through nginx within 30 s; last: {why}",
-            self.nick
-        );
-    }
-
-    /// Handles what arrived, without waiting.
-    async fn drain(&mut self) {
-        let Some(mut ws) = self.ws.take() else {
-            return;
-        };
-        loop {
-            match ws.next_within(Duration::from_millis(1)).await {
-                None => {
-                    self.ws = Some(ws);
-                    return;
-                }
-                Some(Incoming::Json(v)) => {
-                    if v["type"] == "message" {
-                        let id = v["message"]["id"].as_u64().unwrap_or(0);
-                        if v["ref"].is_string() {
-                            self.acked.push(id);
-                        }
-                        self.on_live(id);
-                    }
-                }
-                Some(Incoming::Closed(code)) => {
-                    self.closes.push(code);
-                    return;
-                }
-            }
-        }
-    }
-
-    async fn chat(&mut self) {
-        let Some(ws) = self.ws.as_mut() else { return };
-        self.sent += 1;
-        let chat = serde_json::json!({
-            "type": "chat",
-            "content": format!("{} {}", self.nick, self.sent),
-            "ref": format!("m{}", self.sent)
-        });
-        if !ws.try_send(chat).await {
-            // The server closed between the drain and this send: the close
-            // frame cannot be read from a socket whose write failed, so
-            // this close has no code to check.
-            self.ws = None;
-            self.send_failures += 1;
-        }
-    }
-}
-
-/// The `joined` answer to ref `j`, or what came instead.
-async fn joined_reply(ws: &mut WsClient) -> Result<Value, String> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        match ws.next_within(left).await {
-            None => return Err("no answer within 5 s".into()),
-            Some(Incoming::Json(v)) if v["ref"] == "j" => {
-                return if v["type"] == "joined" {
-                    Ok(v)
-                } else {
-                    Err(v.to_string())
-                };
-            }
-            Some(Incoming::Json(_)) => {}
-            Some(Incoming::Closed(code)) => return Err(format!("closed {code:?}")),
-        }
-    }
-}
-
-/// Every stored message id of `room` after `after`, through nginx, paged.
-async fn fetch_after(front: &str, room: u64, mut after: u64) -> Vec<u64> {
-    let mut ids = Vec::new();
-    for _ in 0..100 {
-        let url = format!("http://{front}/api/rooms/{room}/messages?after={after}&limit=500");
-        let (status, _, body) = get(&url).await;
-        assert_eq!(status, 200, "{url}: {body}");
-        let page: Value = serde_json::from_str(&body).expect("a JSON page");
-        let page: Vec<u64> = page
-            .as_array()
-            .expect("an array")
-            .iter()
-            .filter_map(|m| m["id"].as_u64())
-            .collect();
-        match page.last() {
-            Some(&last) => {
-                after = last;
-                ids.extend(page);
-            }
-            None => return ids,
-        }
-    }
-    panic!("more than 100 pages");
-}
-
-/// Whether `port` answers `/health` with 200 (a blocking check, for the
-/// restarting thread).
-fn healthy(port: u16) -> bool {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    let request = "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
-    let mut answer = String::new();
-    s.write_all(request.as_bytes()).is_ok()
-        && s.read_to_string(&mut answer).is_ok()
-        && answer.starts_with("HTTP/1.1 200")
-}
-
-/// Rolling restart (issue 10): `pm2 restart` of each instance in turn,
-/// each once the one before serves again, while nine scripted clients chat
-/// through nginx (one chat each every 300 ms). A client whose socket closes
-/// reconnects through nginx, rejoins under its nickname and fetches what
-/// it missed. At the end every client must hold every stored message once,
-/// in id order, with no gap or repeat on any live socket, every close must
-/// carry 1001 or 1012, and every acknowledged chat must be stored.
-///
-/// Fails today (4 of 4 runs) for shutdown defects outside start-up
-/// (docs/RELIABILITY.md, "Rolling restart"): the clients that reconnect
-/// gather on the instances that are up, so the last instance restarted
-/// often holds every member of the room, and its clean shutdown deletes the
-/// room it leaves empty, with its history (the rejoin gets
-/// `room_not_found`); some sockets end without a close frame; a join
-/// accepted during a shutdown leaves a member row behind (the next start
-/// removes it). In the runs that reached the final check no message was
-/// missing or repeated.
-#[actix_rt::test]
-#[ignore = "needs the shutdown fix from h5 (a clean shutdown deletes the room its members leave empty; sockets closed without a close frame)"]
-async fn a_rolling_restart_behind_nginx_loses_no_message_and_every_client_rejoins() {
-    let database = TestDatabase::new();
-    let ops = start_ops(&database, &[]).await;
-    let front = ops.front.clone();
-
-    let mut first = None;
-    let mut clients = Vec::new();
-    for i in 0..9 {
-        let mut c = Rejoining {
-            nick: format!("r{i}"),
-            ws: None,
-            log: Vec::new(),
-            live: Vec::new(),
-            acked: Vec::new(),
-            closes: Vec::new(),
-            send_failures: 0,
-            problems: Vec::new(),
-            sent: 0,
-        };
-        let room = match first {
-            Some(room) => room,
-            None => {
-                let (mut ws, _) = WsClient::connect_url(&format!("ws://{front}/ws")).await;
-                let joined = ws.create("rolling", "r0").await;
-                let room = joined["room"]["id"].as_u64().expect("room id");
-                c.ws = Some(ws);
-                first = Some(room);
-                clients.push(c);
-                continue;
-            }
-        };
-        c.rejoin(&front, room).await;
-        clients.push(c);
-    }
-    let room = first.expect("a room");
-
-    // Restart the three instances one after another, each once the one
-    // before serves again, while everyone chats.
-    let names: Vec<String> = (0..INSTANCES)
-        .map(|i| format!("chatops{}-{i}", std::process::id()))
-        .collect();
-    let (home, base) = (ops.pm2.home.clone(), ops.base);
-    let restarts = std::thread::spawn(move || {
-        for (i, name) in (0..).zip(&names) {
-            std::thread::sleep(Duration::from_millis(1500));
-            let out = Command::new("pm2")
-                .args(["restart", name])
-                .env("PM2_HOME", &home)
-                .output()
-                .map_err(|e| e.to_string())?;
-            if !out.status.success() {
-                return Err(format!("pm2 restart {name}: {out:?}"));
-            }
-            let deadline = std::time::Instant::now() + Duration::from_secs(30);
-            while !healthy(base + i) {
-                if std::time::Instant::now() > deadline {
-                    return Err(format!("{name} not healthy 30 s after its restart"));
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
-        Ok::<(), String>(())
-    });
-    let started = tokio::time::Instant::now();
-    let mut quiet_since = None;
-    let mut next_chat = tokio::time::Instant::now();
-    loop {
-        let done = restarts.is_finished();
-        if done && quiet_since.is_none() {
-            quiet_since = Some(tokio::time::Instant::now());
-        }
-        // Two seconds of chat after the last restart, then silence.
-        let chatting = quiet_since.is_none_or(|t| t.elapsed() < Duration::from_secs(2));
-        if quiet_since.is_some_and(|t| t.elapsed() > Duration::from_secs(5)) {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "the rolling restart took over 120 s"
-        );
-        for c in clients.iter_mut() {
-            if c.ws.is_none() {
-                c.rejoin(&front, room).await;
-            }
-        }
-        for c in clients.iter_mut() {
-            c.drain().await;
-        }
-        if chatting && tokio::time::Instant::now() >= next_chat {
-            for c in clients.iter_mut() {
-                c.chat().await;
-            }
-            next_chat += Duration::from_millis(300);
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    restarts
-        .join()
-        .expect("the restarting thread")
-        .unwrap_or_else(|e| panic!("{e}"));
-
-    let stored = fetch_after(&front, room, 0).await;
-    assert!(stored.len() > 50, "too little chat: {}", stored.len());
-    let mut problems = Vec::new();
-    for c in &clients {
-        problems.extend(c.problems.iter().cloned());
-        if c.closes.is_empty() && c.send_failures == 0 {
-            // Its instance was restarted too: every client was on one.
-            problems.push(format!("{}: never closed", c.nick));
-        }
-        for code in &c.closes {
-            if !matches!(code, Some(1001) | Some(1012)) {
-                problems.push(format!("{}: closed with {code:?}", c.nick));
-            }
-        }
-        if c.log != stored {
-            let missing: Vec<_> = stored.iter().filter(|id| !c.log.contains(id)).collect();
-            problems.push(format!(
-                "{}: ends with {} messages, the store has {}; missing {missing:?}",
-                c.nick,
-                c.log.len(),
-                stored.len()
-            ));
-        }
-        for id in &c.acked {
-            if !stored.contains(id) {
-                problems.push(format!("{}: acknowledged id {id} is not stored", c.nick));
-            }
-        }
-    }
-    assert!(problems.is_empty(), "{}", problems.join("\n"));
-    drop(ops);
 }

@@ -9,7 +9,8 @@
 //! - `instance <INSTANCE_ID>`: held by the one process running as that id;
 //! - `node <k>` (`k` below [`NODE_SLOTS`]): each process holds one, so a
 //!   process can count the other live processes on the database;
-//! - `solo`: held by a process without `REDIS_URL` (no bus).
+//! - `solo`: held by a process without a bus (neither `REDIS_URL` nor
+//!   `REDIS_SENTINELS`).
 //!
 //! Invariants (a lock is taken before any member row of this process is
 //! written and held until the process ends; MySQL releases it when the
@@ -51,7 +52,8 @@ const CHECK_EVERY: Duration = Duration::from_secs(2);
 /// the lock as taken by someone else.
 const GHOST_LIMIT: Duration = Duration::from_secs(60);
 
-/// Whether the process runs with a bus (`REDIS_URL`) or alone.
+/// Whether the process runs with a bus (`REDIS_URL` or `REDIS_SENTINELS`)
+/// or alone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
     Solo,
@@ -68,12 +70,12 @@ pub enum Refusal {
     InstanceHeld(String),
     #[error(
         "another process runs on this database without REDIS_URL: processes that share a \
-         database need the Redis bus (set REDIS_URL on all of them), or stop the other first"
+         database need the Redis bus (set REDIS_URL or REDIS_SENTINELS on all of them), or stop the other first"
     )]
     SoloRunning,
     #[error(
         "{0} other live process(es) use this database and this one has no REDIS_URL: \
-         processes that share a database need the Redis bus (set REDIS_URL on all of them), \
+         processes that share a database need the Redis bus (set REDIS_URL or REDIS_SENTINELS on all of them), \
          or give this one its own database"
     )]
     OthersRunning(u64),

@@ -552,7 +552,8 @@ async fn connect_store(settings: &Settings) -> Result<Opened, StartupError> {
             }
         }
     };
-    let role = match settings.redis_url {
+    // A bus by URL or through Sentinels makes a cluster process.
+    let role = match settings.bus_address() {
         Some(_) => Role::Cluster,
         None => Role::Solo,
     };

@@ -702,11 +702,24 @@ impl RoomActor {
 
     /// Reads from the store every message after `after` and feeds it through
     /// the sequencer, a page at a time.
+    ///
+    /// Invariant: a read never overlaps a batch of this room being stored.
+    /// A read that saw a local batch's rows before the batch's own answer
+    /// would deliver them without their authors, the sequencer would then
+    /// drop the authored copies as duplicates, and the authors would never
+    /// get their echo. So the read is a step: it runs after the store writes
+    /// queued before it, and the batches queued after it wait for it (one
+    /// indexed read).
     fn catch_up(&mut self, after: MessageSeq, why: CatchUp, ctx: &mut Context<Self>) {
+        let step: Step<Self> = Box::new(move |act, _| act.catch_up_step(after, why));
+        StepQueue::enqueue(self, step, ctx);
+    }
+
+    fn catch_up_step(&mut self, after: MessageSeq, why: CatchUp) -> StepFuture<Self> {
         let store = self.store.clone();
         let room_id = self.room_id;
         let fut = async move { store.messages_after(room_id, after, FILL_PAGE).await };
-        ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
+        Box::pin(fut.into_actor(self).map(move |res, act, ctx| {
             let more = match res {
                 Ok(messages) => {
                     let full_page = messages.len() == FILL_PAGE;
@@ -733,7 +746,7 @@ impl RoomActor {
                 }
                 _ => {}
             }
-        }));
+        }))
     }
 }
 

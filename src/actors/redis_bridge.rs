@@ -487,7 +487,8 @@ impl RedisBridge {
             return;
         }
         self.connecting = true;
-        let channels: Vec<String> = self.subscribers.keys().map(|r| self.channel(*r)).collect();
+        let rooms: Vec<RoomId> = self.subscribers.keys().copied().collect();
+        let channels: Vec<String> = rooms.iter().map(|r| self.channel(*r)).collect();
         let address = self.config.address.clone();
         let key = self.instance_key(&self.config.instance_id);
         let ttl = self.config.liveness_ttl;
@@ -538,6 +539,7 @@ impl RedisBridge {
                     act.pool = pool;
                     act.sink = Some(sink);
                     act.stream = Some(ctx.add_stream(stream));
+                    act.settle_subscriptions(rooms, ctx);
                     act.connected_at = Some(Instant::now());
                     act.backoff = Duration::from_millis(100);
                     act.health.set(true);
@@ -552,6 +554,54 @@ impl RedisBridge {
                 }
                 Err(e) => act.retry_later(&e, ctx),
             }
+        }));
+    }
+
+    /// The connection subscribed the channels of `subscribed`, the rooms
+    /// present when it began; rooms may have come or gone while it was being
+    /// made (their `Subscribe` found no connection to subscribe on).
+    ///
+    /// Invariant: once connected, the subscription covers every room in
+    /// `subscribers`. A room left out would never hear another process again
+    /// (no event, so no gap to notice): it is subscribed now, and told to
+    /// resync once its channel is in place, since what was published before
+    /// that is only in the store.
+    fn settle_subscriptions(&mut self, subscribed: Vec<RoomId>, ctx: &mut Context<Self>) {
+        let subscribed: HashSet<RoomId> = subscribed.into_iter().collect();
+        let late: Vec<RoomId> = self
+            .subscribers
+            .keys()
+            .filter(|r| !subscribed.contains(r))
+            .copied()
+            .collect();
+        let gone: Vec<String> = subscribed
+            .iter()
+            .filter(|r| !self.subscribers.contains_key(r))
+            .map(|r| self.channel(*r))
+            .collect();
+        let Some(mut sink) = self.sink.clone() else {
+            return;
+        };
+        if late.is_empty() && gone.is_empty() {
+            return;
+        }
+        let channels: Vec<String> = late.iter().map(|r| self.channel(*r)).collect();
+        let fut = timed("subscribing", async move {
+            if !channels.is_empty() {
+                sink.subscribe(&channels).await?;
+            }
+            if !gone.is_empty() {
+                sink.unsubscribe(&gone).await?;
+            }
+            Ok(())
+        });
+        ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| match res {
+            Ok(()) => {
+                for room in late.iter().filter_map(|r| act.subscribers.get(r)) {
+                    room.do_send(BusSignal::Resync);
+                }
+            }
+            Err(e) => act.disconnected(&e, ctx),
         }));
     }
 

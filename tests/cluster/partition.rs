@@ -422,3 +422,48 @@ async fn malformed_and_unknown_bus_payloads_are_counted_and_stall_nothing() {
     })
     .await;
 }
+
+/// A room a process starts while its connection to Redis is still being
+/// made (at start-up, or reconnecting) must be subscribed once the
+/// connection is up: the connection subscribes the rooms present when it
+/// began, and a room left out would never hear the other processes. Node
+/// 1's Redis is slowed down (150 ms per packet each way) so that its first
+/// connection takes a second or two; bob joins on node 1 meanwhile.
+#[actix_rt::test]
+async fn a_room_started_while_the_bus_connects_hears_the_other_processes() {
+    let _heavy = heavy_test_lock().await;
+    within(Duration::from_secs(90), "the test", async {
+        let redis = redis_url();
+        let proxy = FaultProxy::start(&redis_addr(&redis));
+        proxy.set(Fault::Delay(Duration::from_millis(150)));
+        let through_proxy = format!("redis://{}", proxy.addr());
+        let cluster = Cluster::start_answering_each(&[redis, through_proxy], &[]).await;
+        cluster.wait_healthy(0, FRAME).await;
+
+        let (mut ann, room) = Member::create(&cluster, 0, "late", "ann").await;
+        let bob = Member::enter(&cluster, 1, room, "bob").await;
+        // The precondition of the test: bob's room started before node 1's
+        // first connection to Redis was made.
+        let (status, health) = cluster.get(1, "/health").await;
+        assert_eq!(
+            status, 503,
+            "node 1 was already on the bus when bob joined; the test did not \
+             exercise the window: {health}"
+        );
+        proxy.set(Fault::Pass);
+        cluster.wait_healthy(1, Duration::from_secs(20)).await;
+
+        let mut bob = bob;
+        let id = ann.chat("are you there?").await;
+        let deadline = Instant::now() + FRAME;
+        while !bob.seen.contains(&id) && Instant::now() < deadline {
+            bob.take(deadline.saturating_duration_since(Instant::now()))
+                .await;
+        }
+        assert!(
+            bob.seen.contains(&id),
+            "bob on node 1 never got ann's message {id} from node 0"
+        );
+    })
+    .await;
+}

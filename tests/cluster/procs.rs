@@ -83,8 +83,13 @@ impl Cluster {
     /// Like `start_logged`, but waits only until each node answers
     /// `/health`, whatever it says (a node that cannot reach its bus).
     pub async fn start_answering(n: usize, redis: &str, extra: &[(&str, &str)]) -> Cluster {
-        let cluster = Self::spawn_all(&vec![redis.to_string(); n], extra, true);
-        for i in 0..n {
+        Self::start_answering_each(&vec![redis.to_string(); n], extra).await
+    }
+
+    /// Like `start_answering`, but node `i` reaches Redis at `redis[i]`.
+    pub async fn start_answering_each(redis: &[String], extra: &[(&str, &str)]) -> Cluster {
+        let cluster = Self::spawn_all(redis, extra, true);
+        for i in 0..redis.len() {
             let cluster = &cluster;
             eventually(
                 Duration::from_secs(30),

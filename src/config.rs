@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::actors::bus_address::{
+use crate::actors::bus::address::{
     parse_sentinels, BusAddress, SentinelAddress, DEFAULT_MASTER_NAME,
 };
 use crate::client_addr::TrustedProxies;

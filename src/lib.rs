@@ -17,7 +17,7 @@
 //! - [`actors::room::RoomActor`], one per room with members here, queues
 //!   chats and stores them in batches through the [`store`], one store write
 //!   at a time; a stored batch is published on the bus
-//!   ([`actors::redis_bridge::RedisBridge`], when there is a cluster) and
+//!   ([`actors::bus::RedisBridge`], when there is a cluster) and
 //!   enters the room's sequencer, where batches other processes published
 //!   enter too; what the sequencer releases, every id once and in order, is
 //!   framed once and fanned out to the members' sessions.

@@ -14,11 +14,9 @@ use actix_web::dev::AppConfig;
 use actix_web::{middleware::DefaultHeaders, web, App};
 use handlebars::Handlebars;
 
+use crate::actors::bus::{AnnounceRemoved, BridgeConfig, BridgeError, BusHealth, RedisBridge};
 use crate::actors::context::{SessionContext, SessionLimits};
 use crate::actors::open_sessions::OpenSessions;
-use crate::actors::redis_bridge::{
-    AnnounceRemoved, BridgeConfig, BridgeError, BusHealth, RedisBridge,
-};
 use crate::actors::room::RoomConfig;
 use crate::actors::room_manager::{RoomManager, Shutdown};
 use crate::config::Settings;

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 
-use super::redis_bridge::{AnnounceRemoved, Drain};
+use super::bus::{AnnounceRemoved, Drain};
 use super::room::{CloseRoom, ListMembers, RoomActor, RoomConfig};
 use crate::domain::{self, Member, RoomId};
 use crate::error::{Chain, ChatError};

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use handlebars::Handlebars;
 
+use crate::actors::bus::BusHealth;
 use crate::actors::context::SessionContext;
-use crate::actors::redis_bridge::BusHealth;
 use crate::config::Settings;
 
 pub struct HttpState {

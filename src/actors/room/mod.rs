@@ -69,7 +69,7 @@ use self::pending::PendingChats;
 use self::recheck::Recheck;
 use self::sequencer::Sequencer;
 use self::steps::{HasSteps, Step, StepFuture, StepQueue};
-use super::redis_bridge::{BusSignal, Publish, RedisBridge, RoomEvent, Subscribe, Unsubscribe};
+use super::bus::{BusSignal, Publish, RedisBridge, RoomEvent, Subscribe, Unsubscribe};
 use super::room_manager::{RoomManager, RoomStopped};
 use super::session::SessionEvent;
 use crate::domain::{

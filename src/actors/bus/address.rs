@@ -1,6 +1,6 @@
 //! Where the cluster bus lives and what the bridge may conclude from what it
 //! finds there: plain functions and types, wired together by
-//! [`super::redis_bridge::RedisBridge`].
+//! [`super::RedisBridge`].
 //!
 //! - **Address.** Either one Redis (`REDIS_URL`) or a master found through
 //!   Sentinels (`REDIS_SENTINELS`, `REDIS_MASTER_NAME`). The master is looked

@@ -1,5 +1,13 @@
 //! `RedisBridge`: the cluster bus, one per process when `REDIS_URL` is set.
 //!
+//! One responsibility a file: this one holds the actor (its state, the
+//! connection and its watchdog, the publish queue, the handlers);
+//! `wire.rs` what travels on a room's channel; `liveness.rs` the liveness
+//! key, the reaper and the declared-dead check; `repair.rs` the bounds on
+//! repairs ([`ResyncThrottle`], [`LogLimiter`]); `health.rs` what `/health`
+//! reads ([`BusHealth`]); `address.rs` where Redis is and what the bridge
+//! may conclude from what it finds there.
+//!
 //! - **Per-room channels.** Room events go to `<prefix>:room:<id>`. A process
 //!   subscribes to a room's channel only while it has a live room actor for
 //!   it (local members), so Redis traffic grows with interest, not with the
@@ -16,7 +24,7 @@
 //!   deletes rooms left empty, and announces each removal on the room's
 //!   channel. A missing key counts only once every live instance has had a
 //!   full TTL plus the longest reconnection backoff to write it on this
-//!   master (`bus_address::reap_wait`: at a first connection the master's
+//!   master (`address::reap_wait`: at a first connection the master's
 //!   uptime tells; after an outage, counted from the reconnection), so
 //!   instances that were merely cut off from Redis get time to come back
 //!   and renew. The reap lock is released once the reap is done.
@@ -50,7 +58,7 @@
 //! - **Where Redis is.** `REDIS_URL`, or the master the Sentinels name
 //!   (`REDIS_SENTINELS`), looked up again at every connection; the command
 //!   pool is rebuilt for that master each time, so commands and the
-//!   subscription always go to the same server (see `bus_address.rs`).
+//!   subscription always go to the same server (see `address.rs`).
 //! - **Watchdog.** Every `LIVENESS_REFRESH_MS` the bridge PINGs the
 //!   subscription connection and, with Sentinels, asks them which master
 //!   they name and asks the master for its role. No answer within
@@ -58,18 +66,26 @@
 //!   master named, or a master demoted by a failover, counts as a lost
 //!   connection: the bridge reconnects, and the rooms resynchronize.
 
+mod health;
+mod liveness;
+mod repair;
+mod wire;
+
+pub mod address;
+
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use deadpool_redis::redis::{self, aio::PubSubSink, AsyncCommands, IntoConnectionInfo};
-use serde::{Deserialize, Serialize};
 
-use super::bus_address::{self, BusAddress, ServerFacts};
-use crate::domain::{Member, Message, RoomId, SocketId};
+use self::address::{BusAddress, ServerFacts};
+pub use self::health::BusHealth;
+use self::repair::{LogLimiter, ResyncThrottle};
+use self::wire::Envelope;
+pub use self::wire::RoomEvent;
+use crate::domain::RoomId;
 use crate::error::Chain;
 use crate::store::{SharedStore, StoreError};
 
@@ -78,10 +94,6 @@ const REDIS_TIMEOUT: Duration = Duration::from_secs(3);
 /// Publishes queued while one pipeline is in flight; beyond this they are
 /// dropped (receivers catch up from the store).
 const MAX_QUEUED_PUBLISHES: usize = 100_000;
-/// How long one survivor holds the right to reap a given dead instance, at
-/// most: the reaper releases the lock as soon as it is done, so a second
-/// death of an instance restarted under the same id is reaped at once.
-const REAP_LOCK: Duration = Duration::from_secs(30);
 /// Shortest time between two resyncs of one room asked for by the bus
 /// (hints, undecodable payloads); later requests wait for the next tick.
 pub const RESYNC_MIN_GAP: Duration = Duration::from_secs(1);
@@ -91,42 +103,6 @@ pub const REJECT_LOG_EVERY: Duration = Duration::from_secs(10);
 /// this only the rooms this process has get a hint (the others' own
 /// resyncs still cover them once they notice).
 const MAX_UNSENT_ROOMS: usize = 100_000;
-/// Deletes the reap lock `KEYS[1]` only if `ARGV[1]` still holds it.
-const RELEASE_LOCK: &str =
-    "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end";
-
-/// What happens in a room, as other processes need to hear it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "camelCase")]
-pub enum RoomEvent {
-    /// Messages stored by the origin, ids consecutive.
-    Messages { messages: Vec<Message> },
-    /// A member joined on the origin; `socket` identifies the membership,
-    /// `join_seq` its place in the store's join order.
-    Joined {
-        #[serde(rename = "socket")]
-        socket_id: SocketId,
-        member: Member,
-        join_seq: u64,
-    },
-    /// A membership ended (left, disconnected or reaped).
-    Left {
-        #[serde(rename = "socket")]
-        socket_id: SocketId,
-        nickname: String,
-    },
-    /// A hint: the origin may have missed, or failed to deliver, events of
-    /// this room; re-read its messages and members from the store. (A peer
-    /// of an older version cannot decode it, logs it and goes on.)
-    Resync,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-struct Envelope {
-    origin: String,
-    room: RoomId,
-    event: RoomEvent,
-}
 
 /// What the bridge tells a room actor.
 #[derive(Message, Debug, Clone)]
@@ -189,133 +165,6 @@ pub struct BridgeConfig {
     pub reap_interval: Duration,
 }
 
-/// Whether the bus is up, and what it rejected, readable from any thread
-/// (`/health`).
-#[derive(Debug, Clone, Default)]
-pub struct BusHealth {
-    up: Arc<AtomicBool>,
-    rejected: Arc<AtomicU64>,
-}
-
-impl BusHealth {
-    /// True while subscribed and publishing.
-    pub fn is_up(&self) -> bool {
-        self.up.load(Ordering::Relaxed)
-    }
-
-    fn set(&self, up: bool) {
-        self.up.store(up, Ordering::Relaxed);
-    }
-
-    /// Bus payloads received on a room channel that could not be decoded
-    /// (malformed, or from another version), since start-up.
-    pub fn rejected_payloads(&self) -> u64 {
-        self.rejected.load(Ordering::Relaxed)
-    }
-
-    fn count_rejected(&self) {
-        self.rejected.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-/// Rooms to resync on the bus's word, at most one resync per room per
-/// `min_gap`: a burst of hints or bad payloads costs each room one store
-/// read per period, not one per payload.
-///
-/// Invariant: every request is honoured, at once or at the first
-/// [`ResyncThrottle::take_due`] after the room's gap has passed; `recent`
-/// and `deferred` only hold rooms resynced within the last `min_gap`, so
-/// they stay bounded by the rooms active in that period.
-#[derive(Debug)]
-pub struct ResyncThrottle {
-    min_gap: Duration,
-    recent: HashMap<RoomId, Instant>,
-    deferred: HashSet<RoomId>,
-}
-
-impl ResyncThrottle {
-    pub fn new(min_gap: Duration) -> Self {
-        ResyncThrottle {
-            min_gap,
-            recent: HashMap::new(),
-            deferred: HashSet::new(),
-        }
-    }
-
-    /// True if `room` may resync now (and records it); otherwise it is
-    /// deferred to a later `take_due`.
-    pub fn request(&mut self, room: RoomId, now: Instant) -> bool {
-        match self.recent.get(&room) {
-            Some(at) if now.saturating_duration_since(*at) < self.min_gap => {
-                self.deferred.insert(room);
-                false
-            }
-            _ => {
-                self.recent.insert(room, now);
-                true
-            }
-        }
-    }
-
-    /// Deferred rooms whose gap has passed (recorded as resynced now); also
-    /// forgets rooms whose gap has passed.
-    pub fn take_due(&mut self, now: Instant) -> Vec<RoomId> {
-        let gap = self.min_gap;
-        self.recent
-            .retain(|_, at| now.saturating_duration_since(*at) < gap);
-        let due: Vec<RoomId> = self
-            .deferred
-            .iter()
-            .filter(|r| !self.recent.contains_key(r))
-            .copied()
-            .collect();
-        for room in &due {
-            self.deferred.remove(room);
-            self.recent.insert(*room, now);
-        }
-        due
-    }
-
-    /// The room has no actor here any more.
-    pub fn forget(&mut self, room: RoomId) {
-        self.recent.remove(&room);
-        self.deferred.remove(&room);
-    }
-}
-
-/// Logs a repeated problem at most once per `every`: the first occurrence
-/// at once, then one line per period with how many occurred.
-#[derive(Debug)]
-pub struct LogLimiter {
-    every: Duration,
-    last: Option<Instant>,
-    unlogged: u64,
-}
-
-impl LogLimiter {
-    pub fn new(every: Duration) -> Self {
-        LogLimiter {
-            every,
-            last: None,
-            unlogged: 0,
-        }
-    }
-
-    /// Counts one occurrence; `Some(n)` when a line is due, `n` being the
-    /// occurrences it reports (this one included).
-    pub fn note(&mut self, now: Instant) -> Option<u64> {
-        self.unlogged += 1;
-        let due = self
-            .last
-            .is_none_or(|at| now.saturating_duration_since(at) >= self.every);
-        if !due {
-            return None;
-        }
-        self.last = Some(now);
-        Some(std::mem::take(&mut self.unlogged))
-    }
-}
-
 /// The cluster bus actor. See the module comment.
 pub struct RedisBridge {
     config: BridgeConfig,
@@ -337,7 +186,7 @@ pub struct RedisBridge {
     pinging: bool,
     /// The master the current connection is on (host, port), if over TCP.
     server: Option<(String, u16)>,
-    /// Whether this process was ever connected (see `bus_address::reap_wait`).
+    /// Whether this process was ever connected (see `address::reap_wait`).
     ever_connected: bool,
     /// How long after `connected_at` missing liveness keys mean death.
     reap_wait: Duration,
@@ -513,8 +362,7 @@ impl RedisBridge {
                 .arg("replication")
                 .query_async(&mut conn)
                 .await?;
-            let facts =
-                bus_address::parse_server_facts(&format!("{info_server}\n{info_replication}"));
+            let facts = address::parse_server_facts(&format!("{info_server}\n{info_replication}"));
             Ok((sink, stream, pool, server, facts))
         });
         ctx.spawn(fut.into_actor(self).map(|res, act, ctx| {
@@ -522,7 +370,7 @@ impl RedisBridge {
             match res {
                 Ok((sink, stream, pool, server, facts)) => {
                     act.reap_wait =
-                        bus_address::reap_wait(!act.ever_connected, facts.as_ref(), act.settle());
+                        address::reap_wait(!act.ever_connected, facts.as_ref(), act.settle());
                     log::info!(
                         "redis bus connected to {} ({} rooms subscribed; {}; \
                          missing liveness keys count after {:?})",
@@ -612,7 +460,7 @@ impl RedisBridge {
             self.backoff
         );
         ctx.run_later(self.backoff, |act, ctx| act.connect(ctx));
-        self.backoff = bus_address::next_backoff(self.backoff, self.config.address.max_backoff());
+        self.backoff = address::next_backoff(self.backoff, self.config.address.max_backoff());
     }
 
     /// A TTL, a renewal period and the longest reconnection backoff: time
@@ -642,7 +490,7 @@ impl RedisBridge {
                 // 500 ms a Sentinel: even three that do not answer leave
                 // the round within its limit (no answer proves nothing).
                 let named = address.named_master(REDIS_TIMEOUT / 6).await;
-                if bus_address::master_moved(server.as_ref(), named.as_ref()) {
+                if address::master_moved(server.as_ref(), named.as_ref()) {
                     return Err(BusError::MasterMoved);
                 }
                 let mut conn = pool.get().await?;
@@ -650,7 +498,7 @@ impl RedisBridge {
                     .arg("replication")
                     .query_async(&mut conn)
                     .await?;
-                if !bus_address::reports_master(&info) {
+                if !address::reports_master(&info) {
                     return Err(BusError::NotMaster);
                 }
             }
@@ -752,7 +600,7 @@ impl RedisBridge {
             room: room_id,
             event,
         };
-        match serde_json::to_string(&envelope) {
+        match envelope.encode() {
             Ok(payload) => {
                 self.queue.push((self.channel(room_id), payload));
                 self.flush(ctx);
@@ -805,46 +653,6 @@ impl RedisBridge {
         }
     }
 
-    /// The liveness key was renewed just now (`connected`: on a new
-    /// connection).
-    fn renewed(&mut self, connected: bool) {
-        self.renewed_at = Some(Instant::now());
-        if connected && self.presumed_dead {
-            log::warn!(
-                "redis bus: back after being presumed dead; rooms check their members \
-                 against the store"
-            );
-        }
-        self.presumed_dead = false;
-    }
-
-    /// While cut off: once the liveness key must have expired, the others
-    /// may reap this process's members at any moment, so every room checks
-    /// its members against the store (a member the store no longer has is
-    /// closed with 1012), every `REAP_INTERVAL_MS` until reconnected.
-    fn check_declared_dead(&mut self) {
-        if self.sink.is_some() {
-            return;
-        }
-        let expired = self
-            .renewed_at
-            .is_none_or(|at| at.elapsed() >= self.config.liveness_ttl);
-        if !expired {
-            return;
-        }
-        if !self.presumed_dead {
-            self.presumed_dead = true;
-            log::warn!(
-                "redis bus: liveness key not renewed for {:?} (LIVENESS_TTL_SECS): \
-                 presumed declared dead; rooms close members the store no longer has",
-                self.config.liveness_ttl
-            );
-        }
-        for room in self.subscribers.values() {
-            room.do_send(BusSignal::Resync);
-        }
-    }
-
     /// Resyncs `room` now or at a later tick (see [`ResyncThrottle`]).
     fn resync_room(&mut self, room_id: RoomId) {
         if self.throttle.request(room_id, Instant::now()) {
@@ -875,90 +683,6 @@ impl RedisBridge {
             );
         }
         self.resync_room(room_id);
-    }
-
-    fn refresh_liveness(&mut self, ctx: &mut Context<Self>) {
-        if self.sink.is_none() {
-            return;
-        }
-        let pool = self.pool.clone();
-        let key = self.instance_key(&self.config.instance_id);
-        let ttl = self.config.liveness_ttl.as_millis() as u64;
-        let fut = timed("refreshing liveness", async move {
-            let mut conn = pool.get().await?;
-            conn.pset_ex::<_, _, ()>(&key, "alive", ttl).await?;
-            Ok(())
-        });
-        ctx.spawn(fut.into_actor(self).map(|res, act, ctx| match res {
-            Ok(()) => act.renewed(false),
-            Err(e) => act.disconnected(&e, ctx),
-        }));
-    }
-
-    /// Finds instances that hold members but have no liveness key, and
-    /// removes their members (one survivor per dead instance, by lock).
-    fn reap(&mut self, ctx: &mut Context<Self>) {
-        // Invariant: a missing key counts only once every live instance has
-        // had time to write it on this master (`bus_address::reap_wait`):
-        // after a Redis outage every key may be gone and the others may
-        // still be in their reconnection backoff.
-        let settled = self
-            .connected_at
-            .is_some_and(|t| t.elapsed() >= self.reap_wait);
-        if !settled {
-            return;
-        }
-        let store = self.store.clone();
-        let pool = self.pool.clone();
-        let me = self.config.instance_id.clone();
-        let prefix = self.config.prefix.clone();
-        let fut = async move {
-            let mut reaped = Vec::new();
-            let instances = store.instances_with_members().await?;
-            let mut conn = pool.get().await?;
-            for instance in instances.into_iter().filter(|i| *i != me) {
-                let alive: bool = conn.exists(format!("{prefix}:instance:{instance}")).await?;
-                if alive {
-                    continue;
-                }
-                let lock: Option<String> = redis::cmd("SET")
-                    .arg(format!("{prefix}:reap:{instance}"))
-                    .arg(&me)
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(REAP_LOCK.as_millis() as u64)
-                    .query_async(&mut conn)
-                    .await?;
-                if lock.is_none() {
-                    continue; // another survivor is on it
-                }
-                let removed = store.remove_instance_members(&instance).await;
-                // Released at once, done or not: the instance may come back
-                // under the same id and die again, and its second death
-                // must not wait for the lock to expire.
-                let released: Result<i64, _> = redis::cmd("EVAL")
-                    .arg(RELEASE_LOCK)
-                    .arg(1)
-                    .arg(format!("{prefix}:reap:{instance}"))
-                    .arg(&me)
-                    .query_async(&mut conn)
-                    .await;
-                if let Err(e) = released {
-                    log::warn!("reaper: cannot release the lock on {instance}: {e}");
-                }
-                let removed = removed?;
-                log::warn!(
-                    "instance {instance} is gone: removed its {} members",
-                    removed.len()
-                );
-                reaped.extend(removed);
-            }
-            Ok::<_, BusError>(reaped)
-        };
-        ctx.spawn(fut.into_actor(self).map(|res, act, ctx| match res {
-            Ok(reaped) => act.announce(reaped, ctx),
-            Err(e) => log::warn!("reaper: {}", Chain(&e)),
-        }));
     }
 }
 
@@ -1018,7 +742,7 @@ impl StreamHandler<redis::Msg> for RedisBridge {
         };
         // Invariant: nothing a payload says can stop the bridge or a room;
         // what does not decode is counted and repaired (see `rejected`).
-        let envelope: Envelope = match serde_json::from_slice(msg.get_payload_bytes()) {
+        let envelope = match Envelope::decode(msg.get_payload_bytes()) {
             Ok(e) => e,
             Err(e) => return self.rejected(room_id, &e),
         };
@@ -1116,6 +840,8 @@ impl Handler<Publish> for RedisBridge {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
     use crate::store::MemoryStore;
 
@@ -1138,66 +864,6 @@ mod tests {
         let head = "invalid REDIS_URL or REDIS_SENTINELS: ";
         assert!(chain.starts_with(head), "{chain}");
         assert!(chain.len() > head.len(), "{chain}");
-    }
-
-    #[test]
-    fn the_throttle_resyncs_a_room_at_most_once_per_gap_and_never_forgets_one() {
-        let gap = Duration::from_secs(1);
-        let mut throttle = ResyncThrottle::new(gap);
-        let (a, b) = (RoomId::new(1), RoomId::new(2));
-        let t0 = Instant::now();
-        assert!(throttle.request(a, t0), "a first request waits");
-        assert!(throttle.request(b, t0));
-        // A burst within the gap: deferred, not lost, and not repeated.
-        for ms in [1, 10, 500] {
-            assert!(!throttle.request(a, t0 + Duration::from_millis(ms)));
-        }
-        assert!(throttle
-            .take_due(t0 + Duration::from_millis(900))
-            .is_empty());
-        assert_eq!(throttle.take_due(t0 + gap), vec![a]);
-        assert!(throttle.take_due(t0 + gap * 3).is_empty(), "resynced twice");
-        // Old entries are forgotten: the maps stay bounded.
-        assert!(throttle.recent.is_empty() && throttle.deferred.is_empty());
-        assert!(throttle.request(a, t0 + gap * 3));
-        assert!(!throttle.request(a, t0 + gap * 3));
-        throttle.forget(a);
-        assert!(throttle.take_due(t0 + gap * 5).is_empty());
-    }
-
-    #[test]
-    fn the_log_limiter_logs_the_first_then_one_line_per_period_with_the_count() {
-        let every = Duration::from_secs(10);
-        let mut limiter = LogLimiter::new(every);
-        let t0 = Instant::now();
-        assert_eq!(limiter.note(t0), Some(1));
-        for s in 1..=9 {
-            assert_eq!(limiter.note(t0 + Duration::from_secs(s)), None);
-        }
-        assert_eq!(limiter.note(t0 + every), Some(10));
-        assert_eq!(limiter.note(t0 + every * 3), Some(1));
-    }
-
-    #[test]
-    fn envelopes_decode_every_kind_and_reject_unknown_ones_without_panicking() {
-        let hint = Envelope {
-            origin: "a".into(),
-            room: RoomId::new(7),
-            event: RoomEvent::Resync,
-        };
-        let wire = serde_json::to_string(&hint).expect("encode");
-        assert_eq!(wire, r#"{"origin":"a","room":7,"event":{"kind":"resync"}}"#);
-        let back: Envelope = serde_json::from_str(&wire).expect("decode");
-        assert_eq!(back.event, RoomEvent::Resync);
-        for bad in [
-            r#"{"origin":"a","room":7,"event":{"kind":"typing","who":"x"}}"#,
-            r#"{"origin":"a","room":7}"#,
-            r#"{"origin":"a","room":"seven","event":{"kind":"resync"}}"#,
-            "\u{0}\u{ff}not json",
-            "",
-        ] {
-            assert!(serde_json::from_str::<Envelope>(bad).is_err(), "{bad}");
-        }
     }
 
     #[test]

@@ -16,7 +16,7 @@ use crate::procs::{heavy_test_lock, redis_url, Cluster};
 use crate::wait::within;
 
 /// Documented bound: member lists and counts agree on every process this
-/// long after the network heals (REDIS_TIMEOUT 3 s + MAX_BACKOFF 5 s to be
+/// long after the network heals (REDIS_TIMEOUT 3 s + the 5 s backoff cap to be
 /// back on the bus, then one store read per room; see RELIABILITY.md).
 const CONVERGE: Duration = Duration::from_secs(10);
 /// Documented bound, with the test's timings (TTL 3 s, refresh and reap

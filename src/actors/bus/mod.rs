@@ -16,7 +16,7 @@
 //! - **Order.** Publishes leave in the order they were asked for: one
 //!   pipeline in flight at a time, on one connection. Receivers still never
 //!   trust the bus for order: message ids are per-room sequences and each
-//!   room actor reorders and fills gaps from the store (see `room.rs`).
+//!   room actor reorders and fills gaps from the store (see `actors/room/`).
 //! - **Liveness.** Each process renews `<prefix>:instance:<id>` (TTL
 //!   `LIVENESS_TTL_SECS`) every `LIVENESS_REFRESH_MS`. Survivors look every
 //!   `REAP_INTERVAL_MS` for instances that hold members in the store but have

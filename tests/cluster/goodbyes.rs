@@ -199,10 +199,38 @@ async fn a_clean_shutdown_delivers_everything_it_stored_and_answers_every_sender
             Duration::from_secs(10),
             "the survivors to have every stored message",
             || {
-                let ok = listeners
+                // On failure, say how each listener differs from the store.
+                let differences: Vec<String> = listeners
                     .iter()
-                    .all(|(got, _)| *got.lock().unwrap() == stored);
-                async move { ok }
+                    .enumerate()
+                    .filter_map(|(i, (got, _))| {
+                        let got = got.lock().unwrap();
+                        (*got != stored).then(|| {
+                            let ids = |ms: &[Value]| -> Vec<u64> {
+                                ms.iter().filter_map(|m| m["id"].as_u64()).collect()
+                            };
+                            let (have, want) = (ids(&got), ids(&stored));
+                            let missing: Vec<_> = want
+                                .iter()
+                                .filter(|id| !have.contains(id))
+                                .take(10)
+                                .collect();
+                            let first_off = have.iter().zip(&want).position(|(a, b)| a != b);
+                            format!(
+                                "listener {i}: {} messages, the store {}; first \
+                                 difference at {first_off:?}; missing {missing:?}",
+                                have.len(),
+                                want.len()
+                            )
+                        })
+                    })
+                    .collect();
+                let result = if differences.is_empty() {
+                    Ok(())
+                } else {
+                    Err(differences.join("; "))
+                };
+                async move { result }
             },
         )
         .await;

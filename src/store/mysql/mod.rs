@@ -703,16 +703,10 @@ async fn remove_member_tx(
     tx.exec_drop("DELETE FROM chatMember WHERE id = ?", (member_id,))
         .await?;
     let remaining = count.saturating_sub(1);
+    set_member_count(tx, room_id, remaining).await?;
     if remaining == 0 {
-        tx.exec_drop("DELETE FROM chatRoom WHERE id = ?", (room_id,))
-            .await?;
         Ok(Ok(LeaveOutcome::RoomDeleted { nickname }))
     } else {
-        tx.exec_drop(
-            "UPDATE chatRoom SET join_member_count = ? WHERE id = ?",
-            (remaining, room_id),
-        )
-        .await?;
         Ok(Ok(LeaveOutcome::Left {
             nickname,
             remaining,
@@ -961,17 +955,7 @@ async fn remove_member_row_tx(
     if tx.affected_rows() == 0 {
         return Ok(false);
     }
-    let remaining = count.saturating_sub(1);
-    if remaining == 0 {
-        tx.exec_drop("DELETE FROM chatRoom WHERE id = ?", (room_id,))
-            .await?;
-    } else {
-        tx.exec_drop(
-            "UPDATE chatRoom SET join_member_count = ? WHERE id = ?",
-            (remaining, room_id),
-        )
-        .await?;
-    }
+    set_member_count(tx, room_id, count.saturating_sub(1)).await?;
     Ok(true)
 }
 
@@ -1068,16 +1052,7 @@ async fn remove_room_members_tx(
         Some(_) => count.saturating_sub(removed),
         None => 0,
     };
-    if remaining == 0 {
-        tx.exec_drop("DELETE FROM chatRoom WHERE id = ?", (room_id,))
-            .await?;
-    } else {
-        tx.exec_drop(
-            "UPDATE chatRoom SET join_member_count = ? WHERE id = ?",
-            (remaining, room_id),
-        )
-        .await?;
-    }
+    set_member_count(tx, room_id, remaining).await?;
     let last = doomed.len() - 1;
     Ok(Ok(doomed
         .into_iter()
@@ -1130,6 +1105,27 @@ fn quote_identifier(name: &str) -> String {
 /// `?, ?, ?` for an `IN` list of `n` values.
 fn placeholders(n: usize) -> String {
     vec!["?"; n].join(", ")
+}
+
+/// Records that `room_id` has `remaining` members after a removal, inside
+/// the removal's transaction: a room left with none is deleted with its
+/// messages (the cascade), exactly once, since the caller holds the room's
+/// row lock.
+async fn set_member_count(
+    tx: &mut Transaction<'static>,
+    room_id: RoomId,
+    remaining: u32,
+) -> SqlResult<()> {
+    if remaining == 0 {
+        tx.exec_drop("DELETE FROM chatRoom WHERE id = ?", (room_id,))
+            .await
+    } else {
+        tx.exec_drop(
+            "UPDATE chatRoom SET join_member_count = ? WHERE id = ?",
+            (remaining, room_id),
+        )
+        .await
+    }
 }
 
 /// Runs a statement and converts every row, turning a row of an unexpected

@@ -214,7 +214,6 @@ impl Application {
                 gap_timeout: settings.gap_timeout,
                 store_timeout: settings.store_timeout,
                 bus: bus.clone(),
-                bus_health: bus.as_ref().map(|_| bus_health.clone()),
             },
             settings.empty_room_grace,
             settings.room_threads.unwrap_or(cpus),

@@ -320,7 +320,6 @@ mod tests {
             gap_timeout: Duration::from_millis(300),
             store_timeout: Duration::from_secs(5),
             bus: None,
-            bus_health: None,
         };
         let manager = RoomManager::new(store.clone(), config, Duration::from_secs(60), 1).start();
         let missing = RoomId::new(42);

@@ -9,7 +9,6 @@ use std::sync::Arc;
 pub struct BusHealth {
     up: Arc<AtomicBool>,
     rejected: Arc<AtomicU64>,
-    presumed_dead: Arc<AtomicBool>,
 }
 
 impl BusHealth {
@@ -26,16 +25,6 @@ impl BusHealth {
     /// (malformed, or from another version), since start-up.
     pub fn rejected_payloads(&self) -> u64 {
         self.rejected.load(Ordering::Relaxed)
-    }
-
-    /// True while this process, cut off from Redis for longer than the
-    /// liveness TTL, presumes the others have reaped its members.
-    pub fn presumed_dead(&self) -> bool {
-        self.presumed_dead.load(Ordering::Relaxed)
-    }
-
-    pub(super) fn set_presumed_dead(&self, dead: bool) {
-        self.presumed_dead.store(dead, Ordering::Relaxed);
     }
 
     pub(super) fn count_rejected(&self) {

@@ -31,7 +31,6 @@ impl RedisBridge {
             );
         }
         self.presumed_dead = false;
-        self.health.set_presumed_dead(false);
     }
 
     /// While cut off: once the liveness key must have expired, the others
@@ -50,7 +49,6 @@ impl RedisBridge {
         }
         if !self.presumed_dead {
             self.presumed_dead = true;
-            self.health.set_presumed_dead(true);
             log::warn!(
                 "redis bus: liveness key not renewed for {:?} (LIVENESS_TTL_SECS): \
                  presumed declared dead; rooms close members the store no longer has",

@@ -69,7 +69,7 @@ use self::pending::PendingChats;
 use self::recheck::Recheck;
 use self::sequencer::Sequencer;
 use self::steps::{HasSteps, Step, StepFuture, StepQueue};
-use super::bus::{BusHealth, BusSignal, Publish, RedisBridge, RoomEvent, Subscribe, Unsubscribe};
+use super::bus::{BusSignal, Publish, RedisBridge, RoomEvent, Subscribe, Unsubscribe};
 use super::room_manager::{RoomManager, RoomStopped};
 use super::session::SessionEvent;
 use crate::domain::{
@@ -105,9 +105,6 @@ pub struct RoomConfig {
     pub store_timeout: Duration,
     /// The cluster bus, when there is one.
     pub bus: Option<Addr<RedisBridge>>,
-    /// The bus's state: a process that presumes itself declared dead takes
-    /// no new members (see `join_step`).
-    pub bus_health: Option<BusHealth>,
 }
 
 /// The room is shutting down; ask the manager for a fresh actor and retry.
@@ -332,26 +329,6 @@ impl RoomActor {
                     return Box::pin(actix::fut::ready(()));
                 }
             }
-        }
-        // A process cut off from Redis for longer than the liveness TTL
-        // presumes the others reaped its members: a member it records now
-        // would be reaped again, or chat in a room the others deleted, and
-        // nobody on another process would hear it. Refused, truthfully,
-        // until it is back on the bus (a rejoin above keeps its seat).
-        if self
-            .config
-            .bus_health
-            .as_ref()
-            .is_some_and(BusHealth::presumed_dead)
-        {
-            let error = ChatError::unavailable(
-                "this server lost the cluster; try again shortly or on another server",
-            );
-            msg.outbox.do_send(SessionEvent::JoinFailed {
-                room_id: self.room_id,
-                frame: error_frame(&error, msg.reference.as_deref()),
-            });
-            return Box::pin(actix::fut::ready(()));
         }
         let store = self.store.clone();
         let room_id = self.room_id;

@@ -3,7 +3,7 @@
 //! delivers everything it stored.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -109,9 +109,11 @@ async fn listen(
     name: String,
     got: Arc<Mutex<Vec<Value>>>,
     stop: Arc<AtomicBool>,
+    joined: Arc<AtomicUsize>,
 ) {
     let mut client = WsClient::connect(port).await;
     client.join(room, &name).await;
+    joined.fetch_add(1, Ordering::SeqCst);
     while !stop.load(Ordering::Relaxed) {
         match client.next_within(Duration::from_millis(100)).await {
             Some(Incoming::Json(v)) if v["type"] == "message" => {
@@ -157,18 +159,27 @@ async fn a_clean_shutdown_delivers_everything_it_stored_and_answers_every_sender
             .as_u64()
             .unwrap();
         let stop = Arc::new(AtomicBool::new(false));
+        let joined = Arc::new(AtomicUsize::new(0));
         let mut listeners = Vec::new();
         for l in 0..2 {
             let got = Arc::new(Mutex::new(Vec::new()));
-            let (port, name, g, s) = (
+            let (port, name, g, s, j) = (
                 cluster.nodes[1].port,
                 format!("ear{l}"),
                 got.clone(),
                 stop.clone(),
+                joined.clone(),
             );
-            let thread = client_thread(&name.clone(), move || listen(port, room, name, g, s));
+            let thread = client_thread(&name.clone(), move || listen(port, room, name, g, s, j));
             listeners.push((got, thread));
         }
+        // The listeners record live messages only: they must be in the room
+        // before the first chat.
+        eventually(Duration::from_secs(10), "the listeners joined", || {
+            let n = joined.load(Ordering::SeqCst);
+            async move { n == 2 }
+        })
+        .await;
         // Hard chat on node 1 too, until just before the SIGTERM.
         let mut local = cluster.ws(1).await;
         local.join(room, "local").await;

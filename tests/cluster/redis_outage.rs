@@ -6,15 +6,13 @@
 //! with no gap, and every process lists the members that joined meanwhile
 //! (and no longer lists those who left meanwhile).
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
 use crate::helpers::{Incoming, WsClient};
-use crate::procs::{free_port, heavy_test_lock, Cluster};
+use crate::procs::{heavy_test_lock, Cluster};
+use crate::redis_procs::{Auth, RedisProc};
 use crate::wait::{eventually, within};
 
 const ALL: [usize; 3] = [0, 1, 2];
@@ -23,70 +21,6 @@ const NOTICE: Duration = Duration::from_secs(5);
 /// How long, from Redis's return, everything may take to be whole again.
 const RECOVER: Duration = Duration::from_secs(15);
 const FRAME: Duration = Duration::from_secs(10);
-
-/// A `redis-server` child on a fixed port, killed on drop.
-struct RedisServer {
-    port: u16,
-    child: Option<Child>,
-}
-
-impl RedisServer {
-    fn start(port: u16) -> RedisServer {
-        let mut redis = RedisServer { port, child: None };
-        redis.spawn();
-        redis
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// Starts the server and waits until it answers `PING`.
-    fn spawn(&mut self) {
-        let port = self.port.to_string();
-        let child = Command::new("redis-server")
-            .args(["--port", &port, "--save", "", "--appendonly", "no"])
-            .args(["--bind", "127.0.0.1"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start redis-server: {e}"));
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !self.answers_ping() {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server on port {port} not ready"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn answers_ping(&self) -> bool {
-        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.port));
-        let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
-            return false;
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
-        let mut buf = [0u8; 7];
-        s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
-    }
-
-    /// SIGKILL: every connection drops at once, nothing is said.
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 /// A member that records every message it receives.
 struct Member {
@@ -235,7 +169,7 @@ async fn wait_health(cluster: &Cluster, healthy: bool, limit: Duration) -> Durat
 async fn members_keep_chatting_through_a_redis_outage_and_miss_nothing_after_it() {
     let _heavy = heavy_test_lock().await;
     within(Duration::from_secs(90), "the test", async {
-        let mut redis = RedisServer::start(free_port());
+        let mut redis = RedisProc::server(Auth::Open);
         let mut cluster = Cluster::start_logged(3, &redis.url(), &[]).await;
 
         let mut ann = cluster.ws(0).await;

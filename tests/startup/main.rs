@@ -123,6 +123,22 @@ impl Server {
         .await;
     }
 
+    /// `POST /api/rooms` with `title`; the new room's id.
+    async fn create_room(&self, title: &str) -> u64 {
+        let http = awc::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .finish();
+        let res = http
+            .post(format!("{}/api/rooms", self.base()))
+            .insert_header(("content-type", "application/json"))
+            .send_body(json!({ "title": title }).to_string())
+            .await
+            .expect("POST /api/rooms");
+        let (status, room) = read_json(res).await;
+        assert_eq!(status, 201, "{room}");
+        room["id"].as_u64().expect("room id")
+    }
+
     fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -403,18 +419,7 @@ async fn a_user_with_only_row_privileges_runs_the_server_on_an_existing_schema()
     let mut server = Server::start(&[("MYSQL_URL", user.url.as_str())]);
     server.wait_healthy().await;
 
-    let http = awc::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .finish();
-    let res = http
-        .post(format!("{}/api/rooms", server.base()))
-        .insert_header(("content-type", "application/json"))
-        .send_body(json!({"title": "least privilege"}).to_string())
-        .await
-        .expect("POST /api/rooms");
-    let (status, room) = read_json(res).await;
-    assert_eq!(status, 201, "{room}");
-    let room_id = room["id"].as_u64().expect("room id");
+    let room_id = server.create_room("least privilege").await;
     within(Duration::from_secs(20), "join and chat", async {
         let mut ws = WsClient::connect(server.port).await;
         ws.join(room_id, "alice").await;

@@ -5,9 +5,7 @@
 
 use std::time::Duration;
 
-use serde_json::json;
-
-use super::helpers::{read_json, TestDatabase, WsClient};
+use super::helpers::{TestDatabase, WsClient};
 use super::wait::within;
 use super::{as_admin, check_refused, Server};
 
@@ -26,18 +24,7 @@ impl Chatting {
     async fn start(vars: &[(&str, &str)]) -> Chatting {
         let mut server = Server::start(vars);
         server.wait_healthy().await;
-        let http = awc::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .finish();
-        let res = http
-            .post(format!("{}/api/rooms", server.base()))
-            .insert_header(("content-type", "application/json"))
-            .send_body(json!({"title": "running"}).to_string())
-            .await
-            .expect("POST /api/rooms");
-        let (status, room) = read_json(res).await;
-        assert_eq!(status, 201, "{room}");
-        let room = room["id"].as_u64().expect("room id");
+        let room = server.create_room("running").await;
         let (alice, bob) = within(Duration::from_secs(20), "join and chat", async {
             let mut alice = WsClient::connect(server.port).await;
             alice.join(room, "alice").await;

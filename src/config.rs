@@ -487,50 +487,59 @@ impl<F: Fn(&str) -> Option<String>> Env<'_, F> {
 
     /// A `mysql://` URL naming a database, whose options the driver accepts.
     fn mysql_url(&self, name: &'static str) -> Result<Option<String>, ConfigError> {
-        let Some(url) = self.value(name) else {
-            return Ok(None);
-        };
-        let fail = |why: String| {
-            Err(ConfigError::new(
-                name,
-                &url,
-                format!("must be mysql://user:password@host:port/database[?options]: {why}"),
-            ))
-        };
-        if !url.starts_with("mysql://") {
-            return fail("the scheme is not mysql://".into());
-        }
-        match mysql_async::Opts::from_url(&url) {
-            Err(e) => fail(e.to_string()),
-            Ok(opts) if opts.db_name().is_none_or(str::is_empty) => fail("no database name".into()),
-            Ok(_) => Ok(Some(url)),
-        }
+        let shape = "mysql://user:password@host:port/database[?options]";
+        self.url(
+            name,
+            shape,
+            &["mysql://"],
+            |url| match mysql_async::Opts::from_url(url) {
+                Err(e) => Err(e.to_string()),
+                Ok(opts) if opts.db_name().is_none_or(str::is_empty) => {
+                    Err("no database name".into())
+                }
+                Ok(_) => Ok(()),
+            },
+        )
     }
 
     /// A `redis://` (or `rediss://`) URL the client accepts.
     fn redis_url(&self, name: &'static str) -> Result<Option<String>, ConfigError> {
         use deadpool_redis::redis::IntoConnectionInfo;
+        let shape = "redis://[:password@]host[:port][/db]";
+        self.url(name, shape, &["redis://", "rediss://"], |url| {
+            url.into_connection_info()
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    /// A URL with one of `schemes` that `accepts` takes; refused as `must be
+    /// <shape>: <why>`.
+    fn url(
+        &self,
+        name: &'static str,
+        shape: &str,
+        schemes: &[&str],
+        accepts: impl FnOnce(&str) -> Result<(), String>,
+    ) -> Result<Option<String>, ConfigError> {
         let Some(url) = self.value(name) else {
             return Ok(None);
         };
-        let fail = |why: String| {
-            Err(ConfigError::new(
-                name,
-                &url,
-                format!("must be redis://[:password@]host[:port][/db]: {why}"),
-            ))
+        let why = if schemes.iter().any(|s| url.starts_with(s)) {
+            match accepts(&url) {
+                Ok(()) => return Ok(Some(url)),
+                Err(why) => why,
+            }
+        } else {
+            format!("the scheme is not {}", schemes.join(" or "))
         };
-        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-            return fail("the scheme is not redis:// or rediss://".into());
-        }
-        match url.as_str().into_connection_info() {
-            Err(e) => fail(e.to_string()),
-            Ok(_) => Ok(Some(url)),
-        }
+        Err(ConfigError::new(
+            name,
+            &url,
+            format!("must be {shape}: {why}"),
+        ))
     }
-}
 
-impl<F: Fn(&str) -> Option<String>> Env<'_, F> {
     /// `REDIS_SENTINELS` and the settings that only apply with it.
     fn sentinel(&self) -> Result<Option<SentinelAddress>, ConfigError> {
         const CREDENTIALS: [&str; 3] = [

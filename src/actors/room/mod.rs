@@ -35,7 +35,8 @@
 //!   with backoff while the store is down; the actor stays alive until every
 //!   leave is recorded, so counts never drift.
 //! - **Every chat answered in time, and truly** (see `pending.rs`): a chat
-//!   with no answer `STORE_TIMEOUT_MS` after it reached the room is told
+//!   with no answer `STORE_TIMEOUT_MS` (+ 200 ms, `ANSWER_GRACE`) after it
+//!   reached the room is told
 //!   `pending` if its batch is with the store (whose true answer follows
 //!   whenever it comes), or refused `unavailable` if it still waits behind
 //!   that batch (it is then never stored). One timer per room, set to the
@@ -96,6 +97,15 @@ const FILL_PAGE: usize = 500;
 /// record.
 const FIRST_LEAVE_RETRY: Duration = Duration::from_millis(100);
 const MAX_LEAVE_RETRY: Duration = Duration::from_secs(5);
+/// How much longer than `STORE_TIMEOUT_MS` a chat waits for the store
+/// before it is told `pending` or refused (see `pending.rs`). The message
+/// writer answers a chat within `STORE_TIMEOUT_MS` of its reaching the room
+/// unless a `COMMIT` went unanswered (two halves: the batch before it, then
+/// its own); this grace lets such an answer, due right at the timeout, win
+/// the race with the timer, so `pending` goes out only when the store is
+/// truly stuck. Small enough that the first answer still comes within
+/// `STORE_TIMEOUT_MS` plus a second of sending.
+const ANSWER_GRACE: Duration = Duration::from_millis(200);
 
 /// Fixed per-process settings every room needs.
 #[derive(Debug, Clone)]
@@ -251,7 +261,7 @@ impl RoomActor {
             pending: PendingChats::new(
                 config.queue_max_messages,
                 config.queue_max_bytes,
-                config.store_timeout,
+                config.store_timeout + ANSWER_GRACE,
             ),
             answer_timer: None,
             config,

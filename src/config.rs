@@ -9,6 +9,7 @@ use crate::actors::bus::address::{
 };
 use crate::client_addr::TrustedProxies;
 use crate::domain::TextLimits;
+use crate::logging::LogFormat;
 pub use crate::ws::origin::AllowedOrigins;
 
 /// Everything the server can be configured with.
@@ -129,6 +130,10 @@ pub struct Settings {
     /// unset = the server's own (`http(s)://` + the request's `Host`), `*`
     /// = any, or a comma-separated list of origins.
     pub allowed_origins: AllowedOrigins,
+    /// `LOG_FORMAT`: `text` (env_logger's lines) or `json` (one object per
+    /// line); read first by `main`, [`log_format_from_env`], to set up the
+    /// logger before anything is logged.
+    pub log_format: LogFormat,
 }
 
 /// A setting that cannot be used: the variable, the value it was given and
@@ -267,6 +272,7 @@ impl Settings {
             liveness_refresh: env.millis("LIVENESS_REFRESH_MS", 1000)?,
             reap_interval: env.millis("REAP_INTERVAL_MS", 2000)?,
             gap_timeout: env.millis("GAP_TIMEOUT_MS", 300)?,
+            log_format: env.log_format()?,
         };
         settings.check_together()?;
         Ok(settings)
@@ -345,6 +351,13 @@ impl Settings {
         s.workers = Some(2);
         s
     }
+}
+
+/// `LOG_FORMAT` alone, from the process environment: `main` sets up the
+/// logger with it before the other settings are read (so their errors are
+/// written in that format).
+pub fn log_format_from_env() -> Result<LogFormat, ConfigError> {
+    Env(&|k: &str| std::env::var(k).ok()).log_format()
 }
 
 /// Reads and checks variables, one helper per kind of value. A variable
@@ -483,6 +496,13 @@ impl<F: Fn(&str) -> Option<String>> Env<'_, F> {
         Ok(self
             .checked(name, "must be true or false", ok)?
             .unwrap_or(default))
+    }
+
+    /// `text` or `json`, any case.
+    fn log_format(&self) -> Result<LogFormat, ConfigError> {
+        Ok(self
+            .checked("LOG_FORMAT", "must be text or json", LogFormat::parse)?
+            .unwrap_or_default())
     }
 
     /// A `mysql://` URL naming a database, whose options the driver accepts.
@@ -701,6 +721,21 @@ mod tests {
             (s.max_connections, s.max_connections_per_address),
             (Some(8), 5)
         );
+    }
+
+    #[test]
+    fn log_format_is_text_unless_json_and_nothing_else() {
+        assert_eq!(accepted(&[]).log_format, LogFormat::Text);
+        assert_eq!(
+            accepted(&[("LOG_FORMAT", "json")]).log_format,
+            LogFormat::Json
+        );
+        assert_eq!(
+            accepted(&[("LOG_FORMAT", " Text ")]).log_format,
+            LogFormat::Text
+        );
+        let err = refused("LOG_FORMAT", "xml");
+        assert_eq!(err.to_string(), "LOG_FORMAT=xml: must be text or json");
     }
 
     #[test]

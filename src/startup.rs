@@ -11,7 +11,8 @@ use actix_http::{HttpService, KeepAlive};
 use actix_server::{Server, ServerHandle};
 use actix_service::{fn_service, map_config};
 use actix_web::dev::AppConfig;
-use actix_web::{middleware::DefaultHeaders, web, App};
+use actix_web::middleware::{from_fn, DefaultHeaders};
+use actix_web::{web, App};
 use handlebars::Handlebars;
 
 use crate::actors::bus::{AnnounceRemoved, BridgeConfig, BridgeError, BusHealth, RedisBridge};
@@ -262,6 +263,8 @@ impl Application {
                 let app = App::new()
                     .app_data(data)
                     .wrap(headers)
+                    // Outermost: its duration and status are the client's.
+                    .wrap(from_fn(crate::http::access_log::log_request))
                     .configure(|cfg| crate::http::configure(cfg, &static_dir));
                 let ws_state = app_state.clone();
                 HttpService::build()

@@ -712,6 +712,7 @@ impl RoomActor {
     fn reject(&mut self, authors: Vec<Author>, e: StoreError, ctx: &mut Context<Self>) {
         let error = ChatError::from(e);
         log::warn!(
+            room = self.room_id.get();
             "room {}: {} chats not stored: {}",
             self.room_id,
             authors.len(),
@@ -776,6 +777,7 @@ impl RoomActor {
                     act.gap_timer = None;
                     if let Some(after) = act.sequencer.take_fill(Instant::now()) {
                         log::debug!(
+                            room = act.room_id.get();
                             "room {}: {} messages wait for id {}; reading it from the store",
                             act.room_id,
                             act.sequencer.waiting(),
@@ -824,6 +826,7 @@ impl RoomActor {
                 Err(StoreError::RoomNotFound(_)) => false,
                 Err(e) => {
                     log::warn!(
+                        room = room_id.get();
                         "room {room_id}: catching up ({why:?}) failed: {}",
                         Chain(&e)
                     );
@@ -947,7 +950,12 @@ impl RoomActor {
             Ok(records) => records,
             Err(StoreError::RoomNotFound(_)) => Vec::new(),
             Err(e) => {
-                log::warn!("room {}: member resync failed: {}", self.room_id, Chain(&e));
+                log::warn!(
+                    room = self.room_id.get();
+                    "room {}: member resync failed: {}",
+                    self.room_id,
+                    Chain(&e)
+                );
                 return;
             }
         };
@@ -1014,7 +1022,12 @@ impl RoomActor {
                         continue;
                     };
                     if why == Removal::SlowConsumer {
-                        log::info!("room {}: closing slow consumer {socket_id}", self.room_id);
+                        log::info!(
+                            room = self.room_id.get(),
+                            socket = socket_id.as_str();
+                            "room {}: closing slow consumer {socket_id}",
+                            self.room_id
+                        );
                         outbox.do_send(SessionEvent::Evicted {
                             room_id: self.room_id,
                             code: CloseCode::Policy,
@@ -1056,7 +1069,10 @@ impl RoomActor {
                     let nickname = match outcome {
                         LeaveOutcome::Left { nickname, .. } => Some(nickname),
                         LeaveOutcome::RoomDeleted { nickname } => {
-                            log::info!("room {room_id}: last member left, room deleted");
+                            log::info!(
+                                room = room_id.get();
+                                "room {room_id}: last member left, room deleted"
+                            );
                             Some(nickname)
                         }
                         LeaveOutcome::NotMember => None,
@@ -1070,6 +1086,8 @@ impl RoomActor {
                 }
                 Err(e) => {
                     log::warn!(
+                        room = room_id.get(),
+                        socket = socket_id.as_str();
                         "room {room_id}: leave of {socket_id} not recorded, retrying: {}",
                         Chain(&e)
                     );

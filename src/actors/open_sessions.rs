@@ -15,31 +15,63 @@ use super::session::{ChatSession, SessionEvent};
 /// a session alive.
 #[derive(Default)]
 pub struct OpenSessions {
-    open: Mutex<HashMap<u64, WeakAddr<ChatSession>>>,
+    registry: Mutex<Registry>,
+}
+
+#[derive(Default)]
+struct Registry {
+    open: HashMap<u64, WeakAddr<ChatSession>>,
+    /// Set once by [`OpenSessions::close_all`], never cleared.
+    closing: bool,
 }
 
 impl OpenSessions {
-    pub(super) fn insert(&self, number: u64, session: WeakAddr<ChatSession>) {
-        if let Ok(mut open) = self.open.lock() {
-            open.insert(number, session);
+    /// Registers a session that has just started; `false` (not registered)
+    /// once shutdown has begun: the session must close itself with 1001.
+    /// Invariant: every session either is in the registry when `close_all`
+    /// tells them all, or is refused here (both under the one lock), so no
+    /// socket outlives a shutdown without its 1001.
+    #[must_use]
+    pub(super) fn insert(&self, number: u64, session: WeakAddr<ChatSession>) -> bool {
+        match self.registry.lock() {
+            Ok(mut registry) if !registry.closing => {
+                registry.open.insert(number, session);
+                true
+            }
+            _ => false,
         }
     }
 
     pub(super) fn remove(&self, number: u64) {
-        if let Ok(mut open) = self.open.lock() {
-            open.remove(&number);
+        if let Ok(mut registry) = self.registry.lock() {
+            registry.open.remove(&number);
         }
     }
 
     /// How many connections are open.
     pub fn count(&self) -> usize {
-        self.open.lock().map_or(0, |open| open.len())
+        self.registry.lock().map_or(0, |r| r.open.len())
+    }
+
+    /// Whether shutdown has begun: a WebSocket handshake is then refused
+    /// (503 `unavailable`) instead of opening a socket that would be closed
+    /// at once.
+    pub fn is_closing(&self) -> bool {
+        self.registry.lock().map_or(true, |r| r.closing)
+    }
+
+    /// Shutdown has begun: no new session from now on (handshakes are
+    /// refused, see [`OpenSessions::is_closing`]). Idempotent.
+    pub fn stop_admitting(&self) {
+        if let Ok(mut registry) = self.registry.lock() {
+            registry.closing = true;
+        }
     }
 
     /// Sends `event` to every open connection.
     fn tell_all(&self, event: impl Fn() -> SessionEvent) {
-        let sessions: Vec<WeakAddr<ChatSession>> = match self.open.lock() {
-            Ok(open) => open.values().cloned().collect(),
+        let sessions: Vec<WeakAddr<ChatSession>> = match self.registry.lock() {
+            Ok(registry) => registry.open.values().cloned().collect(),
             Err(_) => return,
         };
         for session in sessions.iter().filter_map(WeakAddr::upgrade) {
@@ -67,7 +99,9 @@ impl OpenSessions {
 
     /// Tells every open connection the server is going away, then waits
     /// (at most `wait`) for them to finish closing.
+    /// From then on no session is registered (see [`OpenSessions::insert`]).
     pub async fn close_all(&self, wait: Duration) {
+        self.stop_admitting();
         self.tell_all(|| SessionEvent::ServerShutdown);
         let deadline = tokio::time::Instant::now() + wait;
         while self.count() > 0 && tokio::time::Instant::now() < deadline {

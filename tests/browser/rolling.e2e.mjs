@@ -18,7 +18,8 @@
 // Lines on stdout are JSON, one per event, for the driving test:
 //   {"event":"ready","pages":[{"name","instance"}...]}   both pages joined
 //   {"event":"chatting"}          each page had a chat acknowledged
-//   {"event":"result",...}        after "stop" on stdin: the report below
+//   {"event":"result",...}        after "stop" on stdin: the report below;
+//                                 the pages stay open until "quit" on stdin
 //   {"event":"error","message"}   then exit 1
 // Everything else (progress) goes to stderr.
 //
@@ -250,6 +251,17 @@ async function restJson(path) {
   return res.json();
 }
 
+const stdinLines = readline.createInterface({ input: process.stdin });
+const commands = [];
+let stdinClosed = false;
+stdinLines.on('line', (l) => commands.push(l.trim()));
+stdinLines.on('close', () => { stdinClosed = true; });
+
+/** Resolves once the driver wrote `word` on a line (or closed stdin). */
+async function command(word) {
+  while (!stdinClosed && !commands.includes(word)) await sleep(50);
+}
+
 async function main() {
   if (!front || !Number.isSafeInteger(roomId) || !roomTitle) {
     throw new Error('usage: node rolling.e2e.mjs <front-url> <room-id> <room-title>');
@@ -283,11 +295,7 @@ async function main() {
   emit({ event: 'chatting' });
 
   // Until the driver says stop (its restarts are done), or stdin closes.
-  const lines = readline.createInterface({ input: process.stdin });
-  await new Promise((resolve) => {
-    lines.on('line', (l) => { if (l.trim() === 'stop') resolve(); });
-    lines.on('close', resolve);
-  });
+  await command('stop');
   state.chatting = false;
   await failed;
   const stopped = Date.now();
@@ -340,6 +348,8 @@ async function main() {
     });
   }
   emit({ event: 'result', settled, settleMs: Date.now() - stopped, pages: report });
+  // The pages stay in the room until the driver has read REST.
+  await command('quit');
   await end(0);
 }
 

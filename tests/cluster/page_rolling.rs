@@ -146,10 +146,12 @@ impl PageDriver {
         }
     }
 
-    /// Tells the script to stop chatting and report.
-    fn stop(&mut self) {
-        if let Some(mut stdin) = self.stdin.take() {
-            let _ = stdin.write_all(b"stop\n");
+    /// Tells the script `word` ("stop": stop chatting and report; "quit":
+    /// close the pages and end).
+    fn tell(&mut self, word: &str) {
+        if let Some(stdin) = self.stdin.as_mut() {
+            let _ = stdin.write_all(format!("{word}\n").as_bytes());
+            let _ = stdin.flush();
         }
     }
 }
@@ -213,7 +215,7 @@ async fn the_page_in_chromium_rejoins_by_itself_through_a_rolling_restart_and_lo
     tokio::time::sleep(Duration::from_secs(2)).await;
     let restarted = restart_one_after_another(&ops).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    pages.stop();
+    pages.tell("stop");
     let result = pages.next("result", Duration::from_secs(60)).await;
 
     let stored = within(
@@ -244,8 +246,15 @@ async fn the_page_in_chromium_rejoins_by_itself_through_a_rolling_restart_and_lo
         .map(|m| m["nickname"].as_str().unwrap_or_default().to_owned())
         .collect();
     members.sort();
-    keepers.release().await;
+    assert_eq!(
+        members,
+        ["ann", "ben", "keeper1", "keeper2"],
+        "the room's members over REST at the end"
+    );
+    // The pages are still in the room: the REST reads above saw them.
+    pages.tell("quit");
     drop(pages);
+    keepers.release().await;
 
     let by_id: BTreeMap<u64, &str> = stored.iter().map(|(i, c)| (*i, c.as_str())).collect();
     let contents: BTreeSet<&str> = by_id.values().copied().collect();

@@ -421,8 +421,25 @@ async fn the_page_in_chromium_rejoins_by_itself_through_a_rolling_restart_and_lo
             .iter()
             .filter_map(|s| s["text"].as_str().filter(|t| !t.is_empty()))
             .collect();
+        // How long each outage lasted as the person saw it: from "Connection
+        // lost" to "Back online." in the room's notice.
+        let mut lost_at = None;
+        let mut outages = Vec::new();
+        for shown in list(&dom["shown"]) {
+            let (text, at) = (
+                shown["text"].as_str().unwrap_or_default(),
+                shown["at"].as_u64(),
+            );
+            if text.starts_with("Connection lost") {
+                lost_at = lost_at.or(at);
+            } else if text == "Back online." {
+                if let (Some(lost), Some(back)) = (lost_at.take(), at) {
+                    outages.push(format!("{} ms", back.saturating_sub(lost)));
+                }
+            }
+        }
         report.push(format!(
-            "{name}: sockets {}; {} acked, {} refused, {} unanswered; shown {notices:?}",
+            "{name}: sockets {}; offline {outages:?}; {} acked, {} refused, {} unanswered; shown {notices:?}",
             path.join(" -> "),
             acked.len(),
             refused.len(),

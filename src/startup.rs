@@ -362,9 +362,8 @@ pub struct Stopper {
 impl Stopper {
     /// Runs the shutdown sequence: new WebSockets are refused, rooms record
     /// their members' departure, then every socket (in a room or not) is
-    /// closed with 1001, then the
-    /// listener and the HTTP workers stop, then the instance lock is
-    /// released.
+    /// closed with 1001, then the listener and the HTTP workers stop, then
+    /// the instance lock is released.
     pub async fn stop(&self) {
         // New WebSockets are refused from here on (503 `unavailable`): a
         // socket opened now could only be closed again.

@@ -2,8 +2,8 @@
 # The whole test suite, as CI runs it (.ci/run calls this):
 #   formatting and lints, unit tests, the store contract suite, the
 #   integration tests against a real MariaDB, the multi-process cluster tests
-#   against real Redis, pm2 and nginx, then the browser test in a real
-#   headless Chromium.
+#   against real Redis, pm2 and nginx (one of them with the page in a real
+#   headless Chromium), then the browser test in a real headless Chromium.
 # Whatever is missing (MariaDB, Redis, nginx, pm2, Chromium, Node packages)
 # is installed or started first. Every test database is uniquely named and dropped.
 set -euo pipefail
@@ -18,6 +18,10 @@ cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
 ensure_mariadb
 ensure_redis
 ensure_nginx_pm2
+# Chromium and playwright-core: the browser test below, and the cluster
+# test that runs the page through a rolling restart (tests/cluster/page_rolling.rs).
+ensure_chromium
+ensure_node_deps
 
 log "cargo fmt --check"
 cargo fmt --all -- --check
@@ -28,8 +32,6 @@ log "cargo test (unit, store contract, integration, cluster, pm2 + nginx)"
 cargo test --all-targets --quiet
 
 log "browser test"
-ensure_chromium
-ensure_node_deps
 cargo build --quiet --bin chat-server
 BROWSER_DB="chat_browser_$$_$RANDOM"
 cleanup() { mysql_exec "DROP DATABASE IF EXISTS \`$BROWSER_DB\`" >/dev/null 2>&1 || true; }

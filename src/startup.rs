@@ -363,11 +363,14 @@ pub struct Stopper {
 }
 
 impl Stopper {
-    /// Runs the shutdown sequence: rooms record their members' departure,
-    /// then every socket (in a room or not) is closed with 1001, then the
-    /// listener and the HTTP workers stop, then the instance lock is
-    /// released.
+    /// Runs the shutdown sequence: new WebSockets are refused, rooms record
+    /// their members' departure, then every socket (in a room or not) is
+    /// closed with 1001, then the listener and the HTTP workers stop, then
+    /// the instance lock is released.
     pub async fn stop(&self) {
+        // New WebSockets are refused from here on (503 `unavailable`): a
+        // socket opened now could only be closed again.
+        self.chat.sessions.stop_admitting();
         if let Err(e) = self.chat.manager.send(Shutdown).await {
             log::warn!("room manager did not answer shutdown: {e}");
         }

@@ -503,10 +503,16 @@ impl Actor for ChatSession {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(self.cx.limits.queue_capacity);
-        self.cx
+        let registered = self
+            .cx
             .sessions
             .insert(self.number, ctx.address().downgrade());
         Transport::start(ctx);
+        if !registered {
+            // Opened while the server shuts down (its handshake passed just
+            // before): closed like every other socket.
+            self.close(ctx, CloseCode::Away, "server shutting down");
+        }
     }
 
     fn stopping(&mut self, ctx: &mut Self::Context) -> Running {

@@ -7,7 +7,8 @@
 //! Before its `101`, a handshake takes a place under `MAX_CONNECTIONS` and
 //! `MAX_CONNECTIONS_PER_ADDRESS` (see `connections.rs`); without one it is
 //! refused with the JSON envelope (429 `too_many_connections`, 503
-//! `server_full`). Whatever is written here, the `101` or a refusal, must
+//! `server_full`), and once shutdown has begun it is refused with 503
+//! `unavailable`. Whatever is written here, the `101` or a refusal, must
 //! be taken by the client within [`HANDSHAKE_WRITE_TIMEOUT`], or the socket
 //! is dropped: a client that never reads cannot hold it.
 
@@ -51,7 +52,13 @@ pub async fn upgrade(
     };
     let peer = super::client_key(req.headers(), req.peer_addr(), &app.settings);
     let cooling = peer.is_some_and(|ip| !app.chat.flood_penalties.has_token(&ip));
-    let admitted = if cooling {
+    // A handshake that arrives once shutdown has begun (on a connection
+    // accepted before, such as a proxy's keep-alive connection, or before
+    // the listener closes) gets no socket: it would only be closed again.
+    // 503 lets a proxy try another instance (nginx/chat.conf).
+    let admitted = if app.chat.sessions.is_closing() {
+        Err(ChatError::unavailable("the server is shutting down"))
+    } else if cooling {
         Err(ChatError::RateLimited(
             "this address was just closed for flooding; retry in a few seconds".into(),
         ))

@@ -294,3 +294,58 @@ memory_only_with!(
         let _back = open_from(HOME, app.port).await;
     }
 );
+
+memory_only_with!(
+    a_websocket_asked_for_once_shutdown_has_begun_is_refused_with_503,
+    |_| {},
+    |app| {
+        // A client that never answers the server's close frame holds the
+        // shutdown in the phase that closes every socket (at most 3 s),
+        // while the listener still accepts.
+        let mut holdout = open_from(HOME, app.port).await;
+        // Its session is running once it answers a ping (a text frame,
+        // masked with a zero key).
+        let ping = br#"{"type":"ping"}"#;
+        let mut frame = vec![0x81, 0x80 | ping.len() as u8, 0, 0, 0, 0];
+        frame.extend_from_slice(ping);
+        holdout.write_all(&frame).await.unwrap();
+        let mut head = [0u8; 2];
+        within(
+            Duration::from_secs(5),
+            "the pong",
+            holdout.read_exact(&mut head),
+        )
+        .await
+        .unwrap();
+        let mut pong = vec![0u8; usize::from(head[1])];
+        holdout.read_exact(&mut pong).await.unwrap();
+        assert!(String::from_utf8_lossy(&pong).contains("pong"), "{pong:?}");
+        let port = app.port;
+        let late = async move {
+            let mut head = [0u8; 4];
+            within(
+                Duration::from_secs(10),
+                "the holdout's close frame",
+                holdout.read_exact(&mut head),
+            )
+            .await
+            .unwrap();
+            assert_eq!(
+                (head[0], &head[2..]),
+                (0x88, &[0x03, 0xe9][..]),
+                "a close frame with 1001"
+            );
+            // Shutdown has begun: a new socket would only be closed again
+            // (or, before the fix, left open with no 1001 when the process
+            // exits: browsers saw 1006).
+            let (_, status, body) = handshake_from(NEIGHBOUR, port).await;
+            (status, body)
+        };
+        let (_, (status, body)) = tokio::join!(
+            within(Duration::from_secs(15), "app.stop()", app.stop()),
+            late
+        );
+        assert_eq!(status, 503, "{body}");
+        assert_error_envelope(&body, "unavailable");
+    }
+);

@@ -19,6 +19,7 @@ mod lifecycle;
 mod member_lists;
 mod ops;
 mod order;
+mod page_rolling;
 mod partition;
 mod redis_outage;
 mod rolling;

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::helpers::{client_thread, Incoming, TestDatabase, WsClient};
-use crate::ops::{get, start_ops, INSTANCES};
+use crate::helpers::{client_thread, ClientThread, Incoming, TestDatabase, WsClient};
+use crate::ops::{get, start_ops, Ops, INSTANCES};
 use crate::procs::heavy_test_lock;
 use crate::wait::{eventually, within};
 
@@ -65,13 +65,13 @@ impl Seen {
 }
 
 /// GET through nginx, as JSON.
-async fn get_json(url: &str) -> Option<Value> {
+pub(crate) async fn get_json(url: &str) -> Option<Value> {
     let (status, _, body) = get(url).await;
     (status == 200).then(|| serde_json::from_str(&body).ok())?
 }
 
 /// The messages of `room` after `after`, every page, through `front`.
-async fn messages_after(front: &str, room: u64, mut after: u64) -> Option<Vec<Value>> {
+pub(crate) async fn messages_after(front: &str, room: u64, mut after: u64) -> Option<Vec<Value>> {
     let mut all = Vec::new();
     loop {
         let url = format!("http://{front}/api/rooms/{room}/messages?after={after}&limit=500");
@@ -148,7 +148,7 @@ async fn rejoin(
 }
 
 /// Creates a room through `front` (REST); returns its id.
-async fn create_room(front: &str, title: &str) -> u64 {
+pub(crate) async fn create_room(front: &str, title: &str) -> u64 {
     let mut res = awc::Client::new()
         .post(format!("http://{front}/api/rooms"))
         .send_json(&json!({ "title": title }))
@@ -261,34 +261,78 @@ async fn chat_through_restarts(
     seen
 }
 
+/// Two listeners that keep `room` populated through a rolling restart,
+/// connected straight to instances that are not being restarted at that
+/// moment (one on instance 2, then 0; one on instance 1, then 0).
+pub(crate) struct Keepers {
+    release: tokio::sync::watch::Sender<bool>,
+    threads: Vec<ClientThread<()>>,
+}
+
+impl Keepers {
+    /// Starts both and waits until the room counts them.
+    pub(crate) async fn start(ops: &Ops, room: u64) -> Keepers {
+        let (front, base) = (ops.front.clone(), ops.base);
+        let (release, released) = tokio::sync::watch::channel(false);
+        let threads = [(base + 2, "keeper2"), (base + 1, "keeper1")]
+            .into_iter()
+            .map(|(port, nickname)| {
+                let (front, released) = (front.clone(), released.clone());
+                client_thread(nickname, move || {
+                    hold_room(vec![port, base], front, room, nickname.into(), released)
+                })
+            })
+            .collect();
+        eventually(Duration::from_secs(30), "the keepers in the room", || {
+            let url = format!("http://{front}/api/rooms/{room}");
+            async move { get_json(&url).await.is_some_and(|r| r["memberCount"] == 2) }
+        })
+        .await;
+        Keepers { release, threads }
+    }
+
+    /// Lets both go and waits (bounded) until they have.
+    pub(crate) async fn release(self) {
+        let _ = self.release.send(true);
+        for keeper in self.threads {
+            keeper.result(Duration::from_secs(60)).await;
+        }
+    }
+}
+
+/// `pm2 restart` of each instance in turn, each once the one before answers
+/// `/health` again, with a second between them. Returns each instance's
+/// name and how long it took from `pm2 restart` to healthy.
+pub(crate) async fn restart_one_after_another(ops: &Ops) -> Vec<(String, Duration)> {
+    let mut restarted = Vec::new();
+    for i in 0..INSTANCES {
+        let name = format!("{}-{i}", ops.app);
+        let begun = Instant::now();
+        ops.pm2.run(&["restart", &name]);
+        let url = format!("http://127.0.0.1:{}/health", ops.base + i);
+        eventually(Duration::from_secs(30), &format!("{name} back"), || {
+            let url = url.clone();
+            async move { get(&url).await.0 == 200 }
+        })
+        .await;
+        restarted.push((name, begun.elapsed()));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    restarted
+}
+
 /// The room outlives every restart because the contract deletes a room
 /// whose last member leaves, and a shutdown is every local member leaving:
-/// two listeners connected straight to instances that are not being
-/// restarted at that moment (one on instance 2, then 0; one on instance 1,
-/// then 0) keep it populated, while the clients under test go through
+/// [`Keepers`] keep it populated, while the clients under test go through
 /// nginx, wherever it sends them.
 #[actix_rt::test]
 async fn a_rolling_restart_behind_nginx_loses_nothing_and_every_client_comes_back() {
     let _heavy = heavy_test_lock().await;
     let database = TestDatabase::new();
     let ops = start_ops(&database, &[]).await;
-    let (front, base) = (ops.front.clone(), ops.base);
+    let front = ops.front.clone();
     let room = create_room(&front, "rolling").await;
-    let (release, released) = tokio::sync::watch::channel(false);
-    let keepers: Vec<_> = [(base + 2, "keeper2"), (base + 1, "keeper1")]
-        .into_iter()
-        .map(|(port, nickname)| {
-            let (front, released) = (front.clone(), released.clone());
-            client_thread(nickname, move || {
-                hold_room(vec![port, base], front, room, nickname.into(), released)
-            })
-        })
-        .collect();
-    eventually(Duration::from_secs(30), "the keepers in the room", || {
-        let url = format!("http://{front}/api/rooms/{room}");
-        async move { get_json(&url).await.is_some_and(|r| r["memberCount"] == 2) }
-    })
-    .await;
+    let keepers = Keepers::start(&ops, room).await;
 
     // Chatting starts, then the instances restart one after another, each
     // once the previous one serves again; chatting goes on for two seconds
@@ -303,20 +347,7 @@ async fn a_rolling_restart_behind_nginx_loses_nothing_and_every_client_comes_bac
         })
         .collect();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let mut restarted = Vec::new();
-    for i in 0..INSTANCES {
-        let name = format!("{}-{i}", ops.app);
-        let begun = Instant::now();
-        ops.pm2.run(&["restart", &name]);
-        let url = format!("http://127.0.0.1:{}/health", base + i);
-        eventually(Duration::from_secs(30), &format!("{name} back"), || {
-            let url = url.clone();
-            async move { get(&url).await.0 == 200 }
-        })
-        .await;
-        restarted.push((name, begun.elapsed()));
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
+    let restarted = restart_one_after_another(&ops).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let _ = stop.send(true);
     let mut results = Vec::new();
@@ -340,10 +371,7 @@ async fn a_rolling_restart_behind_nginx_loses_nothing_and_every_client_comes_bac
             )
         })
         .collect();
-    let _ = release.send(true);
-    for keeper in keepers {
-        keeper.result(Duration::from_secs(60)).await;
-    }
+    keepers.release().await;
     let stored_contents: BTreeSet<&str> = stored.iter().map(|(_, c)| c.as_str()).collect();
 
     let mut report = Vec::new();

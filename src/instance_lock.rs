@@ -117,7 +117,7 @@ impl Names {
 /// `chat:` and the first 40 hex digits of SHA-256 of the database name and
 /// `what` (a newline between them: neither a database nor an instance id
 /// mixes them up).
-fn lock_name(database: &str, what: &str) -> String {
+pub(crate) fn lock_name(database: &str, what: &str) -> String {
     let digest = Sha256::digest(format!("{database}\n{what}").as_bytes());
     let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
     format!("chat:{}", &hex[..40])

@@ -32,6 +32,7 @@
 // Everything else is the crate's own, so the compiler reports dead code.
 pub mod config;
 pub mod domain;
+pub mod events;
 pub mod startup;
 pub mod store;
 

@@ -25,7 +25,13 @@ use crate::store::StoreError;
 /// statement is idempotent).
 const SCHEMA: &str = include_str!("../../../sql/schema.sql");
 /// The tables `SCHEMA` creates, in its order.
-const TABLES: [&str; 3] = ["chatRoom", "chatMember", "chatMsg"];
+const TABLES: [&str; 5] = [
+    "chatRoom",
+    "chatMember",
+    "chatMsg",
+    "chatEventOutbox",
+    "chatEventSeq",
+];
 
 pub(super) const SCHEMA_STEP: &str = "applying the schema";
 
@@ -380,9 +386,9 @@ mod tests {
     use crate::error::Chain;
 
     #[test]
-    fn schema_splits_into_its_three_tables() {
+    fn schema_splits_into_its_tables() {
         let statements = schema_statements(SCHEMA);
-        assert_eq!(statements.len(), 3, "{statements:#?}");
+        assert_eq!(statements.len(), TABLES.len(), "{statements:#?}");
         for (s, table) in statements.iter().zip(TABLES) {
             assert!(
                 s.starts_with(&format!("CREATE TABLE IF NOT EXISTS {table} (")),
@@ -396,11 +402,25 @@ mod tests {
     fn missing_tables_are_found_whatever_their_case() {
         let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         assert_eq!(missing_tables(&[]), TABLES.to_vec());
-        assert!(missing_tables(&names(&["chatRoom", "chatMember", "chatMsg", "x"])).is_empty());
-        assert!(missing_tables(&names(&["chatroom", "CHATMEMBER", "chatmsg"])).is_empty());
+        let all = [
+            "chatRoom",
+            "chatMember",
+            "chatMsg",
+            "chatEventOutbox",
+            "chatEventSeq",
+        ];
+        assert!(missing_tables(&names(&[&all[..], &["x"]].concat())).is_empty());
+        assert!(missing_tables(&names(&[
+            "chatroom",
+            "CHATMEMBER",
+            "chatmsg",
+            "chateventoutbox",
+            "CHATEVENTSEQ"
+        ]))
+        .is_empty());
         assert_eq!(
-            missing_tables(&names(&["chatRoom", "chatMsg"])),
-            ["chatMember"]
+            missing_tables(&names(&["chatRoom", "chatMsg", "chatEventOutbox"])),
+            ["chatMember", "chatEventSeq"]
         );
     }
 

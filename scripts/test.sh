@@ -2,7 +2,8 @@
 # The whole test suite, as CI runs it (.ci/run calls this):
 #   formatting and lints, unit tests, the store contract suite, the
 #   integration tests against a real MariaDB, the multi-process cluster tests
-#   against real Redis, pm2 and nginx, then the browser test in a real
+#   against real Redis, pm2 and nginx, the domain-event tests against a real
+#   RabbitMQ, then the browser test in a real
 #   headless Chromium.
 # Whatever is missing (MariaDB, Redis, nginx, pm2, Chromium, Node packages)
 # is installed or started first. Every test database is uniquely named and dropped.
@@ -17,6 +18,7 @@ cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
 
 ensure_mariadb
 ensure_redis
+ensure_rabbitmq
 ensure_nginx_pm2
 
 log "cargo fmt --check"

@@ -10,6 +10,7 @@ use std::time::Duration;
 use futures_util::future::{join, join_all};
 use serde_json::Value;
 
+use crate::helpers::joined_room_id;
 use crate::procs::{redis_url, Cluster};
 use crate::rabbit::{seqs, types, Listener, Vhost};
 
@@ -22,7 +23,7 @@ async fn two_processes_publish_one_stream_per_room_in_store_order() {
     let vhost = Vhost::create();
     let listener = Listener::start(&vhost.url());
     let url = vhost.url();
-    let cluster = Cluster::start_logged(
+    let mut cluster = Cluster::start_logged(
         2,
         &redis_url(),
         &[("AMQP_URL", url.as_str()), ("EVENTS_POLL_MS", "100")],
@@ -112,6 +113,14 @@ async fn two_processes_publish_one_stream_per_room_in_store_order() {
     let nodes: HashSet<&str> = cluster.nodes.iter().map(|n| n.instance.as_str()).collect();
     assert_eq!(instances, nodes);
 
+    // Each event was published once (a healthy run has no repeats).
+    let published = listener
+        .received()
+        .iter()
+        .filter(|r| r.body["roomId"] == room)
+        .count();
+    assert_eq!(published, total, "events published more than once");
+
     // Exactly one process relays; both are healthy.
     for i in 0..2 {
         let (status, body) = cluster.get(i, "/health").await;
@@ -124,4 +133,32 @@ async fn two_processes_publish_one_stream_per_room_in_store_order() {
         "one relay"
     );
     cluster.assert_no_errors();
+
+    // The relay dies (SIGKILL): the other process takes over, and the
+    // next room's stream arrives whole and in order.
+    let relay = (0..2)
+        .find(|&i| {
+            cluster
+                .logs(i)
+                .iter()
+                .any(|l| l.contains("this process runs the relay"))
+        })
+        .expect("a relay");
+    let survivor = 1 - relay;
+    cluster.kill(relay);
+    let mut ws = cluster.ws(survivor).await;
+    let next = joined_room_id(&ws.create("after", "z").await);
+    let contents: Vec<String> = (0..10).map(|j| format!("after #{j}")).collect();
+    ws.chat_all(&contents).await;
+    ws.leave().await;
+    let events = listener.wait_room(next, 14, Duration::from_secs(30)).await;
+    assert_eq!(seqs(&events), (1..=14).collect::<Vec<_>>());
+    assert_eq!(
+        types(&events).last().map(String::as_str),
+        Some("room.deleted")
+    );
+    assert!(cluster
+        .logs(survivor)
+        .iter()
+        .any(|l| l.contains("this process runs the relay")));
 }

@@ -61,32 +61,57 @@ pub(super) async fn record(
     for e in events {
         *counts.entry(e.room_id).or_default() += 1;
     }
-    let values = vec!["(?, ?)"; counts.len()].join(", ");
-    let mut params = Vec::with_capacity(counts.len() * 2);
+    // Advance the counters that exist (an UPDATE by primary key takes no
+    // gap locks at READ COMMITTED, so rooms never wait for each other
+    // here), then create the missing ones (a new room, or one created while
+    // events were off); no other transaction can create the same row
+    // meanwhile, since it would need the same room's lock.
+    let list = vec!["?"; counts.len()].join(", ");
+    let ids: Vec<Value> = counts.keys().map(|r| Value::from(*r)).collect();
+    let mut params = Vec::with_capacity(counts.len() * 3);
     for (room, n) in &counts {
         params.push(Value::from(*room));
         params.push(Value::from(*n));
     }
+    params.extend(ids.iter().cloned());
     tx.exec_drop(
         format!(
-            "INSERT INTO chatEventSeq (room_id, last_seq) VALUES {values} \
-             ON DUPLICATE KEY UPDATE last_seq = last_seq + VALUES(last_seq)"
+            "UPDATE chatEventSeq SET last_seq = last_seq + CASE room_id {} END \
+             WHERE room_id IN ({list})",
+            " WHEN ? THEN ?".repeat(counts.len())
         )
         .as_str(),
         Params::Positional(params),
     )
     .await?;
-    let ids: Vec<Value> = counts.keys().map(|r| Value::from(*r)).collect();
-    let lasts: Vec<(u64, u64)> = rows(
+    let mut lasts: Vec<(u64, u64)> = rows(
         tx,
-        format!(
-            "SELECT room_id, last_seq FROM chatEventSeq WHERE room_id IN ({})",
-            vec!["?"; ids.len()].join(", ")
-        )
-        .as_str(),
+        format!("SELECT room_id, last_seq FROM chatEventSeq WHERE room_id IN ({list})").as_str(),
         Params::Positional(ids),
     )
     .await?;
+    let missing: Vec<(RoomId, u64)> = counts
+        .iter()
+        .filter(|(room, _)| !lasts.iter().any(|(id, _)| *id == room.get()))
+        .map(|(room, n)| (*room, *n))
+        .collect();
+    if !missing.is_empty() {
+        let mut params = Vec::with_capacity(missing.len() * 2);
+        for (room, n) in &missing {
+            params.push(Value::from(*room));
+            params.push(Value::from(*n));
+            lasts.push((room.get(), *n));
+        }
+        tx.exec_drop(
+            format!(
+                "INSERT INTO chatEventSeq (room_id, last_seq) VALUES {}",
+                vec!["(?, ?)"; missing.len()].join(", ")
+            )
+            .as_str(),
+            Params::Positional(params),
+        )
+        .await?;
+    }
     let mut next: BTreeMap<RoomId, u64> = BTreeMap::new();
     for (room, last) in lasts {
         let room = RoomId::new(room);

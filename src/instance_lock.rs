@@ -10,7 +10,10 @@
 //! - `node <k>` (`k` below [`NODE_SLOTS`]): each process holds one, so a
 //!   process can count the other live processes on the database;
 //! - `solo`: held by a process without a bus (neither `REDIS_URL` nor
-//!   `REDIS_SENTINELS`).
+//!   `REDIS_SENTINELS`);
+//! - `events relay` (not taken here, but named the same way): held by the
+//!   one process that publishes the domain-event outbox
+//!   (`store/mysql/outbox.rs`).
 //!
 //! Invariants (a lock is taken before any member row of this process is
 //! written and held until the process ends; MySQL releases it when the

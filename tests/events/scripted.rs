@@ -21,6 +21,16 @@ async fn a_scripted_chat_publishes_exactly_its_events_in_order(mode: StoreMode) 
     let room = joined_room_id(&joined);
     let (mut bob, _) = app.join(room, "bob").await;
     let hi = alice.chat("hi \u{1F600}").await;
+    // How long after the sender's echo its event reaches a consumer (the
+    // relay is woken by the commit; printed for docs/PROTOCOL.md).
+    let echoed = tokio::time::Instant::now();
+    while listener.room(room).len() < 4 && echoed.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    eprintln!(
+        "{mode:?}: message.sent reached the consumer {:?} after the echo",
+        echoed.elapsed()
+    );
     // Alice's own `message` frame for Bob's chat is read by `chat`'s wait
     // for Bob's echo; the order is the store's either way.
     let yo = bob.chat("yo").await;

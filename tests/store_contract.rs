@@ -19,6 +19,7 @@ use chrono::{DateTime, Utc};
 use futures_util::FutureExt;
 
 use chat_server::domain::{MessageSeq, Nickname, RoomId, RoomTitle, SocketId, TextLimits};
+use chat_server::events::Events;
 use chat_server::store::{
     LeaveOutcome, MemoryStore, MySqlStore, NewMember, NewMessage, SharedStore, StoreError,
 };
@@ -43,6 +44,18 @@ macro_rules! contract_tests {
                 #[actix_rt::test]
                 async fn $name() {
                     super::with_mysql(super::$name).await;
+                }
+            )*
+        }
+        /// The same with domain events on (`AMQP_URL`): the contract holds
+        /// while every change also writes the outbox, and afterwards each
+        /// room's outbox rows are its events in order (see
+        /// `check_outbox`).
+        mod mysql_events {
+            $(
+                #[actix_rt::test]
+                async fn $name() {
+                    super::with_mysql_events(super::$name).await;
                 }
             )*
         }
@@ -114,8 +127,87 @@ where
     with_mysql_db(|store, _db| test(store)).await;
 }
 
+/// Like `with_mysql`, with domain events recorded into the outbox; then
+/// checks the outbox (`check_outbox`).
+async fn with_mysql_events<F, Fut>(test: F)
+where
+    F: FnOnce(SharedStore) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let events = Arc::new(Events::for_mysql("contract", usize::MAX));
+    with_mysql_db_events(Some(events), |store, db| async move {
+        test(store).await;
+        check_outbox(&db).await;
+    })
+    .await;
+}
+
+/// Per room, in outbox id order (the order the relay publishes): seq 1, 2,
+/// 3, ... without a gap, `room.created` first, nothing after
+/// `room.deleted`; message ids increasing; and no sequence counter left for
+/// a deleted room.
+async fn check_outbox(db: &str) {
+    use mysql_async::prelude::Queryable;
+    let mut conn = raw_conn(db).await;
+    let rows: Vec<(u64, u64, String, String)> = conn
+        .query("SELECT room_id, seq, routing_key, body FROM chatEventOutbox ORDER BY id")
+        .await
+        .unwrap();
+    let mut rooms: std::collections::BTreeMap<u64, Vec<(u64, String, serde_json::Value)>> =
+        Default::default();
+    for (room, seq, key, body) in rows {
+        let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(body["type"], key.as_str());
+        assert_eq!(body["seq"], seq);
+        assert_eq!(body["roomId"], room);
+        rooms.entry(room).or_default().push((seq, key, body));
+    }
+    for (room, events) in &rooms {
+        let seqs: Vec<u64> = events.iter().map(|e| e.0).collect();
+        assert_eq!(
+            seqs,
+            (1..=seqs.len() as u64).collect::<Vec<_>>(),
+            "room {room}: seq in outbox order"
+        );
+        assert_eq!(events[0].1, "room.created", "room {room}");
+        if let Some(end) = events.iter().position(|e| e.1 == "room.deleted") {
+            assert_eq!(
+                end,
+                events.len() - 1,
+                "room {room}: events after room.deleted"
+            );
+        }
+        let ids: Vec<u64> = events
+            .iter()
+            .filter_map(|e| e.2["message"]["id"].as_u64())
+            .collect();
+        assert!(
+            ids.windows(2).all(|w| w[0] + 1 == w[1]),
+            "room {room}: message ids {ids:?}"
+        );
+    }
+    let orphans: Option<u64> = conn
+        .query_first(
+            "SELECT COUNT(*) FROM chatEventSeq s LEFT JOIN chatRoom r ON r.id = s.room_id \
+             WHERE r.id IS NULL",
+        )
+        .await
+        .unwrap();
+    assert_eq!(orphans, Some(0), "sequence counters of deleted rooms");
+    conn.disconnect().await.unwrap();
+}
+
 /// Like `with_mysql`, also passing `test` the name of the database.
 async fn with_mysql_db<F, Fut>(test: F)
+where
+    F: FnOnce(SharedStore, String) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    with_mysql_db_events(None, test).await;
+}
+
+/// `with_mysql_db`, with `events` given to the store.
+async fn with_mysql_db_events<F, Fut>(events: Option<Arc<Events>>, test: F)
 where
     F: FnOnce(SharedStore, String) -> Fut,
     Fut: Future<Output = ()>,
@@ -123,7 +215,7 @@ where
     let (base, query) = mysql_base();
     let db = unique_db_name();
     let url = format!("{base}/{db}{query}");
-    let store = match MySqlStore::connect(&url, Duration::from_secs(20)).await {
+    let store = match MySqlStore::connect_with_events(&url, Duration::from_secs(20), events).await {
         Ok(store) => Arc::new(store),
         Err(e) => {
             drop_database(&base, &query, &db).await;
@@ -1406,7 +1498,10 @@ mod mysql_only {
                 ),
             )
             .await;
-            assert_eq!(tables, 3);
+            assert_eq!(
+                tables, 5,
+                "chatRoom, chatMember, chatMsg, chatEventOutbox, chatEventSeq"
+            );
             conn.disconnect().await.unwrap();
         })
         .await;

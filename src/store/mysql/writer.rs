@@ -29,6 +29,10 @@
 //!   answered (`store_group_truly`).
 //! - **Answers in time.** A request is answered within half the store
 //!   timeout, queued or in a group, except after an unanswered `COMMIT`.
+//! - **Events with the messages** (`AMQP_URL`). A group's `message.sent`
+//!   outbox rows are written in its transaction, after `reserve` locked its
+//!   rooms' rows (see `outbox.rs`): they exist exactly when the messages do,
+//!   also after an unanswered `COMMIT` resolved either way.
 //! - **Supervised.** A writer task that dies is started again; until then
 //!   `is_running` is false and the store's `ping` (so `/health`) fails.
 

@@ -1468,6 +1468,41 @@ mod mysql_only {
     }
 
     #[actix_rt::test]
+    async fn the_event_tables_are_needed_only_with_events() {
+        with_mysql_db(|store, db| async move {
+            let (base, query) = mysql_base();
+            let url = format!("{base}/{db}{query}");
+            let tables_sql = format!(
+                "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = '{db}'"
+            );
+            let tables_sql = tables_sql.as_str();
+            let mut conn = raw_conn(&db).await;
+            // A database set up before the event tables existed.
+            conn.query_drop("DROP TABLE chatEventOutbox, chatEventSeq")
+                .await
+                .unwrap();
+            assert_eq!(count(&mut conn, tables_sql).await, 3);
+            // Without events no DDL runs (a user without CREATE still starts).
+            let plain = MySqlStore::connect(&url, Duration::from_secs(20))
+                .await
+                .expect("connect without events");
+            assert_eq!(count(&mut conn, tables_sql).await, 3);
+            plain.disconnect().await;
+            // With events the missing tables are created.
+            let events = Arc::new(Events::for_mysql("t", 10));
+            let eventful =
+                MySqlStore::connect_with_events(&url, Duration::from_secs(20), Some(events))
+                    .await
+                    .expect("connect with events");
+            assert_eq!(count(&mut conn, tables_sql).await, 5);
+            eventful.disconnect().await;
+            drop(store);
+            conn.disconnect().await.unwrap();
+        })
+        .await;
+    }
+
+    #[actix_rt::test]
     async fn schema_is_idempotent_and_utf8mb4() {
         with_mysql_db(|store, db| async move {
             let room = new_room(&store, "kept").await;

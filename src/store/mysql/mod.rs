@@ -154,7 +154,8 @@ impl MySqlStore {
         // One dedicated connection prepares the database before the pool
         // exists, so the pool never holds connections to a missing database.
         let mut conn = bounded(op_timeout, "connecting", open_creating_db(&opts)).await?;
-        let applied = bounded(op_timeout, SCHEMA_STEP, ensure_schema(&mut conn)).await;
+        let schema = ensure_schema(&mut conn, events.is_some());
+        let applied = bounded(op_timeout, SCHEMA_STEP, schema).await;
         // A failed disconnect only leaks a connection the server will close.
         let _ = tokio::time::timeout(op_timeout, conn.disconnect()).await;
         applied?;

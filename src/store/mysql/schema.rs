@@ -39,7 +39,11 @@ pub(super) const SCHEMA_STEP: &str = "applying the schema";
 /// and no privilege beyond reading and writing rows is needed), then checks
 /// that the tables are ours (see [`schema_problems`]): tables of another
 /// schema stop start-up before any row is touched.
-pub(super) async fn ensure_schema(conn: &mut Conn) -> Result<(), StoreError> {
+///
+/// The event tables (`chatEventOutbox`, `chatEventSeq`) are required only
+/// `with_events` (`AMQP_URL`): a database set up before they existed, for
+/// a user who may not create tables, keeps working without events.
+pub(super) async fn ensure_schema(conn: &mut Conn, with_events: bool) -> Result<(), StoreError> {
     let present: Vec<String> = conn
         .query("SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE()")
         .await
@@ -50,10 +54,36 @@ pub(super) async fn ensure_schema(conn: &mut Conn) -> Result<(), StoreError> {
         .map_err(unavailable(CHECKING))?
         .flatten()
         .unwrap_or_default();
-    let missing = missing_tables(&present);
-    if !missing.is_empty() {
-        apply_schema(conn, &database, missing).await?;
+    let missing = missing_tables(&present, with_events);
+    if missing.is_empty() {
+        return check_tables(conn, &present, database).await;
     }
+    // Tables of another schema are refused before any DDL: a database
+    // holding the original service's three tables gets no table added (the
+    // event tables came later than the three and may be missing alone).
+    let core_present = CORE_TABLES
+        .iter()
+        .all(|t| present.iter().any(|p| p.eq_ignore_ascii_case(t)));
+    if core_present {
+        check_tables(conn, &present, database.clone()).await?;
+    }
+    apply_schema(conn, &database, missing).await?;
+    let present: Vec<String> = conn
+        .query("SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE()")
+        .await
+        .map_err(unavailable(CHECKING))?;
+    check_tables(conn, &present, database).await
+}
+
+/// The tables `TABLES` began with; the rest were added later, for events.
+const CORE_TABLES: [&str; 3] = ["chatRoom", "chatMember", "chatMsg"];
+
+/// Checks that the tables present are ours (see [`schema_problems`]).
+async fn check_tables(
+    conn: &mut Conn,
+    present: &[String],
+    database: String,
+) -> Result<(), StoreError> {
     let columns: Vec<(String, String)> = rows(
         conn,
         "SELECT table_name, column_name FROM information_schema.columns \
@@ -67,7 +97,7 @@ pub(super) async fn ensure_schema(conn: &mut Conn) -> Result<(), StoreError> {
         "SELECT column_name FROM information_schema.key_column_usage \
          WHERE table_schema = DATABASE() AND table_name = ? AND constraint_name = 'PRIMARY' \
          ORDER BY ordinal_position",
-        (msg_table_name(&present),),
+        (msg_table_name(present),),
     )
     .await
     .map_err(unavailable(CHECKING))?;
@@ -344,9 +374,10 @@ impl MySqlStore {
 
 /// The tables of `TABLES` not in `present` (compared without regard to
 /// case, as servers with `lower_case_table_names` store them lower-case).
-fn missing_tables(present: &[String]) -> Vec<&'static str> {
+fn missing_tables(present: &[String], with_events: bool) -> Vec<&'static str> {
     TABLES
         .into_iter()
+        .filter(|t| with_events || CORE_TABLES.contains(t))
         .filter(|t| !present.iter().any(|p| p.eq_ignore_ascii_case(t)))
         .collect()
 }
@@ -401,7 +432,9 @@ mod tests {
     #[test]
     fn missing_tables_are_found_whatever_their_case() {
         let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert_eq!(missing_tables(&[]), TABLES.to_vec());
+        assert_eq!(missing_tables(&[], true), TABLES.to_vec());
+        assert_eq!(missing_tables(&[], false), CORE_TABLES.to_vec());
+        assert!(missing_tables(&names(&["chatRoom", "chatMember", "chatMsg"]), false).is_empty());
         let all = [
             "chatRoom",
             "chatMember",
@@ -409,17 +442,20 @@ mod tests {
             "chatEventOutbox",
             "chatEventSeq",
         ];
-        assert!(missing_tables(&names(&[&all[..], &["x"]].concat())).is_empty());
-        assert!(missing_tables(&names(&[
-            "chatroom",
-            "CHATMEMBER",
-            "chatmsg",
-            "chateventoutbox",
-            "CHATEVENTSEQ"
-        ]))
+        assert!(missing_tables(&names(&[&all[..], &["x"]].concat()), true).is_empty());
+        assert!(missing_tables(
+            &names(&[
+                "chatroom",
+                "CHATMEMBER",
+                "chatmsg",
+                "chateventoutbox",
+                "CHATEVENTSEQ"
+            ]),
+            true
+        )
         .is_empty());
         assert_eq!(
-            missing_tables(&names(&["chatRoom", "chatMsg", "chatEventOutbox"])),
+            missing_tables(&names(&["chatRoom", "chatMsg", "chatEventOutbox"]), true),
             ["chatMember", "chatEventSeq"]
         );
     }

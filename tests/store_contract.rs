@@ -39,6 +39,16 @@ macro_rules! contract_tests {
                 }
             )*
         }
+        /// The memory store with events on: the contract holds, and the
+        /// queue holds each room's events in order (see `check_streams`).
+        mod memory_events {
+            $(
+                #[actix_rt::test]
+                async fn $name() {
+                    super::with_memory_events(super::$name).await;
+                }
+            )*
+        }
         mod mysql {
             $(
                 #[actix_rt::test]
@@ -142,10 +152,33 @@ where
     .await;
 }
 
-/// Per room, in outbox id order (the order the relay publishes): seq 1, 2,
-/// 3, ... without a gap, `room.created` first, nothing after
-/// `room.deleted`; message ids increasing; and no sequence counter left for
-/// a deleted room.
+/// Runs `test` against a memory store with events on, then checks its
+/// queue (`check_streams`).
+async fn with_memory_events<F, Fut>(test: F)
+where
+    F: FnOnce(SharedStore) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let events = Arc::new(Events::for_memory("contract", usize::MAX));
+    test(Arc::new(
+        MemoryStore::new(100_000).with_events(events.clone()),
+    ))
+    .await;
+    let rows = events
+        .waiting()
+        .into_iter()
+        .map(|p| {
+            let body: serde_json::Value = serde_json::from_str(&p.body).unwrap();
+            let room = body["roomId"].as_u64().unwrap();
+            let seq = body["seq"].as_u64().unwrap();
+            (room, seq, p.routing_key, p.body)
+        })
+        .collect();
+    check_streams(rows);
+}
+
+/// Per room, in outbox id order (the order the relay publishes), see
+/// `check_streams`; and no sequence counter left for a deleted room.
 async fn check_outbox(db: &str) {
     use mysql_async::prelude::Queryable;
     let mut conn = raw_conn(db).await;
@@ -153,6 +186,22 @@ async fn check_outbox(db: &str) {
         .query("SELECT room_id, seq, routing_key, body FROM chatEventOutbox ORDER BY id")
         .await
         .unwrap();
+    check_streams(rows);
+    let orphans: Option<u64> = conn
+        .query_first(
+            "SELECT COUNT(*) FROM chatEventSeq s LEFT JOIN chatRoom r ON r.id = s.room_id \
+             WHERE r.id IS NULL",
+        )
+        .await
+        .unwrap();
+    assert_eq!(orphans, Some(0), "sequence counters of deleted rooms");
+    conn.disconnect().await.unwrap();
+}
+
+/// `(room, seq, routing key, body)` of buffered events in buffer order:
+/// per room, seq 1, 2, 3, ... without a gap, `room.created` first, nothing
+/// after `room.deleted`, message ids consecutive.
+fn check_streams(rows: Vec<(u64, u64, String, String)>) {
     let mut rooms: std::collections::BTreeMap<u64, Vec<(u64, String, serde_json::Value)>> =
         Default::default();
     for (room, seq, key, body) in rows {
@@ -186,15 +235,6 @@ async fn check_outbox(db: &str) {
             "room {room}: message ids {ids:?}"
         );
     }
-    let orphans: Option<u64> = conn
-        .query_first(
-            "SELECT COUNT(*) FROM chatEventSeq s LEFT JOIN chatRoom r ON r.id = s.room_id \
-             WHERE r.id IS NULL",
-        )
-        .await
-        .unwrap();
-    assert_eq!(orphans, Some(0), "sequence counters of deleted rooms");
-    conn.disconnect().await.unwrap();
 }
 
 /// Like `with_mysql`, also passing `test` the name of the database.

@@ -151,6 +151,13 @@ impl Events {
         let _ = tokio::time::timeout(poll, self.wake.notified()).await;
     }
 
+    /// A copy of the events waiting in the memory store's queue, oldest
+    /// first (empty with MySQL, whose buffer is the outbox table). For
+    /// diagnostics and tests.
+    pub fn waiting(&self) -> Vec<queue::Pending> {
+        self.queue().map(|q| q.peek(usize::MAX)).unwrap_or_default()
+    }
+
     pub(crate) fn queue(&self) -> Option<MutexGuard<'_, BoundedQueue>> {
         self.queue.as_ref().map(lock)
     }

@@ -3,7 +3,8 @@
 #   formatting and lints, unit tests, the store contract suite, the
 #   integration tests against a real MariaDB, the multi-process cluster tests
 #   against real Redis, pm2 and nginx (one of them with the page in a real
-#   headless Chromium), then the browser test in a real headless Chromium.
+#   headless Chromium), the domain-event tests against a real RabbitMQ, then
+#   the browser test in a real headless Chromium.
 # Whatever is missing (MariaDB, Redis, nginx, pm2, Chromium, Node packages)
 # is installed or started first. Every test database is uniquely named and dropped.
 set -euo pipefail
@@ -17,6 +18,7 @@ cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
 
 ensure_mariadb
 ensure_redis
+ensure_rabbitmq
 ensure_nginx_pm2
 # Chromium and playwright-core: the browser test below, and the cluster
 # test that runs the page through a rolling restart (tests/cluster/page_rolling.rs).

@@ -91,3 +91,29 @@ CREATE TABLE IF NOT EXISTS chatMsg (
     CONSTRAINT fk_chatMsg_room FOREIGN KEY (room_id)
         REFERENCES chatRoom (id) ON DELETE CASCADE
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci;
+
+-- Domain events (with AMQP_URL; see docs/PROTOCOL.md "Domain events").
+-- chatEventOutbox is the transactional outbox: the transaction that changes
+-- a room writes the room's events here after it has locked the room's
+-- chatRoom row, so per room the ids follow commit order. One process at a
+-- time (the relay, holding a named lock) publishes rows in id order and
+-- deletes each once RabbitMQ confirmed it. No foreign key: a room.deleted
+-- event outlives its room.
+CREATE TABLE IF NOT EXISTS chatEventOutbox (
+    id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT,
+    room_id BIGINT UNSIGNED NOT NULL,
+    -- The event's place in its room's stream (1, 2, 3, ...).
+    seq BIGINT UNSIGNED NOT NULL,
+    routing_key VARCHAR(32) NOT NULL,
+    -- The message body, exactly as published (JSON).
+    body MEDIUMTEXT NOT NULL,
+    PRIMARY KEY (id)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci;
+
+-- Each live room's last event seq, advanced under the room's row lock; the
+-- row goes with the room's room.deleted event.
+CREATE TABLE IF NOT EXISTS chatEventSeq (
+    room_id BIGINT UNSIGNED NOT NULL,
+    last_seq BIGINT UNSIGNED NOT NULL,
+    PRIMARY KEY (room_id)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci;

@@ -134,6 +134,9 @@ pub struct Settings {
     /// line); read first by `main`, [`log_format_from_env`], to set up the
     /// logger before anything is logged.
     pub log_format: LogFormat,
+    /// `AMQP_URL` and the `EVENTS_*` settings: domain events published to
+    /// RabbitMQ (`None`: no events, nothing recorded).
+    pub events: Option<crate::events::EventsConfig>,
 }
 
 /// A setting that cannot be used: the variable, the value it was given and
@@ -273,6 +276,15 @@ impl Settings {
             reap_interval: env.millis("REAP_INTERVAL_MS", 2000)?,
             gap_timeout: env.millis("GAP_TIMEOUT_MS", 300)?,
             log_format: env.log_format()?,
+            events: match env.amqp_url("AMQP_URL")? {
+                None => None,
+                Some(url) => Some(crate::events::EventsConfig {
+                    url,
+                    buffer_max: env.count("EVENTS_BUFFER_MAX", 100_000, 1, usize::MAX)?,
+                    poll: env.millis("EVENTS_POLL_MS", 200)?,
+                    publish_timeout: env.millis("EVENTS_PUBLISH_TIMEOUT_MS", 5000)?,
+                }),
+            },
         };
         settings.check_together()?;
         Ok(settings)
@@ -533,6 +545,15 @@ impl<F: Fn(&str) -> Option<String>> Env<'_, F> {
         })
     }
 
+    /// An `amqp://` URL lapin accepts (no `amqps://`: the server is built
+    /// without a TLS backend).
+    fn amqp_url(&self, name: &'static str) -> Result<Option<String>, ConfigError> {
+        let shape = "amqp://user:pass@host:port/vhost";
+        self.url(name, shape, &["amqp://"], |url| {
+            url.parse::<lapin::uri::AMQPUri>().map(|_| ())
+        })
+    }
+
     /// A URL with one of `schemes` that `accepts` takes; refused as `must be
     /// <shape>: <why>`.
     fn url(
@@ -736,6 +757,30 @@ mod tests {
         );
         let err = refused("LOG_FORMAT", "xml");
         assert_eq!(err.to_string(), "LOG_FORMAT=xml: must be text or json");
+    }
+
+    #[test]
+    fn events_are_off_without_amqp_url_and_have_documented_defaults() {
+        assert_eq!(accepted(&[]).events, None);
+        // Without AMQP_URL the EVENTS_* settings are not read.
+        assert_eq!(accepted(&[("EVENTS_BUFFER_MAX", "x")]).events, None);
+        let s = accepted(&[("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f")]);
+        assert_eq!(
+            s.events,
+            Some(crate::events::EventsConfig {
+                url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+                buffer_max: 100_000,
+                poll: Duration::from_millis(200),
+                publish_timeout: Duration::from_millis(5000),
+            })
+        );
+        let e = refused("AMQP_URL", "http://127.0.0.1");
+        assert!(e.accepted.contains("amqp://"), "{e}");
+        let e = load(&[("AMQP_URL", "amqp://127.0.0.1"), ("EVENTS_BUFFER_MAX", "0")]).unwrap_err();
+        assert_eq!(e.name, "EVENTS_BUFFER_MAX");
+        // The password never reaches the message.
+        let e = refused("AMQP_URL", "amqp://u:secret@host:notaport");
+        assert!(!e.to_string().contains("secret"), "{e}");
     }
 
     #[test]

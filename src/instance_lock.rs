@@ -10,7 +10,10 @@
 //! - `node <k>` (`k` below [`NODE_SLOTS`]): each process holds one, so a
 //!   process can count the other live processes on the database;
 //! - `solo`: held by a process without a bus (neither `REDIS_URL` nor
-//!   `REDIS_SENTINELS`).
+//!   `REDIS_SENTINELS`);
+//! - `events relay` (not taken here, but named the same way): held by the
+//!   one process that publishes the domain-event outbox
+//!   (`store/mysql/outbox.rs`).
 //!
 //! Invariants (a lock is taken before any member row of this process is
 //! written and held until the process ends; MySQL releases it when the
@@ -117,7 +120,7 @@ impl Names {
 /// `chat:` and the first 40 hex digits of SHA-256 of the database name and
 /// `what` (a newline between them: neither a database nor an instance id
 /// mixes them up).
-fn lock_name(database: &str, what: &str) -> String {
+pub(crate) fn lock_name(database: &str, what: &str) -> String {
     let digest = Sha256::digest(format!("{database}\n{what}").as_bytes());
     let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
     format!("chat:{}", &hex[..40])

@@ -24,6 +24,11 @@
 //! - [`store`] is the persistence contract with two implementations
 //!   (embedded memory, MySQL); [`http::rooms`] serves the REST API from the
 //!   store and the room actors.
+//! - [`events`] (with `AMQP_URL`): the store records each change's domain
+//!   events with the change itself (MySQL: the `chatEventOutbox` table in
+//!   the same transaction; memory: a bounded queue under the store's lock),
+//!   and one relay per database publishes them to RabbitMQ's `chat.events`
+//!   with publisher confirms.
 //! - [`config`] reads every setting from the environment, [`startup`] wires
 //!   it all together, [`error`] maps failures to the contract's codes.
 //! - [`logging`] writes the `log` records as text or JSON lines
@@ -34,6 +39,7 @@
 // Everything else is the crate's own, so the compiler reports dead code.
 pub mod config;
 pub mod domain;
+pub mod events;
 pub mod logging;
 pub mod startup;
 pub mod store;

@@ -23,6 +23,8 @@ use crate::actors::room_manager::{RoomManager, Shutdown};
 use crate::config::Settings;
 use crate::connections::ConnectionLimiter;
 use crate::error::Chain;
+use crate::events::relay::{EventSource, MemorySource, Relay};
+use crate::events::Events;
 use crate::http::state::HttpState;
 use crate::instance_lock::{InstanceLock, LockError, LockKeeper, Refusal, Role};
 use crate::rate_limit::KeyedLimiter;
@@ -90,7 +92,17 @@ pub struct Application {
     lock: SharedKeeper,
     /// Told why when another process took the instance lock.
     lock_lost: Option<tokio::sync::oneshot::Receiver<String>>,
+    /// The domain-event relay (`AMQP_URL`), stopped by [`Stopper::stop`].
+    relay: SharedRelay,
 }
+
+/// The event relay, shared by the application and its stoppers.
+type SharedRelay = Arc<tokio::sync::Mutex<Option<Relay>>>;
+
+/// How long a stopping server gives the event relay to publish what is
+/// buffered (the departures of its members, say). With MySQL what is left
+/// stays in the outbox for the next relay; without, it is lost.
+const RELAY_DRAIN: Duration = Duration::from_secs(2);
 
 impl Application {
     /// Connects the store, starts the actors and binds the listener.
@@ -128,7 +140,15 @@ impl Application {
             .ok_or_else(|| bind_error(std::io::Error::other("no local address")))?;
         let port = local_addr.port();
 
-        let Opened { store, mysql, lock } = connect_store(&settings).await?;
+        // Domain events: recorded by the store, published by the relay.
+        let events = settings.events.as_ref().map(|config| {
+            let events = match settings.mysql_url {
+                Some(_) => Events::for_mysql(&settings.instance_id, config.buffer_max),
+                None => Events::for_memory(&settings.instance_id, config.buffer_max),
+            };
+            Arc::new(events)
+        });
+        let Opened { store, mysql, lock } = connect_store(&settings, events.clone()).await?;
         let close = || async {
             if let Some(mysql) = &mysql {
                 mysql.disconnect().await;
@@ -204,6 +224,17 @@ impl Application {
             None => (None, None),
         };
         let lock = Arc::new(tokio::sync::Mutex::new(lock));
+        let relay = match (&settings.events, &events) {
+            (Some(config), Some(events)) => {
+                let source: Box<dyn EventSource> = match &mysql {
+                    Some(mysql) => Box::new(mysql.event_source()),
+                    None => Box::new(MemorySource(events.clone())),
+                };
+                Some(Relay::start(config.clone(), events.clone(), source))
+            }
+            _ => None,
+        };
+        let relay = Arc::new(tokio::sync::Mutex::new(relay));
 
         let manager = RoomManager::new(
             store.clone(),
@@ -243,6 +274,7 @@ impl Application {
             chat: chat.clone(),
             templates,
             bus_health: bus.as_ref().map(|_| bus_health.clone()),
+            events,
         });
 
         let app_state = state.clone();
@@ -297,6 +329,7 @@ impl Application {
             chat,
             lock,
             lock_lost,
+            relay,
         })
     }
 
@@ -311,6 +344,7 @@ impl Application {
             handle: self.server.handle(),
             chat: self.chat.clone(),
             lock: self.lock.clone(),
+            relay: self.relay.clone(),
         }
     }
 
@@ -342,6 +376,7 @@ impl Application {
             stopper.stop().await;
         });
         let served = self.server.await;
+        stop_relay(&self.relay).await;
         release(&self.lock).await;
         if let Ok(why) = why_rx.await {
             return Err(std::io::Error::other(format!(
@@ -360,6 +395,7 @@ pub struct Stopper {
     handle: ServerHandle,
     chat: Arc<SessionContext>,
     lock: SharedKeeper,
+    relay: SharedRelay,
 }
 
 impl Stopper {
@@ -376,9 +412,19 @@ impl Stopper {
         }
         self.chat.sessions.close_all(Duration::from_secs(3)).await;
         self.handle.stop(true).await;
+        // After the members' departures were recorded.
+        stop_relay(&self.relay).await;
         // Last: while the lock is held no other start deletes our rows, and
         // once `stop` returns a new process may start on the database.
         release(&self.lock).await;
+    }
+}
+
+/// Stops the event relay, if running (once; later calls do nothing).
+async fn stop_relay(relay: &SharedRelay) {
+    let relay = relay.lock().await.take();
+    if let Some(relay) = relay {
+        relay.stop(RELAY_DRAIN).await;
     }
 }
 
@@ -523,39 +569,48 @@ struct Opened {
 /// [`may_heal`]) stops start-up at once with its cause. With MySQL the
 /// instance lock is taken before anything reads a member row (see
 /// `instance_lock`).
-async fn connect_store(settings: &Settings) -> Result<Opened, StartupError> {
+async fn connect_store(
+    settings: &Settings,
+    events: Option<Arc<Events>>,
+) -> Result<Opened, StartupError> {
     let Some(url) = settings.mysql_url.as_deref() else {
+        let mut memory = MemoryStore::new(settings.memory_history_limit)
+            .with_max_bytes(settings.memory_store_max_bytes);
+        if let Some(events) = events {
+            memory = memory.with_events(events);
+        }
         return Ok(Opened {
-            store: Arc::new(
-                MemoryStore::new(settings.memory_history_limit)
-                    .with_max_bytes(settings.memory_store_max_bytes),
-            ),
+            store: Arc::new(memory),
             mysql: None,
             lock: None,
         });
     };
     let mut backoff = Duration::from_millis(250);
-    let mysql = loop {
-        let connected = match MySqlStore::connect(url, settings.store_timeout).await {
-            Ok(store) => match store.check_limits(&settings.limits).await {
-                Ok(()) => Ok(store),
+    let mysql =
+        loop {
+            let connected =
+                match MySqlStore::connect_with_events(url, settings.store_timeout, events.clone())
+                    .await
+                {
+                    Ok(store) => match store.check_limits(&settings.limits).await {
+                        Ok(()) => Ok(store),
+                        Err(e) => {
+                            store.disconnect().await;
+                            Err(e)
+                        }
+                    },
+                    Err(e) => Err(e),
+                };
+            match connected {
+                Ok(store) => break Arc::new(store),
+                Err(e) if !may_heal(&e) => return Err(StartupError::Store(e)),
                 Err(e) => {
-                    store.disconnect().await;
-                    Err(e)
+                    log::warn!("MySQL not ready ({}); retrying in {backoff:?}", Chain(&e));
+                    actix_web::rt::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
-            },
-            Err(e) => Err(e),
-        };
-        match connected {
-            Ok(store) => break Arc::new(store),
-            Err(e) if !may_heal(&e) => return Err(StartupError::Store(e)),
-            Err(e) => {
-                log::warn!("MySQL not ready ({}); retrying in {backoff:?}", Chain(&e));
-                actix_web::rt::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
-        }
-    };
+        };
     // A bus by URL or through Sentinels makes a cluster process.
     let role = match settings.bus_address() {
         Some(_) => Role::Cluster,

@@ -19,6 +19,7 @@ use chrono::{DateTime, Utc};
 use futures_util::FutureExt;
 
 use chat_server::domain::{MessageSeq, Nickname, RoomId, RoomTitle, SocketId, TextLimits};
+use chat_server::events::Events;
 use chat_server::store::{
     LeaveOutcome, MemoryStore, MySqlStore, NewMember, NewMessage, SharedStore, StoreError,
 };
@@ -38,11 +39,33 @@ macro_rules! contract_tests {
                 }
             )*
         }
+        /// The memory store with events on: the contract holds, and the
+        /// queue holds each room's events in order (see `check_streams`).
+        mod memory_events {
+            $(
+                #[actix_rt::test]
+                async fn $name() {
+                    super::with_memory_events(super::$name).await;
+                }
+            )*
+        }
         mod mysql {
             $(
                 #[actix_rt::test]
                 async fn $name() {
                     super::with_mysql(super::$name).await;
+                }
+            )*
+        }
+        /// The same with domain events on (`AMQP_URL`): the contract holds
+        /// while every change also writes the outbox, and afterwards each
+        /// room's outbox rows are its events in order (see
+        /// `check_outbox`).
+        mod mysql_events {
+            $(
+                #[actix_rt::test]
+                async fn $name() {
+                    super::with_mysql_events(super::$name).await;
                 }
             )*
         }
@@ -114,8 +137,117 @@ where
     with_mysql_db(|store, _db| test(store)).await;
 }
 
+/// Like `with_mysql`, with domain events recorded into the outbox; then
+/// checks the outbox (`check_outbox`).
+async fn with_mysql_events<F, Fut>(test: F)
+where
+    F: FnOnce(SharedStore) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let events = Arc::new(Events::for_mysql("contract", usize::MAX));
+    with_mysql_db_events(Some(events), |store, db| async move {
+        test(store).await;
+        check_outbox(&db).await;
+    })
+    .await;
+}
+
+/// Runs `test` against a memory store with events on, then checks its
+/// queue (`check_streams`).
+async fn with_memory_events<F, Fut>(test: F)
+where
+    F: FnOnce(SharedStore) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let events = Arc::new(Events::for_memory("contract", usize::MAX));
+    test(Arc::new(
+        MemoryStore::new(100_000).with_events(events.clone()),
+    ))
+    .await;
+    let rows = events
+        .waiting()
+        .into_iter()
+        .map(|p| {
+            let body: serde_json::Value = serde_json::from_str(&p.body).unwrap();
+            let room = body["roomId"].as_u64().unwrap();
+            let seq = body["seq"].as_u64().unwrap();
+            (room, seq, p.routing_key, p.body)
+        })
+        .collect();
+    check_streams(rows);
+}
+
+/// Per room, in outbox id order (the order the relay publishes), see
+/// `check_streams`; and no sequence counter left for a deleted room.
+async fn check_outbox(db: &str) {
+    use mysql_async::prelude::Queryable;
+    let mut conn = raw_conn(db).await;
+    let rows: Vec<(u64, u64, String, String)> = conn
+        .query("SELECT room_id, seq, routing_key, body FROM chatEventOutbox ORDER BY id")
+        .await
+        .unwrap();
+    check_streams(rows);
+    let orphans: Option<u64> = conn
+        .query_first(
+            "SELECT COUNT(*) FROM chatEventSeq s LEFT JOIN chatRoom r ON r.id = s.room_id \
+             WHERE r.id IS NULL",
+        )
+        .await
+        .unwrap();
+    assert_eq!(orphans, Some(0), "sequence counters of deleted rooms");
+    conn.disconnect().await.unwrap();
+}
+
+/// `(room, seq, routing key, body)` of buffered events in buffer order:
+/// per room, seq 1, 2, 3, ... without a gap, `room.created` first, nothing
+/// after `room.deleted`, message ids consecutive.
+fn check_streams(rows: Vec<(u64, u64, String, String)>) {
+    let mut rooms: std::collections::BTreeMap<u64, Vec<(u64, String, serde_json::Value)>> =
+        Default::default();
+    for (room, seq, key, body) in rows {
+        let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(body["type"], key.as_str());
+        assert_eq!(body["seq"], seq);
+        assert_eq!(body["roomId"], room);
+        rooms.entry(room).or_default().push((seq, key, body));
+    }
+    for (room, events) in &rooms {
+        let seqs: Vec<u64> = events.iter().map(|e| e.0).collect();
+        assert_eq!(
+            seqs,
+            (1..=seqs.len() as u64).collect::<Vec<_>>(),
+            "room {room}: seq in outbox order"
+        );
+        assert_eq!(events[0].1, "room.created", "room {room}");
+        if let Some(end) = events.iter().position(|e| e.1 == "room.deleted") {
+            assert_eq!(
+                end,
+                events.len() - 1,
+                "room {room}: events after room.deleted"
+            );
+        }
+        let ids: Vec<u64> = events
+            .iter()
+            .filter_map(|e| e.2["message"]["id"].as_u64())
+            .collect();
+        assert!(
+            ids.windows(2).all(|w| w[0] + 1 == w[1]),
+            "room {room}: message ids {ids:?}"
+        );
+    }
+}
+
 /// Like `with_mysql`, also passing `test` the name of the database.
 async fn with_mysql_db<F, Fut>(test: F)
+where
+    F: FnOnce(SharedStore, String) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    with_mysql_db_events(None, test).await;
+}
+
+/// `with_mysql_db`, with `events` given to the store.
+async fn with_mysql_db_events<F, Fut>(events: Option<Arc<Events>>, test: F)
 where
     F: FnOnce(SharedStore, String) -> Fut,
     Fut: Future<Output = ()>,
@@ -123,7 +255,7 @@ where
     let (base, query) = mysql_base();
     let db = unique_db_name();
     let url = format!("{base}/{db}{query}");
-    let store = match MySqlStore::connect(&url, Duration::from_secs(20)).await {
+    let store = match MySqlStore::connect_with_events(&url, Duration::from_secs(20), events).await {
         Ok(store) => Arc::new(store),
         Err(e) => {
             drop_database(&base, &query, &db).await;
@@ -1376,6 +1508,41 @@ mod mysql_only {
     }
 
     #[actix_rt::test]
+    async fn the_event_tables_are_needed_only_with_events() {
+        with_mysql_db(|store, db| async move {
+            let (base, query) = mysql_base();
+            let url = format!("{base}/{db}{query}");
+            let tables_sql = format!(
+                "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = '{db}'"
+            );
+            let tables_sql = tables_sql.as_str();
+            let mut conn = raw_conn(&db).await;
+            // A database set up before the event tables existed.
+            conn.query_drop("DROP TABLE chatEventOutbox, chatEventSeq")
+                .await
+                .unwrap();
+            assert_eq!(count(&mut conn, tables_sql).await, 3);
+            // Without events no DDL runs (a user without CREATE still starts).
+            let plain = MySqlStore::connect(&url, Duration::from_secs(20))
+                .await
+                .expect("connect without events");
+            assert_eq!(count(&mut conn, tables_sql).await, 3);
+            plain.disconnect().await;
+            // With events the missing tables are created.
+            let events = Arc::new(Events::for_mysql("t", 10));
+            let eventful =
+                MySqlStore::connect_with_events(&url, Duration::from_secs(20), Some(events))
+                    .await
+                    .expect("connect with events");
+            assert_eq!(count(&mut conn, tables_sql).await, 5);
+            eventful.disconnect().await;
+            drop(store);
+            conn.disconnect().await.unwrap();
+        })
+        .await;
+    }
+
+    #[actix_rt::test]
     async fn schema_is_idempotent_and_utf8mb4() {
         with_mysql_db(|store, db| async move {
             let room = new_room(&store, "kept").await;
@@ -1406,7 +1573,10 @@ mod mysql_only {
                 ),
             )
             .await;
-            assert_eq!(tables, 3);
+            assert_eq!(
+                tables, 5,
+                "chatRoom, chatMember, chatMsg, chatEventOutbox, chatEventSeq"
+            );
             conn.disconnect().await.unwrap();
         })
         .await;

@@ -110,6 +110,20 @@ ensure_redis() {
   log "Redis ready: $TEST_REDIS_URL"
 }
 
+# RabbitMQ on 127.0.0.1:5672 (guest/guest), which the domain-event tests
+# publish to and consume from; each test makes its own vhost with
+# rabbitmqctl, so that must work too.
+ensure_rabbitmq() {
+  command -v rabbitmq-server >/dev/null 2>&1 || apt_install rabbitmq-server
+  if ! rabbitmqctl -q status >/dev/null 2>&1; then
+    log "starting RabbitMQ"
+    as_root rabbitmq-server -detached || die "could not start RabbitMQ"
+    wait_for "rabbitmqctl -q await_startup" 120 || die "RabbitMQ did not come up"
+  fi
+  wait_for "(exec 3<>/dev/tcp/127.0.0.1/5672)" 60 || die "RabbitMQ does not listen on 5672"
+  log "RabbitMQ ready: amqp://127.0.0.1:5672"
+}
+
 # nginx and pm2, which the operations test runs for real.
 ensure_nginx_pm2() {
   command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || apt_install nginx

@@ -31,6 +31,12 @@ pub async fn health(app: web::Data<HttpState>) -> HttpResponse {
             "redis"
         }
     };
+    if let Some(events) = &app.events {
+        // Not connected to RabbitMQ, or the buffer is at its bound.
+        if !events.is_up() {
+            failing.push("events");
+        }
+    }
     let mut body = json!({
         "status": if failing.is_empty() { "ok" } else { "degraded" },
         "instance": app.settings.instance_id,
@@ -41,6 +47,14 @@ pub async fn health(app: web::Data<HttpState>) -> HttpResponse {
     if let Some(health) = &app.bus_health {
         // Bus payloads this process could not decode since it started.
         body["busRejected"] = json!(health.rejected_payloads());
+    }
+    if let Some(events) = &app.events {
+        body["events"] = json!("rabbitmq");
+        // Events waiting for RabbitMQ (with MySQL: the whole outbox, as
+        // this process last saw it) and events this process dropped
+        // because the buffer was full, since it started.
+        body["eventsBuffered"] = json!(events.buffered());
+        body["eventsDropped"] = json!(events.dropped());
     }
     if failing.is_empty() {
         HttpResponse::Ok().json(body)

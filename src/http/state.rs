@@ -9,6 +9,7 @@ use handlebars::Handlebars;
 use crate::actors::bus::BusHealth;
 use crate::actors::context::SessionContext;
 use crate::config::Settings;
+use crate::events::Events;
 
 pub struct HttpState {
     pub settings: Arc<Settings>,
@@ -17,4 +18,6 @@ pub struct HttpState {
     pub templates: Handlebars<'static>,
     /// `None` when running alone (no `REDIS_URL`).
     pub bus_health: Option<BusHealth>,
+    /// `None` without `AMQP_URL`.
+    pub events: Option<Arc<Events>>,
 }

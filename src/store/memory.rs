@@ -32,6 +32,9 @@ use super::{
     StoreError, StoreKind,
 };
 use crate::domain::{Member, Message, MessageSeq, Room, RoomId, RoomTitle, SocketId};
+use crate::events::body::DomainEvent;
+use crate::events::Events;
+use std::sync::Arc;
 
 struct StoredMember {
     member: Member,
@@ -47,6 +50,8 @@ struct StoredRoom {
     last_seq: MessageSeq,
     /// Accounted bytes of `messages` (sum of [`message_bytes`]).
     bytes: usize,
+    /// The seq of the room's last domain event (with events on).
+    event_seq: u64,
 }
 
 /// The default of `MEMORY_STORE_MAX_BYTES`: 256 MiB of history.
@@ -94,6 +99,10 @@ struct Inner {
     /// `(bytes, room)` of every room holding messages, so the biggest room
     /// is found at once.
     by_bytes: BTreeSet<(usize, RoomId)>,
+    /// With `AMQP_URL`: where each change's domain events go, pushed under
+    /// this store's mutex, so they are queued in the order the changes
+    /// happened.
+    events: Option<Arc<Events>>,
 }
 
 /// In-memory implementation of [`Store`].
@@ -116,6 +125,7 @@ impl MemoryStore {
                 rooms: BTreeMap::new(),
                 total_bytes: 0,
                 by_bytes: BTreeSet::new(),
+                events: None,
             }),
             history_limit: history_limit.max(1),
             max_bytes: DEFAULT_MAX_BYTES,
@@ -126,6 +136,13 @@ impl MemoryStore {
     /// bytes (`MEMORY_STORE_MAX_BYTES`).
     pub fn with_max_bytes(mut self, max_bytes: usize) -> Self {
         self.max_bytes = max_bytes;
+        self
+    }
+
+    /// The same store recording every change's domain events into
+    /// `events`' queue (`AMQP_URL`).
+    pub fn with_events(self, events: Arc<Events>) -> Self {
+        self.lock().events = Some(events);
         self
     }
 
@@ -163,6 +180,17 @@ impl MemoryStore {
 }
 
 impl Inner {
+    /// Queues `event` as its room's next (the room must still exist).
+    /// Invariant: called under the store's mutex, right after the change
+    /// it describes, so the queue holds events in the order of the changes.
+    fn emit(&mut self, event: DomainEvent) {
+        let (Some(events), Some(room)) = (&self.events, self.rooms.get_mut(&event.room_id)) else {
+            return;
+        };
+        room.event_seq += 1;
+        events.push(&event, room.event_seq);
+    }
+
     /// Records that `room_id` now holds `after` bytes instead of `before`.
     fn reindex(&mut self, room_id: RoomId, before: usize, after: usize) {
         if before == after {
@@ -212,12 +240,23 @@ impl Inner {
         let mut deleted = false;
         let mut nickname = String::new();
         let mut socket_id = SocketId::from("");
+        let mut events = Vec::new();
         if let Some(room) = self.rooms.get_mut(&room_id) {
             let gone = room.members.remove(index);
-            nickname = gone.member.nickname;
-            socket_id = gone.socket_id;
             room.room.member_count = room.members.len() as u32;
             deleted = room.members.is_empty();
+            if self.events.is_some() {
+                let at = crate::domain::now();
+                events.push(DomainEvent::member_left(room_id, &gone.member, at));
+                if deleted {
+                    events.push(DomainEvent::room_deleted(&room.room, at));
+                }
+            }
+            nickname = gone.member.nickname;
+            socket_id = gone.socket_id;
+        }
+        for event in events {
+            self.emit(event);
         }
         if deleted {
             self.delete_room(room_id);
@@ -288,8 +327,12 @@ impl Store for MemoryStore {
                 messages: VecDeque::new(),
                 last_seq: MessageSeq::ZERO,
                 bytes: 0,
+                event_seq: 0,
             },
         );
+        if inner.events.is_some() {
+            inner.emit(DomainEvent::room_created(&room));
+        }
         Ok(room)
     }
 
@@ -338,6 +381,9 @@ impl Store for MemoryStore {
         room.room.member_count = room.members.len() as u32;
         let room = room.room.clone();
         inner.next_join_seq += 1;
+        if inner.events.is_some() {
+            inner.emit(DomainEvent::member_joined(room_id, &member));
+        }
         Ok(JoinOutcome {
             room,
             member,
@@ -429,6 +475,11 @@ impl Store for MemoryStore {
         let after = room.bytes;
         inner.reindex(room_id, before, after);
         inner.evict_to(self.max_bytes);
+        if inner.events.is_some() {
+            for m in &stored {
+                inner.emit(DomainEvent::message_sent(m));
+            }
+        }
         Ok(stored)
     }
 
@@ -473,7 +524,13 @@ impl Store for MemoryStore {
             .filter(|r| r.members.is_empty() && r.room.created < created_before)
             .map(|r| r.room.id)
             .collect();
+        let at = crate::domain::now();
         for id in &doomed {
+            if let Some(room) = inner.rooms.get(id).map(|r| r.room.clone()) {
+                if inner.events.is_some() {
+                    inner.emit(DomainEvent::room_deleted(&room, at));
+                }
+            }
             inner.delete_room(*id);
         }
         Ok(doomed)

@@ -32,13 +32,17 @@
 //! Times are stored as UTC `DATETIME` (the session time zone is `+00:00`),
 //! truncated to whole seconds as the domain supplies them.
 
+mod outbox;
 mod schema;
 mod writer;
+
+pub use outbox::OutboxSource;
 
 use schema::{ensure_schema, SchemaNotApplied, SCHEMA_STEP};
 use writer::MessageWriter;
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -56,6 +60,8 @@ use super::{
     StoreError, StoreKind, TimedOut,
 };
 use crate::domain::{Member, Message, MessageSeq, Room, RoomId, RoomTitle, SocketId};
+use crate::events::body::DomainEvent;
+use crate::events::Events;
 
 /// `ER_BAD_DB_ERROR`: the database named in the URL does not exist.
 const ER_BAD_DB_ERROR: u16 = 1049;
@@ -102,7 +108,6 @@ const SESSION_SETUP: [&str; 2] = [
 const SELECT_ROOM: &str = "SELECT id, title, join_member_count, created FROM chatRoom WHERE id = ?";
 const LOCK_ROOM: &str =
     "SELECT id, title, join_member_count, created FROM chatRoom WHERE id = ? FOR UPDATE";
-const LOCK_ROOM_COUNT: &str = "SELECT join_member_count FROM chatRoom WHERE id = ? FOR UPDATE";
 
 type SqlResult<T> = Result<T, SqlError>;
 /// A transaction body's result: the outer error is a database failure
@@ -114,9 +119,13 @@ type RoomRow = (u64, String, u32, NaiveDateTime);
 /// MySQL implementation of [`Store`]. Cheap to share: it holds a pool.
 pub struct MySqlStore {
     pool: Pool,
+    opts: Opts,
     op_timeout: Duration,
     /// Stores every room's chat batches, many rooms per transaction.
     writer: MessageWriter,
+    /// With `AMQP_URL`: every change also writes its domain events to the
+    /// outbox, in its own transaction (see `outbox.rs`).
+    events: Option<Arc<Events>>,
 }
 
 impl MySqlStore {
@@ -130,12 +139,23 @@ impl MySqlStore {
     /// Errors are `StoreError::Unavailable` (bad URL, unreachable server,
     /// missing privileges); [`may_heal`] tells whether retrying can help.
     pub async fn connect(url: &str, op_timeout: Duration) -> Result<MySqlStore, StoreError> {
+        Self::connect_with_events(url, op_timeout, None).await
+    }
+
+    /// [`MySqlStore::connect`], and with `events` every change also records
+    /// its domain events in the outbox (see `outbox.rs`).
+    pub async fn connect_with_events(
+        url: &str,
+        op_timeout: Duration,
+        events: Option<Arc<Events>>,
+    ) -> Result<MySqlStore, StoreError> {
         let opts = parse_url(url)?;
 
         // One dedicated connection prepares the database before the pool
         // exists, so the pool never holds connections to a missing database.
         let mut conn = bounded(op_timeout, "connecting", open_creating_db(&opts)).await?;
-        let applied = bounded(op_timeout, SCHEMA_STEP, ensure_schema(&mut conn)).await;
+        let schema = ensure_schema(&mut conn, events.is_some());
+        let applied = bounded(op_timeout, SCHEMA_STEP, schema).await;
         // A failed disconnect only leaks a connection the server will close.
         let _ = tokio::time::timeout(op_timeout, conn.disconnect()).await;
         applied?;
@@ -160,15 +180,17 @@ impl MySqlStore {
         // batches of varying size evicted each other and nearly every batch
         // paid a PREPARE round trip.
         let stmt_cache = opts.stmt_cache_size().max(STMT_CACHE_SIZE);
-        let builder = OptsBuilder::from_opts(opts)
+        let builder = OptsBuilder::from_opts(opts.clone())
             .setup(SESSION_SETUP.to_vec())
             .stmt_cache_size(stmt_cache)
             .pool_opts(pool_opts);
         let pool = Pool::new(builder);
         let store = MySqlStore {
-            writer: MessageWriter::start(pool.clone(), op_timeout),
+            writer: MessageWriter::start(pool.clone(), op_timeout, events.clone()),
             pool,
+            opts,
             op_timeout,
+            events,
         };
         // Fail now, not on the first request, if pooled connections cannot
         // be set up.
@@ -177,6 +199,24 @@ impl MySqlStore {
             return Err(e);
         }
         Ok(store)
+    }
+
+    /// The outbox as the event relay reads it (on a connection of its own,
+    /// under the relay lock).
+    pub fn event_source(&self) -> OutboxSource {
+        OutboxSource::new(self.opts.clone(), self.op_timeout)
+    }
+
+    /// The recording process's id when events are on.
+    fn events_by(&self) -> Option<&str> {
+        self.events.as_deref().map(Events::instance)
+    }
+
+    /// Wakes the event relay after a change that recorded events committed.
+    fn wake_relay(&self) {
+        if let Some(events) = &self.events {
+            events.wake();
+        }
     }
 
     /// Closes the pool's connections (clean shutdown, tests). Later calls
@@ -294,14 +334,16 @@ impl MySqlStore {
             .map(RoomId::new)
             .collect();
         let mut removed = Vec::new();
+        let events = self.events_by();
         for room_id in room_ids {
             let gone = self
                 .transact(what, |mut tx| async move {
-                    let r = remove_room_members_tx(&mut tx, room_id, instance).await;
+                    let r = remove_room_members_tx(&mut tx, room_id, instance, events).await;
                     (tx, r)
                 })
-                .await?;
-            removed.extend(gone);
+                .await;
+            self.wake_relay();
+            removed.extend(gone?);
         }
         Ok(removed)
     }
@@ -330,6 +372,19 @@ impl Store for MySqlStore {
     ) -> Result<Room, StoreError> {
         let title = title.as_str();
         let created = to_db(created);
+        if let Some(instance) = self.events_by() {
+            // With events: the room and its `room.created` in one
+            // transaction (a retry after a lost connection is safe: the
+            // attempt that lost it was rolled back).
+            let room = self
+                .transact("create_room", |mut tx| async move {
+                    let r = create_room_tx(&mut tx, title, created, instance).await;
+                    (tx, r)
+                })
+                .await?;
+            self.wake_relay();
+            return Ok(room);
+        }
         // A single autocommitted INSERT; not repeated on a lost connection,
         // since the room may already exist then.
         self.with_conn("create_room", false, |mut conn| async move {
@@ -397,12 +452,16 @@ impl Store for MySqlStore {
     ) -> Result<JoinOutcome, StoreError> {
         const WHAT: &str = "add_member";
         let deadline = Instant::now() + self.op_timeout;
+        let events = self.events_by();
         let call = transact_until(&self.pool, WHAT, deadline, |mut tx| async move {
-            let r = add_member_tx(&mut tx, room_id, member).await;
+            let r = add_member_tx(&mut tx, room_id, member, events).await;
             (tx, r)
         });
         match call.await {
-            Ok(outcome) => Ok(outcome),
+            Ok(outcome) => {
+                self.wake_relay();
+                Ok(outcome)
+            }
             Err(TxFailed::NotStored(e)) => Err(e),
             Err(TxFailed::Unknown {
                 value,
@@ -421,6 +480,7 @@ impl Store for MySqlStore {
                     room_id,
                     value.join_seq,
                     member.socket_id.clone(),
+                    self.events.clone(),
                 ));
                 Err(cause)
             }
@@ -432,11 +492,15 @@ impl Store for MySqlStore {
         room_id: RoomId,
         socket_id: &SocketId,
     ) -> Result<LeaveOutcome, StoreError> {
-        self.transact("remove_member", |mut tx| async move {
-            let r = remove_member_tx(&mut tx, room_id, socket_id).await;
-            (tx, r)
-        })
-        .await
+        let events = self.events_by();
+        let left = self
+            .transact("remove_member", |mut tx| async move {
+                let r = remove_member_tx(&mut tx, room_id, socket_id, events).await;
+                (tx, r)
+            })
+            .await;
+        self.wake_relay();
+        left
     }
 
     async fn member_records(&self, room_id: RoomId) -> Result<Vec<MemberRecord>, StoreError> {
@@ -548,13 +612,15 @@ impl Store for MySqlStore {
         let cutoff = to_db(created_before);
         let started = Instant::now();
         let mut deleted = Vec::new();
+        let events = self.events_by();
         loop {
             let chunk = self
                 .transact(WHAT, |mut tx| async move {
-                    let r = delete_unjoined_rooms_tx(&mut tx, cutoff, SWEEP_CHUNK).await;
+                    let r = delete_unjoined_rooms_tx(&mut tx, cutoff, SWEEP_CHUNK, events).await;
                     (tx, r)
                 })
                 .await;
+            self.wake_relay();
             match chunk {
                 Ok((candidates, gone)) => {
                     deleted.extend(gone);
@@ -629,12 +695,41 @@ impl MySqlStore {
     }
 }
 
+/// `create_room`'s transaction with events on: insert the room (its row is
+/// locked by the insert and invisible to others until the commit), then
+/// record `room.created`.
+async fn create_room_tx(
+    tx: &mut Transaction<'static>,
+    title: &str,
+    created: NaiveDateTime,
+    instance: &str,
+) -> TxResult<Room> {
+    tx.exec_drop(
+        "INSERT INTO chatRoom (title, join_member_count, last_msg_id, created) \
+         VALUES (?, 0, 0, ?)",
+        (title, created),
+    )
+    .await?;
+    let id = tx
+        .last_insert_id()
+        .ok_or_else(|| SqlError::Other("INSERT returned no room id".into()))?;
+    let room = Room {
+        id: RoomId::new(id),
+        title: title.to_owned(),
+        member_count: 0,
+        created: from_db(created),
+    };
+    outbox::record(tx, instance, &[DomainEvent::room_created(&room)]).await?;
+    Ok(Ok(room))
+}
+
 /// `add_member`'s transaction: lock the room row, insert the member (the
 /// unique key decides `NicknameTaken`), count it.
 async fn add_member_tx(
     tx: &mut Transaction<'static>,
     room_id: RoomId,
     new: &NewMember,
+    events: Option<&str>,
 ) -> TxResult<JoinOutcome> {
     let Some(row) = first::<RoomRow, _, _>(tx, LOCK_ROOM, (room_id,)).await? else {
         return Ok(Err(StoreError::RoomNotFound(room_id)));
@@ -669,12 +764,18 @@ async fn add_member_tx(
     let mut room = room_from_row(row);
     // The row is locked, so the count read above plus this join is exact.
     room.member_count += 1;
+    let member = Member {
+        nickname: nickname.to_owned(),
+        joined_at: from_db(joined_at),
+    };
+    if let Some(instance) = events {
+        // After the room row lock (`LOCK_ROOM` above): see `outbox.rs`.
+        let joined = DomainEvent::member_joined(room_id, &member);
+        outbox::record(tx, instance, &[joined]).await?;
+    }
     Ok(Ok(JoinOutcome {
         room,
-        member: Member {
-            nickname: nickname.to_owned(),
-            joined_at: from_db(joined_at),
-        },
+        member,
         join_seq,
     }))
 }
@@ -686,24 +787,30 @@ async fn remove_member_tx(
     tx: &mut Transaction<'static>,
     room_id: RoomId,
     socket_id: &SocketId,
+    events: Option<&str>,
 ) -> TxResult<LeaveOutcome> {
-    let Some(count) = first::<u32, _, _>(tx, LOCK_ROOM_COUNT, (room_id,)).await? else {
+    let Some(row) = first::<RoomRow, _, _>(tx, LOCK_ROOM, (room_id,)).await? else {
         return Ok(Ok(LeaveOutcome::NotMember));
     };
-    let member: Option<(u64, String)> = first(
+    let room = room_from_row(row);
+    let member: Option<(u64, String, NaiveDateTime)> = first(
         tx,
-        "SELECT id, nickname FROM chatMember WHERE room_id = ? AND socket_id = ? \
+        "SELECT id, nickname, join_time FROM chatMember WHERE room_id = ? AND socket_id = ? \
          ORDER BY id LIMIT 1 FOR UPDATE",
         (room_id, socket_id),
     )
     .await?;
-    let Some((member_id, nickname)) = member else {
+    let Some((member_id, nickname, joined)) = member else {
         return Ok(Ok(LeaveOutcome::NotMember));
     };
     tx.exec_drop("DELETE FROM chatMember WHERE id = ?", (member_id,))
         .await?;
-    let remaining = count.saturating_sub(1);
+    let remaining = room.member_count.saturating_sub(1);
     set_member_count(tx, room_id, remaining).await?;
+    if let Some(instance) = events {
+        let gone = [(nickname.clone(), joined)];
+        record_departures(tx, instance, &room, &gone, remaining == 0).await?;
+    }
     if remaining == 0 {
         Ok(Ok(LeaveOutcome::RoomDeleted { nickname }))
     } else {
@@ -903,11 +1010,13 @@ async fn undo_join(
     room_id: RoomId,
     member_id: u64,
     socket_id: SocketId,
+    events: Option<Arc<Events>>,
 ) {
     let kill_from = Instant::now() + SETTLE_KILL_AFTER;
+    let by = events.as_deref().map(Events::instance);
     let attempt = || async {
         let mut tx = settle(&pool, conn_id, &[room_id], kill_from).await?;
-        let r = remove_member_row_tx(&mut tx, room_id, member_id, &socket_id).await;
+        let r = remove_member_row_tx(&mut tx, room_id, member_id, &socket_id, by).await;
         match r {
             Ok(removed) => {
                 tx.commit().await?;
@@ -922,6 +1031,9 @@ async fn undo_join(
     loop {
         match tokio::time::timeout(op_timeout, attempt()).await {
             Ok(Ok(true)) => {
+                if let Some(events) = &events {
+                    events.wake();
+                }
                 log::warn!(
                     "removed member {member_id} of room {room_id}: its join was answered \
                      unavailable but its COMMIT had gone through"
@@ -943,20 +1055,57 @@ async fn remove_member_row_tx(
     room_id: RoomId,
     member_id: u64,
     socket_id: &SocketId,
+    events: Option<&str>,
 ) -> SqlResult<bool> {
-    let Some(count) = first::<u32, _, _>(tx, LOCK_ROOM_COUNT, (room_id,)).await? else {
+    let Some(row) = first::<RoomRow, _, _>(tx, LOCK_ROOM, (room_id,)).await? else {
         return Ok(false);
     };
-    tx.exec_drop(
-        "DELETE FROM chatMember WHERE id = ? AND room_id = ? AND socket_id = ?",
+    let room = room_from_row(row);
+    let member: Option<(String, NaiveDateTime)> = first(
+        tx,
+        "SELECT nickname, join_time FROM chatMember WHERE id = ? AND room_id = ? \
+         AND socket_id = ? FOR UPDATE",
         (member_id, room_id, socket_id),
     )
     .await?;
-    if tx.affected_rows() == 0 {
+    let Some(member) = member else {
         return Ok(false);
+    };
+    tx.exec_drop("DELETE FROM chatMember WHERE id = ?", (member_id,))
+        .await?;
+    let remaining = room.member_count.saturating_sub(1);
+    set_member_count(tx, room_id, remaining).await?;
+    if let Some(instance) = events {
+        record_departures(tx, instance, &room, &[member], remaining == 0).await?;
     }
-    set_member_count(tx, room_id, count.saturating_sub(1)).await?;
     Ok(true)
+}
+
+/// Records that the members `gone` (nickname, join time) left `room` (as it
+/// was locked at the start of the transaction), and that it was deleted if
+/// `deleted`, in the caller's transaction, which holds the room's row lock.
+async fn record_departures(
+    tx: &mut Transaction<'static>,
+    instance: &str,
+    room: &Room,
+    gone: &[(String, NaiveDateTime)],
+    deleted: bool,
+) -> SqlResult<()> {
+    let at = crate::domain::now();
+    let mut events: Vec<DomainEvent> = gone
+        .iter()
+        .map(|(nickname, joined)| {
+            let member = Member {
+                nickname: nickname.clone(),
+                joined_at: from_db(*joined),
+            };
+            DomainEvent::member_left(room.id, &member, at)
+        })
+        .collect();
+    if deleted {
+        events.push(DomainEvent::room_deleted(room, at));
+    }
+    outbox::record(tx, instance, &events).await
 }
 
 /// One chunk of `delete_unjoined_rooms`: lock the oldest `limit`
@@ -967,14 +1116,16 @@ async fn delete_unjoined_rooms_tx(
     tx: &mut Transaction<'static>,
     cutoff: NaiveDateTime,
     limit: usize,
+    events: Option<&str>,
 ) -> TxResult<(usize, Vec<RoomId>)> {
-    let candidates: Vec<u64> = rows(
+    let locked: Vec<RoomRow> = rows(
         tx,
-        "SELECT id FROM chatRoom WHERE join_member_count = 0 AND created < ? \
-         ORDER BY id LIMIT ? FOR UPDATE",
+        "SELECT id, title, join_member_count, created FROM chatRoom \
+         WHERE join_member_count = 0 AND created < ? ORDER BY id LIMIT ? FOR UPDATE",
         (cutoff, u64::try_from(limit).unwrap_or(u64::MAX)),
     )
     .await?;
+    let candidates: Vec<u64> = locked.iter().map(|r| r.0).collect();
     let mut deleted = Vec::with_capacity(candidates.len());
     for chunk in candidates.chunks(MAX_IDS_PER_STATEMENT) {
         let list = placeholders(chunk.len());
@@ -998,6 +1149,16 @@ async fn delete_unjoined_rooms_tx(
             deleted.extend(chunk.iter().filter(|id| !survivors.contains(id)));
         }
     }
+    if let Some(instance) = events {
+        // The rooms' rows were locked by the `FOR UPDATE` above.
+        let at = crate::domain::now();
+        let gone: Vec<DomainEvent> = locked
+            .into_iter()
+            .filter(|r| deleted.contains(&r.0))
+            .map(|r| DomainEvent::room_deleted(&room_from_row(r), at))
+            .collect();
+        outbox::record(tx, instance, &gone).await?;
+    }
     Ok(Ok((
         candidates.len(),
         deleted.into_iter().map(RoomId::new).collect(),
@@ -1011,17 +1172,20 @@ async fn remove_room_members_tx(
     tx: &mut Transaction<'static>,
     room_id: RoomId,
     instance: Option<&str>,
+    events: Option<&str>,
 ) -> TxResult<Vec<RemovedMember>> {
-    let Some(count) = first::<u32, _, _>(tx, LOCK_ROOM_COUNT, (room_id,)).await? else {
+    let Some(row) = first::<RoomRow, _, _>(tx, LOCK_ROOM, (room_id,)).await? else {
         // Deleted since we listed it; its members went with it.
         return Ok(Ok(Vec::new()));
     };
-    let doomed: Vec<(String, String)> = match instance {
+    let room = room_from_row(row);
+    let count = room.member_count;
+    let doomed: Vec<(String, String, NaiveDateTime)> = match instance {
         Some(instance) => {
             let found = rows(
                 tx,
-                "SELECT nickname, socket_id FROM chatMember WHERE room_id = ? AND instance_id = ? \
-                 ORDER BY id FOR UPDATE",
+                "SELECT nickname, socket_id, join_time FROM chatMember \
+                 WHERE room_id = ? AND instance_id = ? ORDER BY id FOR UPDATE",
                 (room_id, instance),
             )
             .await?;
@@ -1035,7 +1199,8 @@ async fn remove_room_members_tx(
         None => {
             let found = rows(
                 tx,
-                "SELECT nickname, socket_id FROM chatMember WHERE room_id = ? ORDER BY id FOR UPDATE",
+                "SELECT nickname, socket_id, join_time FROM chatMember WHERE room_id = ? \
+                 ORDER BY id FOR UPDATE",
                 (room_id,),
             )
             .await?;
@@ -1053,11 +1218,18 @@ async fn remove_room_members_tx(
         None => 0,
     };
     set_member_count(tx, room_id, remaining).await?;
+    if let Some(by) = events {
+        let gone: Vec<(String, NaiveDateTime)> = doomed
+            .iter()
+            .map(|(nickname, _, joined)| (nickname.clone(), *joined))
+            .collect();
+        record_departures(tx, by, &room, &gone, remaining == 0).await?;
+    }
     let last = doomed.len() - 1;
     Ok(Ok(doomed
         .into_iter()
         .enumerate()
-        .map(|(i, (nickname, socket_id))| RemovedMember {
+        .map(|(i, (nickname, socket_id, _))| RemovedMember {
             room_id,
             nickname,
             socket_id: SocketId::from(socket_id),

@@ -25,7 +25,13 @@ use crate::store::StoreError;
 /// statement is idempotent).
 const SCHEMA: &str = include_str!("../../../sql/schema.sql");
 /// The tables `SCHEMA` creates, in its order.
-const TABLES: [&str; 3] = ["chatRoom", "chatMember", "chatMsg"];
+const TABLES: [&str; 5] = [
+    "chatRoom",
+    "chatMember",
+    "chatMsg",
+    "chatEventOutbox",
+    "chatEventSeq",
+];
 
 pub(super) const SCHEMA_STEP: &str = "applying the schema";
 
@@ -33,7 +39,11 @@ pub(super) const SCHEMA_STEP: &str = "applying the schema";
 /// and no privilege beyond reading and writing rows is needed), then checks
 /// that the tables are ours (see [`schema_problems`]): tables of another
 /// schema stop start-up before any row is touched.
-pub(super) async fn ensure_schema(conn: &mut Conn) -> Result<(), StoreError> {
+///
+/// The event tables (`chatEventOutbox`, `chatEventSeq`) are required only
+/// `with_events` (`AMQP_URL`): a database set up before they existed, for
+/// a user who may not create tables, keeps working without events.
+pub(super) async fn ensure_schema(conn: &mut Conn, with_events: bool) -> Result<(), StoreError> {
     let present: Vec<String> = conn
         .query("SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE()")
         .await
@@ -44,10 +54,36 @@ pub(super) async fn ensure_schema(conn: &mut Conn) -> Result<(), StoreError> {
         .map_err(unavailable(CHECKING))?
         .flatten()
         .unwrap_or_default();
-    let missing = missing_tables(&present);
-    if !missing.is_empty() {
-        apply_schema(conn, &database, missing).await?;
+    let missing = missing_tables(&present, with_events);
+    if missing.is_empty() {
+        return check_tables(conn, &present, database).await;
     }
+    // Tables of another schema are refused before any DDL: a database
+    // holding the original service's three tables gets no table added (the
+    // event tables came later than the three and may be missing alone).
+    let core_present = CORE_TABLES
+        .iter()
+        .all(|t| present.iter().any(|p| p.eq_ignore_ascii_case(t)));
+    if core_present {
+        check_tables(conn, &present, database.clone()).await?;
+    }
+    apply_schema(conn, &database, missing).await?;
+    let present: Vec<String> = conn
+        .query("SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE()")
+        .await
+        .map_err(unavailable(CHECKING))?;
+    check_tables(conn, &present, database).await
+}
+
+/// The tables `TABLES` began with; the rest were added later, for events.
+const CORE_TABLES: [&str; 3] = ["chatRoom", "chatMember", "chatMsg"];
+
+/// Checks that the tables present are ours (see [`schema_problems`]).
+async fn check_tables(
+    conn: &mut Conn,
+    present: &[String],
+    database: String,
+) -> Result<(), StoreError> {
     let columns: Vec<(String, String)> = rows(
         conn,
         "SELECT table_name, column_name FROM information_schema.columns \
@@ -61,7 +97,7 @@ pub(super) async fn ensure_schema(conn: &mut Conn) -> Result<(), StoreError> {
         "SELECT column_name FROM information_schema.key_column_usage \
          WHERE table_schema = DATABASE() AND table_name = ? AND constraint_name = 'PRIMARY' \
          ORDER BY ordinal_position",
-        (msg_table_name(&present),),
+        (msg_table_name(present),),
     )
     .await
     .map_err(unavailable(CHECKING))?;
@@ -338,9 +374,10 @@ impl MySqlStore {
 
 /// The tables of `TABLES` not in `present` (compared without regard to
 /// case, as servers with `lower_case_table_names` store them lower-case).
-fn missing_tables(present: &[String]) -> Vec<&'static str> {
+fn missing_tables(present: &[String], with_events: bool) -> Vec<&'static str> {
     TABLES
         .into_iter()
+        .filter(|t| with_events || CORE_TABLES.contains(t))
         .filter(|t| !present.iter().any(|p| p.eq_ignore_ascii_case(t)))
         .collect()
 }
@@ -380,9 +417,9 @@ mod tests {
     use crate::error::Chain;
 
     #[test]
-    fn schema_splits_into_its_three_tables() {
+    fn schema_splits_into_its_tables() {
         let statements = schema_statements(SCHEMA);
-        assert_eq!(statements.len(), 3, "{statements:#?}");
+        assert_eq!(statements.len(), TABLES.len(), "{statements:#?}");
         for (s, table) in statements.iter().zip(TABLES) {
             assert!(
                 s.starts_with(&format!("CREATE TABLE IF NOT EXISTS {table} (")),
@@ -395,12 +432,31 @@ mod tests {
     #[test]
     fn missing_tables_are_found_whatever_their_case() {
         let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert_eq!(missing_tables(&[]), TABLES.to_vec());
-        assert!(missing_tables(&names(&["chatRoom", "chatMember", "chatMsg", "x"])).is_empty());
-        assert!(missing_tables(&names(&["chatroom", "CHATMEMBER", "chatmsg"])).is_empty());
+        assert_eq!(missing_tables(&[], true), TABLES.to_vec());
+        assert_eq!(missing_tables(&[], false), CORE_TABLES.to_vec());
+        assert!(missing_tables(&names(&["chatRoom", "chatMember", "chatMsg"]), false).is_empty());
+        let all = [
+            "chatRoom",
+            "chatMember",
+            "chatMsg",
+            "chatEventOutbox",
+            "chatEventSeq",
+        ];
+        assert!(missing_tables(&names(&[&all[..], &["x"]].concat()), true).is_empty());
+        assert!(missing_tables(
+            &names(&[
+                "chatroom",
+                "CHATMEMBER",
+                "chatmsg",
+                "chateventoutbox",
+                "CHATEVENTSEQ"
+            ]),
+            true
+        )
+        .is_empty());
         assert_eq!(
-            missing_tables(&names(&["chatRoom", "chatMsg"])),
-            ["chatMember"]
+            missing_tables(&names(&["chatRoom", "chatMsg", "chatEventOutbox"]), true),
+            ["chatMember", "chatEventSeq"]
         );
     }
 

@@ -29,6 +29,10 @@
 //!   answered (`store_group_truly`).
 //! - **Answers in time.** A request is answered within half the store
 //!   timeout, queued or in a group, except after an unanswered `COMMIT`.
+//! - **Events with the messages** (`AMQP_URL`). A group's `message.sent`
+//!   outbox rows are written in its transaction, after `reserve` locked its
+//!   rooms' rows (see `outbox.rs`): they exist exactly when the messages do,
+//!   also after an unanswered `COMMIT` resolved either way.
 //! - **Supervised.** A writer task that dies is started again; until then
 //!   `is_running` is false and the store's `ping` (so `/health`) fails.
 
@@ -48,6 +52,8 @@ use super::{
     SETTLE_KILL_AFTER,
 };
 use crate::domain::{Message, MessageSeq, RoomId};
+use crate::events::body::DomainEvent;
+use crate::events::Events;
 use crate::store::{NewMessage, StoreError};
 
 /// Most chats in one group transaction; more wait for the next.
@@ -112,7 +118,9 @@ impl MessageWriter {
     /// Starts the writer task under a supervisor that starts it again
     /// (after [`RESTART_DELAY`]) whenever it dies; both end when the handle
     /// is dropped.
-    pub(super) fn start(pool: Pool, op_timeout: Duration) -> Self {
+    /// With `events`, each group also records a `message.sent` per message
+    /// in the outbox, in its transaction (see `outbox.rs`).
+    pub(super) fn start(pool: Pool, op_timeout: Duration, events: Option<Arc<Events>>) -> Self {
         let (requests, queue) = mpsc::unbounded_channel();
         let running = Arc::new(AtomicBool::new(true));
         tokio::spawn(supervise(
@@ -120,6 +128,7 @@ impl MessageWriter {
             op_timeout,
             Arc::new(Mutex::new(queue)),
             running.clone(),
+            events,
         ));
         MessageWriter {
             requests,
@@ -187,10 +196,11 @@ async fn supervise(
     op_timeout: Duration,
     queue: Arc<Mutex<mpsc::UnboundedReceiver<Job>>>,
     running: Arc<AtomicBool>,
+    events: Option<Arc<Events>>,
 ) {
     loop {
         running.store(true, Ordering::SeqCst);
-        let task = tokio::spawn(run(pool.clone(), op_timeout, queue.clone()));
+        let task = tokio::spawn(run(pool.clone(), op_timeout, queue.clone(), events.clone()));
         match task.await {
             Ok(()) => return,
             Err(e) => {
@@ -213,7 +223,12 @@ async fn supervise(
 /// request that reaches its deadline unwritten, so a stuck database delays
 /// no answer beyond the deadline (except an unknown commit, see
 /// `MessageWriter::append`).
-async fn run(pool: Pool, op_timeout: Duration, queue: Arc<Mutex<mpsc::UnboundedReceiver<Job>>>) {
+async fn run(
+    pool: Pool,
+    op_timeout: Duration,
+    queue: Arc<Mutex<mpsc::UnboundedReceiver<Job>>>,
+    events: Option<Arc<Events>>,
+) {
     let mut queue = queue.lock().await;
     // In arrival order, hence in deadline order.
     let mut waiting: VecDeque<Request> = VecDeque::new();
@@ -237,7 +252,8 @@ async fn run(pool: Pool, op_timeout: Duration, queue: Arc<Mutex<mpsc::UnboundedR
             continue;
         };
         let outcomes = {
-            let work = store_group_truly(&pool, &group, deadline, op_timeout);
+            let by = events.as_deref().map(Events::instance);
+            let work = store_group_truly(&pool, &group, deadline, op_timeout, by);
             tokio::pin!(work);
             loop {
                 let next_deadline = waiting.front().map(|r| r.deadline);
@@ -254,6 +270,9 @@ async fn run(pool: Pool, op_timeout: Duration, queue: Arc<Mutex<mpsc::UnboundedR
         };
         for (request, outcome) in group.into_iter().zip(outcomes) {
             let _ = request.reply.send(outcome);
+        }
+        if let Some(events) = &events {
+            events.wake();
         }
     }
 }
@@ -316,9 +335,10 @@ async fn store_group_truly(
     group: &[Request],
     deadline: Instant,
     op_timeout: Duration,
+    events: Option<&str>,
 ) -> Vec<Outcome> {
     let call = transact_until(pool, APPEND, deadline, |mut tx| async move {
-        let r = store_group(&mut tx, group).await;
+        let r = store_group(&mut tx, group, events).await;
         (tx, r)
     });
     match call.await {
@@ -452,7 +472,11 @@ async fn committed_rooms(
 
 /// One group's transaction: reserve each room's ids, insert every row, and
 /// say for each request what it got.
-async fn store_group(tx: &mut Transaction<'static>, group: &[Request]) -> TxResult<Vec<Outcome>> {
+async fn store_group(
+    tx: &mut Transaction<'static>,
+    group: &[Request],
+    events: Option<&str>,
+) -> TxResult<Vec<Outcome>> {
     let mut totals: BTreeMap<RoomId, u64> = BTreeMap::new();
     for r in group {
         *totals.entry(r.room_id).or_default() += r.batch.len() as u64;
@@ -507,6 +531,12 @@ async fn store_group(tx: &mut Transaction<'static>, group: &[Request]) -> TxResu
         }
         tx.exec_drop(sql.as_str(), Params::Positional(params))
             .await?;
+    }
+    if let Some(instance) = events {
+        // The rooms' rows were locked by `reserve` above (see `outbox.rs`);
+        // a room's messages are recorded in id order.
+        let sent: Vec<DomainEvent> = all.iter().map(|m| DomainEvent::message_sent(m)).collect();
+        super::outbox::record(tx, instance, &sent).await?;
     }
     Ok(Ok(outcomes))
 }
@@ -591,7 +621,7 @@ mod tests {
         // Nothing listens on port 1: an append the writer task takes fails
         // at connecting, which shows a task is there to take it.
         let pool = Pool::from_url("mysql://root@127.0.0.1:1/chat").expect("a valid URL");
-        let writer = MessageWriter::start(pool, Duration::from_millis(300));
+        let writer = MessageWriter::start(pool, Duration::from_millis(300), None);
         assert!(writer.is_running());
 
         writer.crash();
@@ -641,7 +671,7 @@ mod tests {
         let url = format!("mysql://root@127.0.0.1:{port}/chat");
         let pool = Pool::from_url(url.as_str()).expect("a valid URL");
         let limit = Duration::from_millis(400);
-        let writer = MessageWriter::start(pool, limit);
+        let writer = MessageWriter::start(pool, limit, None);
         let started = Instant::now();
         let first = writer.append(RoomId::new(1), one_chat());
         let second = async {

@@ -24,6 +24,8 @@
 //! - [`store`] is the persistence contract with two implementations
 //!   (embedded memory, MySQL); [`http::rooms`] serves the REST API from the
 //!   store and the room actors.
+//! - [`telemetry`] holds the process's Prometheus series (`GET /metrics`);
+//!   the parts above count into handles registered once at start-up.
 //! - [`config`] reads every setting from the environment, [`startup`] wires
 //!   it all together, [`error`] maps failures to the contract's codes.
 
@@ -44,6 +46,7 @@ pub(crate) mod http;
 pub(crate) mod instance_lock;
 pub(crate) mod protocol;
 pub(crate) mod rate_limit;
+pub(crate) mod telemetry;
 pub(crate) mod ws;
 
 /// Entry points for the fuzz targets (`fuzz/`): the parsers of untrusted

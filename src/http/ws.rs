@@ -23,6 +23,7 @@ use tokio::net::TcpStream;
 use super::state::HttpState;
 use crate::actors::session::ChatSession;
 use crate::error::ChatError;
+use crate::telemetry::RateLimit;
 use crate::ws::{handshake, Transport};
 
 /// The longest the handshake's answer (with responses pipelined before
@@ -46,12 +47,16 @@ pub async fn upgrade(
     let response = match handshake::answer(req.head(), instance, &app.settings.allowed_origins) {
         Ok(accepted) => accepted,
         Err(refused) => {
-            return write_then_shut(&mut io, &[pipelined, &refused], HANDSHAKE_WRITE_TIMEOUT).await
+            app.chat.metrics.error(refused.code);
+            let response = refused.response;
+            return write_then_shut(&mut io, &[pipelined, &response], HANDSHAKE_WRITE_TIMEOUT)
+                .await;
         }
     };
     let peer = super::client_key(req.headers(), req.peer_addr(), &app.settings);
     let cooling = peer.is_some_and(|ip| !app.chat.flood_penalties.has_token(&ip));
     let admitted = if cooling {
+        app.chat.metrics.rate_limited(RateLimit::FloodCooldown);
         Err(ChatError::RateLimited(
             "this address was just closed for flooding; retry in a few seconds".into(),
         ))
@@ -62,6 +67,7 @@ pub async fn upgrade(
         Ok(slot) => slot,
         Err(refusal) => {
             log_refusal(&refusal, peer);
+            app.chat.metrics.error(refusal.code());
             let refused = handshake::error_response(&refusal, instance);
             return write_then_shut(&mut io, &[pipelined, &refused], HANDSHAKE_WRITE_TIMEOUT).await;
         }

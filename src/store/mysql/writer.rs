@@ -34,7 +34,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use chrono::NaiveDateTime;
@@ -106,7 +106,13 @@ pub(super) struct MessageWriter {
     op_timeout: Duration,
     /// False from the moment the writer task died until it runs again.
     running: Arc<AtomicBool>,
+    /// Where the size of each group is recorded, once set (see
+    /// `MySqlStore::record_writer_batches`).
+    group_sizes: GroupSizes,
 }
+
+/// The histogram of chats per group, if the server asked for one.
+pub(super) type GroupSizes = Arc<OnceLock<metrics::Histogram>>;
 
 impl MessageWriter {
     /// Starts the writer task under a supervisor that starts it again
@@ -115,17 +121,26 @@ impl MessageWriter {
     pub(super) fn start(pool: Pool, op_timeout: Duration) -> Self {
         let (requests, queue) = mpsc::unbounded_channel();
         let running = Arc::new(AtomicBool::new(true));
+        let group_sizes = GroupSizes::default();
         tokio::spawn(supervise(
             pool,
             op_timeout,
             Arc::new(Mutex::new(queue)),
             running.clone(),
+            group_sizes.clone(),
         ));
         MessageWriter {
             requests,
             op_timeout,
             running,
+            group_sizes,
         }
+    }
+
+    /// Records the number of chats of every group from now on in
+    /// `histogram` (the first histogram given stays).
+    pub(super) fn record_group_sizes(&self, histogram: metrics::Histogram) {
+        let _ = self.group_sizes.set(histogram);
     }
 
     /// Whether the writer task is running (for `/health`).
@@ -184,10 +199,16 @@ async fn supervise(
     op_timeout: Duration,
     queue: Arc<Mutex<mpsc::UnboundedReceiver<Job>>>,
     running: Arc<AtomicBool>,
+    group_sizes: GroupSizes,
 ) {
     loop {
         running.store(true, Ordering::SeqCst);
-        let task = tokio::spawn(run(pool.clone(), op_timeout, queue.clone()));
+        let task = tokio::spawn(run(
+            pool.clone(),
+            op_timeout,
+            queue.clone(),
+            group_sizes.clone(),
+        ));
         match task.await {
             Ok(()) => return,
             Err(e) => {
@@ -210,7 +231,12 @@ async fn supervise(
 /// request that reaches its deadline unwritten, so a stuck database delays
 /// no answer beyond the deadline (except an unknown commit, see
 /// `MessageWriter::append`).
-async fn run(pool: Pool, op_timeout: Duration, queue: Arc<Mutex<mpsc::UnboundedReceiver<Job>>>) {
+async fn run(
+    pool: Pool,
+    op_timeout: Duration,
+    queue: Arc<Mutex<mpsc::UnboundedReceiver<Job>>>,
+    group_sizes: GroupSizes,
+) {
     let mut queue = queue.lock().await;
     // In arrival order, hence in deadline order.
     let mut waiting: VecDeque<Request> = VecDeque::new();
@@ -233,6 +259,9 @@ async fn run(pool: Pool, op_timeout: Duration, queue: Arc<Mutex<mpsc::UnboundedR
         let Some(deadline) = group.iter().map(|r| r.deadline).min() else {
             continue;
         };
+        if let Some(sizes) = group_sizes.get() {
+            sizes.record(group.iter().map(|r| r.batch.len()).sum::<usize>() as f64);
+        }
         let outcomes = {
             let work = store_group_truly(&pool, &group, deadline, op_timeout);
             tokio::pin!(work);

@@ -671,6 +671,10 @@ impl RoomActor {
     /// Fans delivered messages out to the local members (framed once, see
     /// `fanout.rs`) and records them in the recent history.
     fn deliver(&mut self, ready: Vec<(Message, Option<Author>)>, ctx: &mut Context<Self>) {
+        // Counted once per fan-out, not per socket (see `telemetry`), and
+        // before any member can see the chats.
+        let chats = ready.len() as u64;
+        self.config.metrics.chats_delivered.increment(chats);
         let mut fanout = Fanout::frame(&ready);
         let mut removals = Vec::new();
         let mut handed = 0u64;
@@ -681,11 +685,7 @@ impl RoomActor {
                 Some(removal) => removals.push(removal),
             }
         }
-        // Counted once per fan-out, not per socket (see `telemetry`).
-        let chats = ready.len() as u64;
-        let metrics = &self.config.metrics;
-        metrics.chats_delivered.increment(chats);
-        metrics.deliveries.increment(chats * handed);
+        self.config.metrics.deliveries.increment(chats * handed);
         for (message, _) in ready {
             self.history.push(message);
         }

@@ -2,9 +2,9 @@
 # The whole test suite, as CI runs it (.ci/run calls this):
 #   formatting and lints, unit tests, the store contract suite, the
 #   integration tests against a real MariaDB, the multi-process cluster tests
-#   against real Redis, pm2 and nginx, then the browser test in a real
-#   headless Chromium.
-# Whatever is missing (MariaDB, Redis, nginx, pm2, Chromium, Node packages)
+#   against real Redis, pm2 and nginx, a real Prometheus scraping the server,
+#   then the browser test in a real headless Chromium.
+# Whatever is missing (MariaDB, Redis, nginx, pm2, Prometheus, Chromium, Node packages)
 # is installed or started first. Every test database is uniquely named and dropped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,13 +18,14 @@ cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
 ensure_mariadb
 ensure_redis
 ensure_nginx_pm2
+ensure_prometheus
 
 log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy"
 cargo clippy --all-targets --quiet -- -D warnings
 
-log "cargo test (unit, store contract, integration, cluster, pm2 + nginx)"
+log "cargo test (unit, store contract, integration, cluster, pm2 + nginx, Prometheus)"
 cargo test --all-targets --quiet
 
 log "browser test"

@@ -135,7 +135,7 @@ both_stores!(
             }
         }
         assert!(
-            missing >= 10 && missing < 40,
+            (10..40).contains(&missing),
             "{missing} joins before the limit"
         );
 

@@ -34,6 +34,7 @@ module.exports = {
         MYSQL_URL: env.MYSQL_URL || '',
         REDIS_URL: env.REDIS_URL || '',
         RUST_LOG: env.RUST_LOG || 'info',
+        LOG_FORMAT: env.LOG_FORMAT || 'text',
       },
     },
   ],

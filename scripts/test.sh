@@ -36,7 +36,7 @@ BROWSER_DB="chat_browser_$$_$RANDOM"
 cleanup() { mysql_exec "DROP DATABASE IF EXISTS \`$BROWSER_DB\`" >/dev/null 2>&1 || true; }
 trap cleanup EXIT
 BROWSER_TEST_MYSQL_URL="$TEST_MYSQL_URL/$BROWSER_DB" \
-  CHAT_SERVER_BIN="$PWD/target/debug/chat-server" \
+  CHAT_SERVER_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/chat-server" \
   node tests/browser/chat.e2e.mjs
 
 log "all tests passed"

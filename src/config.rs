@@ -9,6 +9,7 @@ use crate::actors::bus::address::{
 };
 use crate::client_addr::TrustedProxies;
 use crate::domain::TextLimits;
+use crate::logging::LogFormat;
 pub use crate::ws::origin::AllowedOrigins;
 
 /// Everything the server can be configured with.
@@ -133,6 +134,10 @@ pub struct Settings {
     /// 0 picks a free one); unset = on the main port. Set, the main port
     /// answers `/metrics` with 404.
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// `LOG_FORMAT`: `text` (env_logger's lines) or `json` (one object per
+    /// line); read first by `main`, [`log_format_from_env`], to set up the
+    /// logger before anything is logged.
+    pub log_format: LogFormat,
 }
 
 /// A setting that cannot be used: the variable, the value it was given and
@@ -276,6 +281,7 @@ impl Settings {
             liveness_refresh: env.millis("LIVENESS_REFRESH_MS", 1000)?,
             reap_interval: env.millis("REAP_INTERVAL_MS", 2000)?,
             gap_timeout: env.millis("GAP_TIMEOUT_MS", 300)?,
+            log_format: env.log_format()?,
         };
         settings.check_together()?;
         Ok(settings)
@@ -354,6 +360,13 @@ impl Settings {
         s.workers = Some(2);
         s
     }
+}
+
+/// `LOG_FORMAT` alone, from the process environment: `main` sets up the
+/// logger with it before the other settings are read (so their errors are
+/// written in that format).
+pub fn log_format_from_env() -> Result<LogFormat, ConfigError> {
+    Env(&|k: &str| std::env::var(k).ok()).log_format()
 }
 
 /// Reads and checks variables, one helper per kind of value. A variable
@@ -492,6 +505,13 @@ impl<F: Fn(&str) -> Option<String>> Env<'_, F> {
         Ok(self
             .checked(name, "must be true or false", ok)?
             .unwrap_or(default))
+    }
+
+    /// `text` or `json`, any case.
+    fn log_format(&self) -> Result<LogFormat, ConfigError> {
+        Ok(self
+            .checked("LOG_FORMAT", "must be text or json", LogFormat::parse)?
+            .unwrap_or_default())
     }
 
     /// A `mysql://` URL naming a database, whose options the driver accepts.
@@ -729,6 +749,21 @@ mod tests {
             let e = refused("METRICS_ADDR", bad);
             assert!(e.accepted.contains("IP address and a port"), "{e}");
         }
+    }
+
+    #[test]
+    fn log_format_is_text_unless_json_and_nothing_else() {
+        assert_eq!(accepted(&[]).log_format, LogFormat::Text);
+        assert_eq!(
+            accepted(&[("LOG_FORMAT", "json")]).log_format,
+            LogFormat::Json
+        );
+        assert_eq!(
+            accepted(&[("LOG_FORMAT", " Text ")]).log_format,
+            LogFormat::Text
+        );
+        let err = refused("LOG_FORMAT", "xml");
+        assert_eq!(err.to_string(), "LOG_FORMAT=xml: must be text or json");
     }
 
     #[test]

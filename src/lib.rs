@@ -28,12 +28,15 @@
 //!   the parts above count into handles registered once at start-up.
 //! - [`config`] reads every setting from the environment, [`startup`] wires
 //!   it all together, [`error`] maps failures to the contract's codes.
+//! - [`logging`] writes the `log` records as text or JSON lines
+//!   (`LOG_FORMAT`); [`http`]'s access log adds one line per REST request.
 
 // The library's public surface is what the binary and the test suites use:
 // the settings, the application, the store contract and the domain types.
 // Everything else is the crate's own, so the compiler reports dead code.
 pub mod config;
 pub mod domain;
+pub mod logging;
 pub mod startup;
 pub mod store;
 

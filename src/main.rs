@@ -1,21 +1,33 @@
-//! The `chat-server` binary: settings from the environment, then the
-//! application until a signal stops it.
+//! The `chat-server` binary: the log format, then the settings from the
+//! environment, then the application until a signal stops it.
 
-use chat_server::config::Settings;
+use chat_server::config::{log_format_from_env, Settings};
+use chat_server::logging;
 use chat_server::startup::{Application, StartupError};
 use chat_server::Chain;
 
 #[actix_web::main]
 async fn main() -> std::process::ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    chat_server::startup::ignore_sighup();
-    let settings = match Settings::from_env() {
-        Ok(s) => s,
+    // The logger comes first, so every later line (a configuration error
+    // included) is in the chosen format; only a bad LOG_FORMAT itself is
+    // reported in plain text.
+    let format = match log_format_from_env() {
+        Ok(format) => format,
         Err(e) => {
             eprintln!("configuration error: {e}");
             return std::process::ExitCode::from(2);
         }
     };
+    logging::init(format);
+    let settings = match Settings::from_env() {
+        Ok(s) => s,
+        Err(e) => {
+            logging::fatal(&format!("configuration error: {e}"));
+            return std::process::ExitCode::from(2);
+        }
+    };
+    logging::set_instance(&settings.instance_id);
+    chat_server::startup::ignore_sighup();
     let (host, store, instance) = (
         settings.host.clone(),
         if settings.mysql_url.is_some() {
@@ -28,7 +40,7 @@ async fn main() -> std::process::ExitCode {
     let app = match Application::build(settings).await {
         Ok(app) => app,
         Err(e) => {
-            eprintln!("cannot start: {}", Chain(&e));
+            logging::fatal(&format!("cannot start: {}", Chain(&e)));
             // Let any actor that did start run once while the runtime is
             // alive: one dropped unpolled at exit panics ("no reactor
             // running").
@@ -45,9 +57,12 @@ async fn main() -> std::process::ExitCode {
         app.port()
     );
     match app.run_until_stopped().await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(()) => {
+            log::info!("chat-server {instance} stopped");
+            std::process::ExitCode::SUCCESS
+        }
         Err(e) => {
-            eprintln!("server error: {}", Chain(&e));
+            logging::fatal(&format!("server error: {}", Chain(&e)));
             std::process::ExitCode::FAILURE
         }
     }

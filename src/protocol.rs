@@ -186,6 +186,14 @@ pub enum ServerFrame<'a> {
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
         reference: Option<&'a str>,
     },
+    /// A chat the store has not confirmed within `STORE_TIMEOUT_MS` (its
+    /// `COMMIT` got no answer yet). Not an error: it may still be stored.
+    /// The final answer follows: the `message` echo or an `error`.
+    Pending {
+        message: &'a str,
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<&'a str>,
+    },
     Error {
         code: &'a str,
         message: &'a str,
@@ -226,6 +234,19 @@ impl ServerFrame<'_> {
             self.to_text().as_bytes(),
         );
     }
+}
+
+/// What a `pending` frame says.
+pub const PENDING_TEXT: &str = "the database has not confirmed this message yet; \
+     you will get its echo if it was stored, or an error if it was not";
+
+/// A `pending` frame echoing `reference`, as wire bytes.
+pub fn pending_frame(reference: Option<&str>) -> Bytes {
+    ServerFrame::Pending {
+        message: PENDING_TEXT,
+        reference,
+    }
+    .to_wire()
 }
 
 /// An `error` frame for `error`, echoing `reference`, as wire bytes.
@@ -356,6 +377,15 @@ mod tests {
         );
         let text = ServerFrame::Pong { reference: None }.to_text();
         assert_eq!(&*text, r#"{"type":"pong"}"#);
+        let text = ServerFrame::Pending {
+            message: PENDING_TEXT,
+            reference: Some("c1"),
+        }
+        .to_text();
+        assert_eq!(
+            &*text,
+            r#"{"type":"pending","message":"the database has not confirmed this message yet; you will get its echo if it was stored, or an error if it was not","ref":"c1"}"#
+        );
     }
 
     mod properties {

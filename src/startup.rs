@@ -304,6 +304,8 @@ impl Application {
                     .app_data(data)
                     .wrap(headers)
                     .wrap(from_fn(crate::http::metrics::count_errors))
+                    // Outermost: its duration and status are the client's.
+                    .wrap(from_fn(crate::http::access_log::log_request))
                     .configure(|cfg| crate::http::configure(cfg, &static_dir, metrics_here));
                 let ws_state = app_state.clone();
                 HttpService::build()

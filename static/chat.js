@@ -235,6 +235,11 @@
   let refSeq = 0;
   /** ref -> {kind, ...}: requests waiting for their direct reply. */
   const pending = new Map();
+  /** How many of our chats the server answered `pending` (the database has
+   * not confirmed them yet) and not yet for good. */
+  let unconfirmed = 0;
+  const UNCONFIRMED_TEXT =
+    'Waiting for the database to confirm your message… it appears here once stored, or you’ll see an error.';
 
   function wsUrl() {
     const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
@@ -307,6 +312,7 @@
     conn.openedAt = 0;
     state.live = false;
     // Every request in flight is lost with the socket.
+    settleUnconfirmed(unconfirmed);
     for (const [ref, req] of pending) {
       pending.delete(ref);
       clearTimeout(req.timer);
@@ -420,11 +426,16 @@
     let f;
     try { f = JSON.parse(text); } catch (_) { return; }
     if (!f || typeof f !== 'object' || typeof f.type !== 'string') return;
+    if (f.type === 'pending') {
+      onPending(f);
+      return;
+    }
     let req;
     if (typeof f.ref === 'string' && pending.has(f.ref)) {
       req = pending.get(f.ref);
       pending.delete(f.ref);
       clearTimeout(req.timer);
+      if (req.unconfirmed) settleUnconfirmed(1);
     }
     switch (f.type) {
       case 'joined': onJoined(f, req); break;
@@ -435,6 +446,27 @@
       case 'pong': clearTimeout(conn.pongTimer); break;
       case 'error': onError(f, req); break;
       default: break; // an extension we don't know: ignore
+    }
+  }
+
+  /** A chat the database has not confirmed yet: not an error (it may be
+   * stored). Its echo or error follows with the same ref, so the request
+   * stays waiting; meanwhile the room says so, quietly. */
+  function onPending(f) {
+    const req = typeof f.ref === 'string' ? pending.get(f.ref) : undefined;
+    if (!req || req.kind !== 'chat' || req.unconfirmed) return;
+    req.unconfirmed = true;
+    unconfirmed += 1;
+    if (state.room) showNotice(UNCONFIRMED_TEXT, 'info');
+  }
+
+  /** `n` unconfirmed chats got their final answer (or were lost with the
+   * socket); the notice goes once none is left. */
+  function settleUnconfirmed(n) {
+    if (n <= 0) return;
+    unconfirmed = Math.max(0, unconfirmed - n);
+    if (unconfirmed === 0 && !ui.notice.hidden && ui.notice.textContent === UNCONFIRMED_TEXT) {
+      hideNotice();
     }
   }
 

@@ -186,7 +186,7 @@ impl ChatSession {
         if since.elapsed() < self.cx.limits.lobby_idle {
             return false;
         }
-        log::debug!("session {}: closing: idle in the lobby", self.id);
+        log::debug!(socket = self.id.as_str(); "session {}: closing: idle in the lobby", self.id);
         self.close(ctx, CloseCode::Normal, LOBBY_IDLE_REASON);
         true
     }
@@ -200,7 +200,7 @@ impl ChatSession {
             self.transport.send(wire, ctx)
         };
         if !sent {
-            log::info!("session {}: closing slow consumer", self.id);
+            log::info!(socket = self.id.as_str(); "session {}: closing slow consumer", self.id);
             self.cx.metrics.slow_consumer_closes.increment(1);
             let _ = self.release(ctx);
         }
@@ -243,7 +243,11 @@ impl ChatSession {
         }
         let within_rate = self.rate.try_take();
         if !within_rate && !self.violations.try_take() {
-            log::info!("session {}: closing: frame rate exceeded", self.id);
+            log::info!(
+                socket = self.id.as_str();
+                "session {}: closing: frame rate exceeded",
+                self.id
+            );
             self.transport
                 .fail(CloseCode::Policy, "rate limit exceeded", ctx);
             if let Some(ip) = self.peer {
@@ -357,7 +361,12 @@ impl ChatSession {
             return;
         };
         self.lobby_since = Some(Instant::now());
-        log::error!("session {}: room {room_id} actor is gone", self.id);
+        log::error!(
+            socket = self.id.as_str(),
+            room = room_id.get();
+            "session {}: room {room_id} actor is gone",
+            self.id
+        );
         self.remove_membership_directly(room_id);
         let left = ServerFrame::Left {
             room_id,
@@ -585,6 +594,8 @@ impl ChatSession {
         actix_web::rt::spawn(async move {
             if let Err(e) = store.remove_member(room_id, &id).await {
                 log::warn!(
+                    socket = id.as_str(),
+                    room = room_id.get();
                     "could not remove {id} from failed room {room_id}: {}",
                     Chain(&e)
                 );

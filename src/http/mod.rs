@@ -2,6 +2,7 @@
 //! envelope of `error.rs`, including unknown paths (404), a known path's
 //! other methods (405 with `Allow`) and the static files' errors.
 
+pub mod access_log;
 pub mod health;
 pub mod metrics;
 pub mod page;

@@ -82,7 +82,7 @@ pub async fn upgrade(
 
 fn log_refusal(refusal: &ChatError, peer: Option<std::net::IpAddr>) {
     let who = peer.map_or_else(|| "an unknown address".to_owned(), |ip| ip.to_string());
-    log::info!("WebSocket from {who} refused: {refusal}");
+    log::info!(client = who.as_str(); "WebSocket from {who} refused: {refusal}");
 }
 
 /// Writes `parts` whole, in order, or fails with `TimedOut` once

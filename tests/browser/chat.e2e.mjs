@@ -278,7 +278,8 @@ async function step(name, fn) {
 // ------------------------------------------------------- browser helpers --
 
 // Runs in every page before its scripts: wraps WebSocket so the test can
-// cut a page's connection and keep it from reconnecting for a while,
+// cut a page's connection and keep it from reconnecting for a while, and
+// hold back the server's frames for a moment and put one before them,
 // without touching the application code; and reports every Content
 // Security Policy violation (as a console error the test collects).
 function installSocketHook() {
@@ -288,6 +289,9 @@ function installSocketHook() {
   const Native = window.WebSocket;
   const sockets = [];
   let blocked = false;
+  let holding = false;
+  const held = [];
+  let lastChatRef = null;
   class HookedWebSocket extends Native {
     constructor(url, protocols) {
       // A blocked socket asks the page's own server for a path that is not
@@ -296,6 +300,22 @@ function installSocketHook() {
       const refused = `${location.protocol === 'https:' ? 'wss:' : 'ws:'}//${location.host}/blocked-by-test`;
       super(blocked ? refused : url, protocols);
       sockets.push(this);
+      // Registered before the page's own listener, so it can hold a frame
+      // back from it.
+      this.addEventListener('message', (e) => {
+        if (holding) {
+          e.stopImmediatePropagation();
+          held.push([this, e.data]);
+        }
+      });
+    }
+
+    send(data) {
+      try {
+        const f = JSON.parse(data);
+        if (f && f.type === 'chat') lastChatRef = f.ref;
+      } catch (_) { /* not JSON: not ours to read */ }
+      return super.send(data);
     }
   }
   window.WebSocket = HookedWebSocket;
@@ -307,6 +327,24 @@ function installSocketHook() {
       },
       restore() { blocked = false; },
       openSockets() { return sockets.filter((s) => s.readyState === 1).length; },
+      /** Holds back every frame the server sends until `release`. */
+      hold() { holding = true; },
+      release() {
+        holding = false;
+        for (const [s, data] of held.splice(0)) s.dispatchEvent(new MessageEvent('message', { data }));
+      },
+      /** Hands the page, on its open socket, a frame for its last chat:
+       * `fields` plus that chat's `ref`. */
+      answerLastChat(fields) {
+        const s = sockets.find((x) => x.readyState === 1);
+        const data = JSON.stringify(Object.assign({}, fields, { ref: lastChatRef }));
+        // Past the hold: dispatching is synchronous.
+        const was = holding;
+        holding = false;
+        s.dispatchEvent(new MessageEvent('message', { data }));
+        holding = was;
+        return lastChatRef;
+      },
     }),
   });
 }
@@ -558,6 +596,35 @@ async function main() {
     assert(/\d{1,2}:\d{2}/.test(time), `a local time is shown (got ${JSON.stringify(time)})`);
   });
 
+  // The server sends `pending` only when MySQL left a COMMIT unanswered
+  // (tests/startup/mysql_outage.rs causes that for real); here the page
+  // gets that frame, exactly as the server words it, ahead of the real
+  // echo, which is held back meanwhile.
+  await step('a chat the database has not confirmed yet waits quietly, never as an error', async () => {
+    const text = 'Is the database awake?';
+    await alice.page.evaluate(() => window.__chatTest.hold());
+    try {
+      await sendMessage(alice.page, text);
+      const ref = await alice.page.evaluate(() => window.__chatTest.answerLastChat({
+        type: 'pending',
+        message: 'the database has not confirmed this message yet; you will get its echo if it was stored, or an error if it was not',
+      }));
+      assert(typeof ref === 'string' && ref.startsWith('chat-'), `the chat's ref (got ${ref})`);
+      const notice = tid(alice.page, 'room-notice');
+      await eventually('the page says the message waits for the database', async () =>
+        (await notice.isVisible()) && /waiting for the database/i.test(await notice.textContent()));
+      assertEqual(await tid(alice.page, 'message-error').isVisible(), false, 'an error shown for pending');
+      assertEqual((await messageContents(alice.page)).includes(text), false, 'shown before its echo');
+    } finally {
+      await alice.page.evaluate(() => window.__chatTest.release());
+    }
+    await waitForMessage(alice, text);
+    await waitForMessage(bob, text);
+    await eventually('the waiting notice goes once the echo came', async () =>
+      !(await tid(alice.page, 'room-notice').isVisible()));
+    assertEqual(await tid(alice.page, 'message-error').isVisible(), false, 'an error shown after the echo');
+  });
+
   await step('Shift+Enter keeps a line break and the message is shown on two lines', async () => {
     const input = tid(alice.page, 'message-input');
     await input.click();
@@ -632,7 +699,7 @@ async function main() {
     assert(send && send.x + send.width <= PHONE.width + 0.5, 'the send button is inside the viewport');
     const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
     assert(overflow <= 0, `no horizontal scrolling (${overflow}px too wide)`);
-    await eventually('carol sees the history (3 messages)', async () => (await messageContents(page)).length === 3);
+    await eventually('carol sees the history (4 messages)', async () => (await messageContents(page)).length === 4);
 
     // The members panel is a drawer here.
     await tid(page, 'members-toggle').click();

@@ -186,17 +186,26 @@ pub enum Trap {
     AnswerLost = 1,
     /// Swallow the `COMMIT` (it never reaches the server).
     CommitLost = 2,
+    /// Freeze the server (SIGSTOP to the pid given to
+    /// [`CommitTrap::freeze_on_commit`]) just before forwarding the
+    /// `COMMIT`: it reaches a frozen server, which commits it and answers
+    /// once thawed. Nothing else changes: the connection relays on.
+    FreezeServer = 3,
 }
 
 /// A TCP proxy in front of a MySQL server that, when armed, blackholes the
 /// connection that sends the next `COMMIT` at exactly that moment: after
 /// the `COMMIT` went through ([`Trap::AnswerLost`]) or before
 /// ([`Trap::CommitLost`]). The connection stays open and silent both ways,
-/// as through a network partition. One-shot: the trap disarms itself.
+/// as through a network partition. Or it freezes the whole server right
+/// as the `COMMIT` goes through ([`Trap::FreezeServer`]). One-shot: the
+/// trap disarms itself.
 pub struct CommitTrap {
     port: u16,
     mode: std::sync::Arc<std::sync::atomic::AtomicU8>,
     sprung: std::sync::Arc<std::sync::atomic::AtomicU32>,
+    /// The server [`Trap::FreezeServer`] freezes.
+    freeze_pid: std::sync::Arc<std::sync::atomic::AtomicU32>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -210,20 +219,22 @@ impl CommitTrap {
         let port = listener.local_addr().expect("proxy address").port();
         let mode = Arc::new(AtomicU8::new(Trap::Off as u8));
         let sprung = Arc::new(AtomicU32::new(0));
-        let (m, s) = (mode.clone(), sprung.clone());
+        let freeze_pid = Arc::new(AtomicU32::new(0));
+        let (m, s, f) = (mode.clone(), sprung.clone(), freeze_pid.clone());
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
                 else {
                     continue;
                 };
-                tokio::spawn(relay(client, server, m.clone(), s.clone()));
+                tokio::spawn(relay(client, server, m.clone(), s.clone(), f.clone()));
             }
         });
         CommitTrap {
             port,
             mode,
             sprung,
+            freeze_pid,
             task,
         }
     }
@@ -239,6 +250,13 @@ impl CommitTrap {
 
     pub fn arm(&self, trap: Trap) {
         self.mode.store(trap as u8, Ordering::SeqCst);
+    }
+
+    /// Arms [`Trap::FreezeServer`]: the next `COMMIT` freezes `pid` (the
+    /// caller thaws it, e.g. with [`PrivateMariaDb::thaw`]).
+    pub fn freeze_on_commit(&self, pid: u32) {
+        self.freeze_pid.store(pid, Ordering::SeqCst);
+        self.arm(Trap::FreezeServer);
     }
 
     /// How many times the trap has sprung.
@@ -259,6 +277,7 @@ async fn relay(
     server: tokio::net::TcpStream,
     mode: std::sync::Arc<std::sync::atomic::AtomicU8>,
     sprung: std::sync::Arc<AtomicU32>,
+    freeze_pid: std::sync::Arc<AtomicU32>,
 ) {
     use std::sync::atomic::AtomicBool;
     use std::sync::Arc;
@@ -298,7 +317,20 @@ async fn relay(
         let is_commit =
             payload.first() == Some(&0x03) && payload[1..].eq_ignore_ascii_case(b"COMMIT");
         let trap = mode.load(Ordering::SeqCst);
-        if is_commit && trap != Trap::Off as u8 {
+        if is_commit && trap == Trap::FreezeServer as u8 {
+            mode.store(Trap::Off as u8, Ordering::SeqCst);
+            let pid = freeze_pid.load(Ordering::SeqCst);
+            let frozen = Command::new("kill")
+                .arg("-STOP")
+                .arg(pid.to_string())
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            assert!(frozen, "kill -STOP {pid} failed");
+            sprung.fetch_add(1, Ordering::SeqCst);
+            // Relayed as usual below: the COMMIT waits in the frozen
+            // server's socket.
+        } else if is_commit && trap != Trap::Off as u8 {
             mode.store(Trap::Off as u8, Ordering::SeqCst);
             sprung.fetch_add(1, Ordering::SeqCst);
             dark.store(true, Ordering::SeqCst);

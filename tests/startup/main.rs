@@ -12,6 +12,7 @@ mod wait;
 #[path = "../common/mariadb.rs"]
 mod mariadb;
 
+mod json_logs;
 mod memory_budget;
 mod mysql_outage;
 mod prometheus;

@@ -1,12 +1,15 @@
 //! MySQL outages against the real binary and a private MariaDB, frozen with
-//! SIGSTOP while members chat and join: every chat is answered in time, and
-//! every answer is true (`message`: stored and delivered to every member
-//! exactly once, in order; `error`: never stored, even later); a join
-//! answered with an error leaves no member row; `/health` answers within
-//! 3 s and says degraded; chat works again soon after SIGCONT. Also: the
-//! empty-room sweep works off a large backlog in bounded chunks.
+//! SIGSTOP while members chat and join: every chat gets a first answer in
+//! time (`message`, `error`, or `pending` when the database has not
+//! confirmed it), a `pending` is followed by exactly one final answer once
+//! MySQL is back, and every answer is true (`message`: stored and delivered
+//! to every member exactly once, in order; `error`: never stored, even
+//! later); a join answered with an error leaves no member row; `/health`
+//! answers within 3 s and says degraded; chat works again soon after
+//! SIGCONT. Also: the empty-room sweep works off a large backlog in bounded
+//! chunks.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use mysql_async::prelude::Queryable;
@@ -23,71 +26,179 @@ const STORE_TIMEOUT: Duration = Duration::from_millis(1500);
 const FREEZE: Duration = Duration::from_millis(3000);
 /// Freezes per run, each at a different moment of the chatting.
 const ROUNDS: usize = 4;
-/// The latest an answer may come, outside an unanswered COMMIT.
+/// The latest a chat's first answer may come: `STORE_TIMEOUT_MS` + 1 s.
 const ANSWER_LIMIT: Duration = Duration::from_millis(1500 + 1000);
 
-/// What one chat got back.
-#[derive(Debug)]
-struct Answer {
-    content: String,
-    /// `Some(id)` for a `message` echo, `None` for an `error`.
+/// One frame that carried a chat's `ref`.
+#[derive(Debug, Clone)]
+struct Reply {
+    /// `message`, `error` or `pending`.
+    kind: String,
+    /// The id of a `message` echo.
     stored_as: Option<u64>,
     code: String,
-    waited: Duration,
-    sent_at: Instant,
+    at: Instant,
 }
 
-/// One member: its socket, what it was answered, what it received.
+/// One chat sent, and every frame its `ref` got.
+#[derive(Debug)]
+struct Sent {
+    content: String,
+    sent_at: Instant,
+    replies: Vec<Reply>,
+}
+
+impl Sent {
+    /// The final answer: the echo or the error (a `pending` is not one).
+    fn last(&self) -> Option<&Reply> {
+        self.replies.iter().find(|r| r.kind != "pending")
+    }
+
+    fn stored_as(&self) -> Option<u64> {
+        self.last().and_then(|r| r.stored_as)
+    }
+
+    fn is_pending(&self) -> bool {
+        self.replies.first().is_some_and(|r| r.kind == "pending")
+    }
+
+    /// Told `pending` and not answered for good yet.
+    fn unresolved(&self) -> bool {
+        !self.replies.is_empty() && self.last().is_none()
+    }
+
+    fn first_waited(&self) -> Duration {
+        self.replies
+            .first()
+            .map_or(Duration::MAX, |r| r.at.duration_since(self.sent_at))
+    }
+}
+
+/// One member: its socket, what its chats were answered, what it received.
 struct Member {
     name: String,
     ws: WsClient,
-    answers: Vec<Answer>,
+    sent: Vec<Sent>,
+    /// Index in `sent` by `ref`.
+    refs: HashMap<String, usize>,
     /// Ids of every `message` frame, in arrival order.
     received: Vec<u64>,
 }
 
 impl Member {
-    /// Sends one chat and reads until its answer, keeping every message
-    /// frame seen on the way.
-    async fn chat(&mut self, content: String) {
-        let reference = format!("r{}", self.answers.len());
-        let sent_at = Instant::now();
-        self.ws
-            .send(json!({"type": "chat", "content": content, "ref": reference}))
-            .await;
-        loop {
-            let frame = self.ws.recv().await;
-            if frame["type"] == "message" {
-                if let Some(id) = frame["message"]["id"].as_u64() {
-                    self.received.push(id);
-                }
-            }
-            if frame["ref"] == reference.as_str() {
-                let stored_as = (frame["type"] == "message")
-                    .then(|| frame["message"]["id"].as_u64())
-                    .flatten();
-                self.answers.push(Answer {
-                    content,
-                    stored_as,
-                    code: frame["code"].as_str().unwrap_or("").to_owned(),
-                    waited: sent_at.elapsed(),
-                    sent_at,
-                });
-                return;
-            }
+    fn new(name: String, ws: WsClient) -> Member {
+        Member {
+            name,
+            ws,
+            sent: Vec::new(),
+            refs: HashMap::new(),
+            received: Vec::new(),
         }
     }
 
-    /// Reads message frames until `quiet` passes without one.
+    /// Records one frame: a message's id, and the reply to a chat of ours.
+    fn take(&mut self, frame: Value) {
+        if frame["type"] == "message" {
+            if let Some(id) = frame["message"]["id"].as_u64() {
+                self.received.push(id);
+            }
+        }
+        let Some(i) = frame["ref"].as_str().and_then(|r| self.refs.get(r)) else {
+            return;
+        };
+        self.sent[*i].replies.push(Reply {
+            kind: frame["type"].as_str().unwrap_or("").to_owned(),
+            stored_as: (frame["type"] == "message")
+                .then(|| frame["message"]["id"].as_u64())
+                .flatten(),
+            code: frame["code"].as_str().unwrap_or("").to_owned(),
+            at: Instant::now(),
+        });
+    }
+
+    /// Sends one chat and reads until its first answer (`pending` counts),
+    /// keeping every other frame seen on the way.
+    async fn chat(&mut self, content: String) -> &Sent {
+        let i = self.sent.len();
+        let reference = format!("r{i}");
+        self.refs.insert(reference.clone(), i);
+        self.sent.push(Sent {
+            content: content.clone(),
+            sent_at: Instant::now(),
+            replies: Vec::new(),
+        });
+        self.ws
+            .send(json!({"type": "chat", "content": content, "ref": reference}))
+            .await;
+        while self.sent[i].replies.is_empty() {
+            let frame = self.ws.recv().await;
+            self.take(frame);
+        }
+        &self.sent[i]
+    }
+
+    /// Reads frames until `quiet` passes without one.
     async fn drain(&mut self, quiet: Duration) {
         while let Some(crate::helpers::Incoming::Json(frame)) = self.ws.next_within(quiet).await {
-            if frame["type"] == "message" {
-                if let Some(id) = frame["message"]["id"].as_u64() {
-                    self.received.push(id);
-                }
+            self.take(frame);
+        }
+    }
+
+    /// Reads frames until every chat told `pending` has its final answer,
+    /// for at most `limit`.
+    async fn await_finals(&mut self, limit: Duration) {
+        let end = Instant::now() + limit;
+        while self.sent.iter().any(Sent::unresolved) {
+            let left = end.saturating_duration_since(Instant::now());
+            match self.ws.next_within(left).await {
+                Some(crate::helpers::Incoming::Json(frame)) => self.take(frame),
+                _ => break,
             }
         }
     }
+}
+
+/// Checks what every chat was answered against what the store holds:
+/// a first answer within `ANSWER_LIMIT`; either one final answer, or
+/// `pending` then exactly one final answer; `message` means stored as
+/// echoed, `error` (always `unavailable` here) means never stored. Returns
+/// how many chats were told `pending`.
+fn check_answers(all: &[&Sent], in_store: &BTreeMap<u64, String>) -> usize {
+    let contents: HashSet<&str> = in_store.values().map(String::as_str).collect();
+    for a in all {
+        assert!(
+            a.first_waited() <= ANSWER_LIMIT,
+            "{}: first answer after {:?} (limit {ANSWER_LIMIT:?}): {a:?}",
+            a.content,
+            a.first_waited()
+        );
+        let kinds: Vec<&str> = a.replies.iter().map(|r| r.kind.as_str()).collect();
+        assert!(
+            matches!(
+                kinds[..],
+                ["message"] | ["error"] | ["pending", "message"] | ["pending", "error"]
+            ),
+            "{}: answered {kinds:?}; want one final answer, or pending then one",
+            a.content
+        );
+        match a.stored_as() {
+            Some(id) => assert_eq!(
+                in_store.get(&id).map(String::as_str),
+                Some(a.content.as_str()),
+                "answered as message {id}, not stored so"
+            ),
+            None => {
+                let code = a.last().map_or("", |r| r.code.as_str());
+                assert_eq!(code, "unavailable", "{a:?}");
+                assert!(
+                    !contents.contains(a.content.as_str()),
+                    "answered {code} but stored: {}",
+                    a.content
+                );
+            }
+        }
+    }
+    all.iter().filter(|a| a.is_pending()).count()
 }
 
 async fn health(base: &str) -> (u16, Value, Duration) {
@@ -152,12 +263,7 @@ async fn a_frozen_mysql_gets_true_answers_in_time_and_chat_resumes_after_it() {
     let mut members: Vec<Member> = members
         .into_iter()
         .enumerate()
-        .map(|(i, ws)| Member {
-            name: format!("m{i}"),
-            ws,
-            answers: Vec::new(),
-            received: Vec::new(),
-        })
+        .map(|(i, ws)| Member::new(format!("m{i}"), ws))
         .collect();
     // A socket that joins and leaves again and again, in a room of its own
     // (kept alive by a member that stays).
@@ -180,6 +286,8 @@ async fn a_frozen_mysql_gets_true_answers_in_time_and_chat_resumes_after_it() {
             let name = m.name.clone();
             async move {
                 let mut n = 0;
+                // The next chat goes once the last has its first answer: after
+                // a `pending`, it is sent while the batch before is unresolved.
                 while Instant::now() < stop_at {
                     m.chat(format!("{name} round {round} chat {n}")).await;
                     n += 1;
@@ -229,9 +337,9 @@ async fn a_frozen_mysql_gets_true_answers_in_time_and_chat_resumes_after_it() {
         // Recovery: the first chat stored (and answered so) after SIGCONT.
         let recovered = members
             .iter()
-            .flat_map(|m| &m.answers)
-            .filter(|a| a.stored_as.is_some())
-            .map(|a| a.sent_at + a.waited)
+            .flat_map(|m| &m.sent)
+            .filter(|a| a.stored_as().is_some())
+            .filter_map(|a| a.last().map(|r| r.at))
             .filter(|answered| *answered >= thawed)
             .min();
         if let Some(at) = recovered {
@@ -252,64 +360,38 @@ async fn a_frozen_mysql_gets_true_answers_in_time_and_chat_resumes_after_it() {
             m.chat(format!("{name} after")),
         )
         .await;
-        let last = m.answers.last().expect("an answer");
-        assert!(last.stored_as.is_some(), "chat after the outage: {last:?}");
+        let last = m.sent.last().expect("an answer");
+        assert!(
+            last.stored_as().is_some(),
+            "chat after the outage: {last:?}"
+        );
     }
     for m in members.iter_mut() {
+        // Every `pending` has had its final answer by now (MySQL answered
+        // the chats after it); wait a little in case, then read the rest.
+        m.await_finals(Duration::from_secs(10)).await;
         m.drain(Duration::from_millis(700)).await;
     }
 
-    // An unanswered COMMIT is answered only once MySQL tells; everything
-    // else within the limit.
+    // Every chat answered in time (first answer), every answer true, even
+    // after waiting longer.
     let doubtful = server
         .lines()
         .iter()
         .filter(|l| l.contains("got no answer"))
         .count();
-    let all: Vec<&Answer> = members.iter().flat_map(|m| &m.answers).collect();
-    let slowest = all.iter().map(|a| a.waited).max().unwrap_or_default();
-    if doubtful == 0 {
-        for a in &all {
-            assert!(
-                a.waited <= ANSWER_LIMIT,
-                "{} answered after {:?} (limit {ANSWER_LIMIT:?})",
-                a.content,
-                a.waited
-            );
-        }
-    } else {
-        for a in &all {
-            assert!(
-                a.waited <= FREEZE + Duration::from_secs(5),
-                "{} answered after {:?}",
-                a.content,
-                a.waited
-            );
-        }
-    }
-    for a in all.iter().filter(|a| a.stored_as.is_none()) {
-        assert_eq!(a.code, "unavailable", "{a:?}");
-    }
-
-    // Every answer is true, even after waiting longer.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let in_store = stored(&pool, room).await;
-    let contents: HashSet<&str> = in_store.values().map(String::as_str).collect();
-    for a in &all {
-        match a.stored_as {
-            Some(id) => assert_eq!(
-                in_store.get(&id).map(String::as_str),
-                Some(a.content.as_str()),
-                "answered as message {id}, not stored so"
-            ),
-            None => assert!(
-                !contents.contains(a.content.as_str()),
-                "answered {} but stored: {}",
-                a.code,
-                a.content
-            ),
-        }
+    for m in members.iter_mut() {
+        m.drain(Duration::from_millis(100)).await;
     }
+    let all: Vec<&Sent> = members.iter().flat_map(|m| &m.sent).collect();
+    let slowest = all
+        .iter()
+        .map(|a| a.first_waited())
+        .max()
+        .unwrap_or_default();
+    let in_store = stored(&pool, room).await;
+    let told_pending = check_answers(&all, &in_store);
     // Delivered to every member exactly once, in order: each member got
     // every stored message (all were sent after everyone joined).
     let ids: Vec<u64> = in_store.keys().copied().collect();
@@ -340,16 +422,17 @@ async fn a_frozen_mysql_gets_true_answers_in_time_and_chat_resumes_after_it() {
     })
     .await;
 
-    let stored_n = all.iter().filter(|a| a.stored_as.is_some()).count();
+    let stored_n = all.iter().filter(|a| a.stored_as().is_some()).count();
     eprintln!(
-        "mysql outage: {} chats ({} stored, {} refused), slowest answer {:?}, \
-         {} unanswered COMMITs; {} joins refused (no rows left, checked in {:?}); \
-         /health while frozen {:?}; first stored chat after SIGCONT {:?}",
+        "mysql outage: {} chats ({} stored, {} refused), slowest first answer {:?}, \
+         {} unanswered COMMITs, {} chats told pending; {} joins refused (no rows left, \
+         checked in {:?}); /health while frozen {:?}; first stored chat after SIGCONT {:?}",
         all.len(),
         stored_n,
         all.len() - stored_n,
         slowest,
         doubtful,
+        told_pending,
         refused_joins.len(),
         leftover,
         health_waits,
@@ -364,6 +447,144 @@ async fn a_frozen_mysql_gets_true_answers_in_time_and_chat_resumes_after_it() {
     }
     drop(joiner);
     drop(holder);
+    let _ = pool.disconnect().await;
+    server.kill();
+}
+
+/// MySQL frozen exactly while a chat's `COMMIT` is on its way (the proxy
+/// freezes the server just before it forwards the `COMMIT`), and kept
+/// frozen well past `STORE_TIMEOUT_MS`: the chat's author is told
+/// `pending` in time, and gets exactly one final answer after SIGCONT;
+/// chats sent to the same room meanwhile, by the other member and by the
+/// author after its `pending`, are answered in time too (refused: they were
+/// never stored). Every answer is true and every stored chat reaches both
+/// members once, in order.
+#[actix_rt::test]
+async fn a_commit_frozen_in_flight_is_told_pending_in_time_and_then_the_truth() {
+    use crate::mariadb::CommitTrap;
+    const LONG_FREEZE: Duration = Duration::from_millis(4000);
+
+    let mut db = PrivateMariaDb::start().await;
+    let trap = CommitTrap::start(db.port()).await;
+    let timeout_ms = STORE_TIMEOUT.as_millis().to_string();
+    let url = trap.url("chat");
+    let mut server = Server::start(&[
+        ("MYSQL_URL", url.as_str()),
+        ("STORE_TIMEOUT_MS", timeout_ms.as_str()),
+        ("WS_RATE_PER_SEC", "100000"),
+        ("WS_RATE_BURST", "100000"),
+    ]);
+    server.wait_healthy().await;
+    let pool = mysql_async::Pool::new(db.url("chat").as_str());
+
+    let mut ann = WsClient::connect(server.port).await;
+    let room = ann.create("frozen commit", "ann").await["room"]["id"]
+        .as_u64()
+        .expect("room id");
+    let mut bob = WsClient::connect(server.port).await;
+    bob.join(room, "bob").await;
+    let mut ann = Member::new("ann".into(), ann);
+    let mut bob = Member::new("bob".into(), bob);
+    // One chat each before the fault, stored as usual.
+    ann.chat("ann before".into()).await;
+    bob.chat("bob before".into()).await;
+
+    // The next COMMIT freezes MySQL: ann's chat. MySQL is thawed
+    // LONG_FREEZE later, whatever the clients got meanwhile.
+    trap.freeze_on_commit(db.pid());
+    let during = async {
+        let first = ann.chat("ann frozen".into()).await.replies[0].clone();
+        // Sent while the frozen batch is unresolved.
+        ann.chat("ann after pending".into()).await;
+        first
+    };
+    let meanwhile = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        bob.chat("bob meanwhile".into()).await.replies[0].clone()
+    };
+    let fault = async {
+        eventually(Duration::from_secs(5), "the trap freezes MySQL", || {
+            let n = trap.sprung();
+            async move {
+                if n == 1 {
+                    Ok(())
+                } else {
+                    Err(format!("sprung {n} times"))
+                }
+            }
+        })
+        .await;
+        tokio::time::sleep(LONG_FREEZE).await;
+        db.thaw();
+    };
+    let ((ann_first, bob_first), ()) = within(
+        Duration::from_secs(20),
+        "chats into a room whose COMMIT is frozen",
+        async { futures_util::join!(async { futures_util::join!(during, meanwhile) }, fault) },
+    )
+    .await;
+    assert_eq!(trap.sprung(), 1, "the trap must have frozen one COMMIT");
+    // Checked in full below; these say at once what went wrong.
+    assert_eq!(ann_first.kind, "pending", "{:?}", ann.sent[1]);
+    assert_eq!(bob_first.kind, "error", "{:?}", bob.sent[1]);
+    assert_eq!(bob_first.code, "unavailable", "{bob_first:?}");
+    for sent in [&ann.sent[1], &bob.sent[1], &ann.sent[2]] {
+        assert!(
+            sent.first_waited() <= ANSWER_LIMIT,
+            "{}: first answer after {:?}, limit {ANSWER_LIMIT:?}",
+            sent.content,
+            sent.first_waited()
+        );
+    }
+
+    // The frozen chat's final answer, and normal service again.
+    ann.await_finals(Duration::from_secs(15)).await;
+    assert!(
+        !ann.sent[1].unresolved(),
+        "no final answer within 15 s of SIGCONT: {:?}",
+        ann.sent[1]
+    );
+    let after = within(
+        Duration::from_secs(10),
+        "a chat after SIGCONT",
+        bob.chat("bob after".into()),
+    )
+    .await;
+    assert!(after.stored_as().is_some(), "{after:?}");
+    ann.drain(Duration::from_millis(700)).await;
+    bob.drain(Duration::from_millis(700)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    ann.drain(Duration::from_millis(100)).await;
+    bob.drain(Duration::from_millis(100)).await;
+
+    let in_store = stored(&pool, room).await;
+    let all: Vec<&Sent> = ann.sent.iter().chain(&bob.sent).collect();
+    let told_pending = check_answers(&all, &in_store);
+    assert_eq!(told_pending, 1, "only the frozen chat is pending: {all:#?}");
+    let ids: Vec<u64> = in_store.keys().copied().collect();
+    for m in [&ann, &bob] {
+        assert_eq!(
+            m.received, ids,
+            "{} did not receive the stored messages exactly once in order",
+            m.name
+        );
+    }
+    let frozen = &ann.sent[1];
+    eprintln!(
+        "COMMIT frozen in flight (STORE_TIMEOUT_MS={}): pending after {:?}, final {} after \
+         {:?} (MySQL frozen for {LONG_FREEZE:?}); the chat sent meanwhile refused after {:?}, \
+         the one after pending answered {} after {:?}",
+        STORE_TIMEOUT.as_millis(),
+        frozen.first_waited(),
+        frozen.last().map_or("none", |r| r.kind.as_str()),
+        frozen
+            .last()
+            .map(|r| r.at.duration_since(frozen.sent_at))
+            .unwrap_or_default(),
+        bob.sent[1].first_waited(),
+        ann.sent[2].replies[0].kind,
+        ann.sent[2].first_waited(),
+    );
     let _ = pool.disconnect().await;
     server.kill();
 }

@@ -34,6 +34,13 @@
 //! - **Every leave recorded.** A local member's leave is a step, retried
 //!   with backoff while the store is down; the actor stays alive until every
 //!   leave is recorded, so counts never drift.
+//! - **Every chat answered in time, and truly** (see `pending.rs`): a chat
+//!   with no answer `STORE_TIMEOUT_MS` (+ 200 ms, `ANSWER_GRACE`) after it
+//!   reached the room is told
+//!   `pending` if its batch is with the store (whose true answer follows
+//!   whenever it comes), or refused `unavailable` if it still waits behind
+//!   that batch (it is then never stored). One timer per room, set to the
+//!   next such deadline, does this.
 //! - **Every chat answered before its author leaves.** A leave step is
 //!   queued behind batch steps for every chat waiting (`flush_all`), so a
 //!   chat sent before `leave` gets its echo or error while its author is
@@ -76,7 +83,7 @@ use crate::domain::{
     self, Member, Message, MessageContent, MessageSeq, Nickname, RoomId, SocketId,
 };
 use crate::error::{Chain, ChatError};
-use crate::protocol::{error_frame, ServerFrame};
+use crate::protocol::{error_frame, pending_frame, ServerFrame};
 use crate::store::{
     JoinOutcome, LeaveOutcome, MemberRecord, NewMember, NewMessage, SharedStore, StoreError,
 };
@@ -91,6 +98,15 @@ const FILL_PAGE: usize = 500;
 /// record.
 const FIRST_LEAVE_RETRY: Duration = Duration::from_millis(100);
 const MAX_LEAVE_RETRY: Duration = Duration::from_secs(5);
+/// How much longer than `STORE_TIMEOUT_MS` a chat waits for the store
+/// before it is told `pending` or refused (see `pending.rs`). The message
+/// writer answers a chat within `STORE_TIMEOUT_MS` of its reaching the room
+/// unless a `COMMIT` went unanswered (two halves: the batch before it, then
+/// its own); this grace lets such an answer, due right at the timeout, win
+/// the race with the timer, so `pending` goes out only when the store is
+/// truly stuck. Small enough that the first answer still comes within
+/// `STORE_TIMEOUT_MS` plus a second of sending.
+const ANSWER_GRACE: Duration = Duration::from_millis(200);
 
 /// Fixed per-process settings every room needs.
 #[derive(Debug, Clone)]
@@ -101,7 +117,8 @@ pub struct RoomConfig {
     pub queue_max_messages: usize,
     pub queue_max_bytes: usize,
     pub gap_timeout: Duration,
-    /// `STORE_TIMEOUT_MS`: bounds how long a closing room waits for its
+    /// `STORE_TIMEOUT_MS`: bounds how long a chat waits for its first
+    /// answer (see `pending.rs`), and how long a closing room waits for its
     /// last store writes.
     pub store_timeout: Duration,
     /// The cluster bus, when there is one.
@@ -207,6 +224,9 @@ pub struct RoomActor {
     sequencer: Sequencer<Author>,
     gap_timer: Option<SpawnHandle>,
     pending: PendingChats,
+    /// Fires when the next chat without an answer has waited
+    /// `store_timeout` (see `watch_answers`).
+    answer_timer: Option<SpawnHandle>,
     /// Batch steps queued and not yet started.
     batches_queued: usize,
     steps: StepQueue<RoomActor>,
@@ -244,7 +264,12 @@ impl RoomActor {
             store,
             history: RecentHistory::new(config.history_on_join),
             sequencer: Sequencer::new(config.gap_timeout),
-            pending: PendingChats::new(config.queue_max_messages, config.queue_max_bytes),
+            pending: PendingChats::new(
+                config.queue_max_messages,
+                config.queue_max_bytes,
+                config.store_timeout + ANSWER_GRACE,
+            ),
+            answer_timer: None,
             config,
             manager,
             members: MemberList::default(),
@@ -558,7 +583,7 @@ impl Handler<Chat> for RoomActor {
             socket_id: msg.socket_id,
             reference: msg.reference,
         };
-        if let Err(full) = self.pending.push(message, author) {
+        if let Err(full) = self.pending.push(message, author, Instant::now()) {
             // Refused, not dropped: the author hears it and may retry.
             self.config.metrics.rate_limited(RateLimit::RoomBusy);
             let error = ChatError::RateLimited(format!(
@@ -570,6 +595,7 @@ impl Handler<Chat> for RoomActor {
             return;
         }
         self.flush(ctx);
+        self.watch_answers(ctx);
     }
 }
 
@@ -606,11 +632,16 @@ impl RoomActor {
             // An earlier batch took these chats already.
             return Box::pin(actix::fut::ready(()));
         }
-        let (batch, authors) = self.pending.take_batch(MAX_BATCH);
+        let batch = self.pending.take_batch(MAX_BATCH);
         let store = self.store.clone();
         let room_id = self.room_id;
+        // Awaited however long the store takes: its answer is the truth
+        // (see `MessageWriter::append`), and the step queue stays blocked
+        // meanwhile, so no read overlaps this batch (see `catch_up`). The
+        // authors hear `pending` in time meanwhile (`answer_overdue`).
         let fut = async move { store.append_messages(room_id, &batch).await };
         Box::pin(fut.into_actor(self).map(move |res, act, ctx| {
+            let authors = act.pending.finish_batch();
             match res {
                 Ok(stored) => {
                     act.config
@@ -631,10 +662,75 @@ impl RoomActor {
         }))
     }
 
+    /// Keeps the answer timer set to the next moment a chat without an
+    /// answer will have waited `store_timeout`. One timer per room: the
+    /// deadlines come in arrival order and only move later as chats are
+    /// answered, so a timer already set fires no later than needed (early
+    /// at worst, and then it sets itself again).
+    fn watch_answers(&mut self, ctx: &mut Context<Self>) {
+        if self.answer_timer.is_some() {
+            return;
+        }
+        let Some(deadline) = self.pending.next_deadline() else {
+            return;
+        };
+        let wait = deadline.saturating_duration_since(Instant::now());
+        self.answer_timer = Some(ctx.run_later(wait, |act, ctx| {
+            act.answer_timer = None;
+            act.answer_overdue(ctx);
+            act.watch_answers(ctx);
+        }));
+    }
+
+    /// Gives every chat that has waited `store_timeout` without an answer a
+    /// true first answer (see `pending.rs`): `pending` to the authors of
+    /// the batch the store has not answered, `unavailable` to those waiting
+    /// behind it, which are taken out of the queue and never stored.
+    fn answer_overdue(&mut self, ctx: &mut Context<Self>) {
+        let due = self.pending.overdue(Instant::now());
+        let mut removals = Vec::new();
+        if !due.pending.is_empty() {
+            log::warn!(
+                "room {}: the store has not confirmed {} chats within {} ms; \
+                 their authors are told pending",
+                self.room_id,
+                due.pending.len(),
+                self.config.store_timeout.as_millis()
+            );
+        }
+        for author in &due.pending {
+            if let Some(outbox) = self.members.outbox(&author.socket_id) {
+                let wire = pending_frame(author.reference.as_deref());
+                removals.extend(self.offer(&author.socket_id, outbox, wire));
+            }
+        }
+        if !due.refused.is_empty() {
+            let error = ChatError::unavailable(format!(
+                "not stored: the room's earlier messages have waited more than {} ms \
+                 for the database; retry shortly",
+                self.config.store_timeout.as_millis()
+            ));
+            log::warn!(
+                "room {}: {} chats refused unstored: {}",
+                self.room_id,
+                due.refused.len(),
+                Chain(&error)
+            );
+            removals.extend(
+                due.refused
+                    .iter()
+                    .filter_map(|author| self.tell_author(author, &error)),
+            );
+        }
+        self.remove_members(removals, ctx);
+        self.stop_if_idle(ctx);
+    }
+
     /// Tells each author of a batch the store refused why.
     fn reject(&mut self, authors: Vec<Author>, e: StoreError, ctx: &mut Context<Self>) {
         let error = ChatError::from(e);
         log::warn!(
+            room = self.room_id.get();
             "room {}: {} chats not stored: {}",
             self.room_id,
             authors.len(),
@@ -709,6 +805,7 @@ impl RoomActor {
                     if let Some(after) = act.sequencer.take_fill(Instant::now()) {
                         act.config.metrics.gap_fills.increment(1);
                         log::debug!(
+                            room = act.room_id.get();
                             "room {}: {} messages wait for id {}; reading it from the store",
                             act.room_id,
                             act.sequencer.waiting(),
@@ -757,6 +854,7 @@ impl RoomActor {
                 Err(StoreError::RoomNotFound(_)) => false,
                 Err(e) => {
                     log::warn!(
+                        room = room_id.get();
                         "room {room_id}: catching up ({why:?}) failed: {}",
                         Chain(&e)
                     );
@@ -880,7 +978,12 @@ impl RoomActor {
             Ok(records) => records,
             Err(StoreError::RoomNotFound(_)) => Vec::new(),
             Err(e) => {
-                log::warn!("room {}: member resync failed: {}", self.room_id, Chain(&e));
+                log::warn!(
+                    room = self.room_id.get();
+                    "room {}: member resync failed: {}",
+                    self.room_id,
+                    Chain(&e)
+                );
                 return;
             }
         };
@@ -947,7 +1050,12 @@ impl RoomActor {
                         continue;
                     };
                     if why == Removal::SlowConsumer {
-                        log::info!("room {}: closing slow consumer {socket_id}", self.room_id);
+                        log::info!(
+                            room = self.room_id.get(),
+                            socket = socket_id.as_str();
+                            "room {}: closing slow consumer {socket_id}",
+                            self.room_id
+                        );
                         self.config.metrics.slow_consumer_closes.increment(1);
                         outbox.do_send(SessionEvent::Evicted {
                             room_id: self.room_id,
@@ -990,7 +1098,10 @@ impl RoomActor {
                     let nickname = match outcome {
                         LeaveOutcome::Left { nickname, .. } => Some(nickname),
                         LeaveOutcome::RoomDeleted { nickname } => {
-                            log::info!("room {room_id}: last member left, room deleted");
+                            log::info!(
+                                room = room_id.get();
+                                "room {room_id}: last member left, room deleted"
+                            );
                             Some(nickname)
                         }
                         LeaveOutcome::NotMember => None,
@@ -1004,6 +1115,8 @@ impl RoomActor {
                 }
                 Err(e) => {
                     log::warn!(
+                        room = room_id.get(),
+                        socket = socket_id.as_str();
                         "room {room_id}: leave of {socket_id} not recorded, retrying: {}",
                         Chain(&e)
                     );

@@ -166,7 +166,10 @@ impl MessageWriter {
     /// database tells whether it committed (see `resolve`), however long
     /// that takes. The caller must not give up earlier: a batch reported as
     /// failed but committed would reach the room later through the gap fill,
-    /// after its senders were told it failed.
+    /// after its senders were told it failed. The room keeps its answers in
+    /// time meanwhile without claiming an outcome: it tells the authors
+    /// `pending`, and refuses the chats it has not handed over yet (see
+    /// `actors/room/pending.rs`).
     pub(super) async fn append(&self, room_id: RoomId, batch: Vec<NewMessage>) -> Outcome {
         let (reply, answer) = oneshot::channel();
         let request = Request {

@@ -77,7 +77,7 @@ async fn each_process_counts_its_part_of_a_chat_across_the_bus_and_of_a_reap() {
         || async move {
             let text = scrape(cluster_ref, 0).await;
             match metric(&text, "chat_reaped_instances_total") {
-                Some(n) if n == 1.0 => Ok(()),
+                Some(1.0) => Ok(()),
                 other => Err(format!("{other:?}")),
             }
         },

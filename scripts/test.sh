@@ -3,9 +3,10 @@
 #   formatting and lints, unit tests, the store contract suite, the
 #   integration tests against a real MariaDB, the multi-process cluster tests
 #   against real Redis, pm2 and nginx (one of them with the page in a real
-#   headless Chromium), the domain-event tests against a real RabbitMQ, then
-#   the browser test in a real headless Chromium.
-# Whatever is missing (MariaDB, Redis, nginx, pm2, Chromium, Node packages)
+#   headless Chromium), the domain-event tests against a real RabbitMQ, a real
+#   Prometheus scraping the server, then the browser test in a real headless
+#   Chromium.
+# Whatever is missing (MariaDB, Redis, RabbitMQ, nginx, pm2, Prometheus, Chromium, Node packages)
 # is installed or started first. Every test database is uniquely named and dropped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +21,7 @@ ensure_mariadb
 ensure_redis
 ensure_rabbitmq
 ensure_nginx_pm2
+ensure_prometheus
 # Chromium and playwright-core: the browser test below, and the cluster
 # test that runs the page through a rolling restart (tests/cluster/page_rolling.rs).
 ensure_chromium
@@ -30,7 +32,7 @@ cargo fmt --all -- --check
 log "cargo clippy"
 cargo clippy --all-targets --quiet -- -D warnings
 
-log "cargo test (unit, store contract, integration, cluster, pm2 + nginx)"
+log "cargo test (unit, store contract, integration, cluster, pm2 + nginx, Prometheus)"
 cargo test --all-targets --quiet
 
 log "browser test"

@@ -130,6 +130,10 @@ pub struct Settings {
     /// unset = the server's own (`http(s)://` + the request's `Host`), `*`
     /// = any, or a comma-separated list of origins.
     pub allowed_origins: AllowedOrigins,
+    /// `METRICS_ADDR`: where `GET /metrics` is served, as `ip:port` (port
+    /// 0 picks a free one); unset = on the main port. Set, the main port
+    /// answers `/metrics` with 404.
+    pub metrics_addr: Option<std::net::SocketAddr>,
     /// `LOG_FORMAT`: `text` (env_logger's lines) or `json` (one object per
     /// line); read first by `main`, [`log_format_from_env`], to set up the
     /// logger before anything is logged.
@@ -270,6 +274,11 @@ impl Settings {
                     ConfigError::new("ALLOWED_ORIGINS", &value, accepted)
                 })?,
             },
+            metrics_addr: env.checked(
+                "METRICS_ADDR",
+                "must be an IP address and a port, like 127.0.0.1:9100 or [::1]:9100",
+                |v| v.parse().ok(),
+            )?,
             redis_prefix: env.text("REDIS_PREFIX", "chat", usize::MAX)?,
             liveness_ttl: env.secs("LIVENESS_TTL_SECS", 5)?,
             liveness_refresh: env.millis("LIVENESS_REFRESH_MS", 1000)?,
@@ -742,6 +751,25 @@ mod tests {
             (s.max_connections, s.max_connections_per_address),
             (Some(8), 5)
         );
+    }
+
+    #[test]
+    fn metrics_addr_is_an_ip_and_port_and_anything_else_is_refused() {
+        assert_eq!(accepted(&[]).metrics_addr, None, "default: the main port");
+        let s = accepted(&[("METRICS_ADDR", " 127.0.0.1:9100 ")]);
+        assert_eq!(s.metrics_addr, Some("127.0.0.1:9100".parse().unwrap()));
+        let s = accepted(&[("METRICS_ADDR", "[::1]:0")]);
+        assert_eq!(s.metrics_addr, Some("[::1]:0".parse().unwrap()));
+        for bad in [
+            "9100",
+            "localhost:9100",
+            "127.0.0.1",
+            "127.0.0.1:99999",
+            ":9100",
+        ] {
+            let e = refused("METRICS_ADDR", bad);
+            assert!(e.accepted.contains("IP address and a port"), "{e}");
+        }
     }
 
     #[test]

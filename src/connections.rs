@@ -80,8 +80,7 @@ impl ConnectionLimiter {
         })
     }
 
-    /// Open connections in all.
-    #[cfg(test)]
+    /// Open connections in all (the `chat_connections_open` gauge).
     pub fn total(&self) -> usize {
         self.inner.counts().total
     }

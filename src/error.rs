@@ -172,9 +172,18 @@ impl ResponseError for ChatError {
             // read the next request.
             response.force_close();
         }
-        response.json(json!({ "error": self.to_json() }))
+        let mut response = response.json(json!({ "error": self.to_json() }));
+        // For the error counter (`http::metrics::count_errors`).
+        response.extensions_mut().insert(AnsweredCode(self.code()));
+        response
     }
 }
+
+/// The code of the error a REST response carries, kept in the response's
+/// extensions so a middleware can count answers by code without parsing
+/// bodies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AnsweredCode(pub &'static str);
 
 /// Displays an error followed by its causes, outermost first, joined with
 /// ": " (`a: b: c`), so that one log line tells the whole story.
@@ -301,5 +310,39 @@ mod tests {
                 .and_then(|v| v.to_str().ok()),
             Some("GET, HEAD, POST")
         );
+    }
+
+    #[test]
+    fn every_code_is_a_label_of_the_error_counter_and_rest_answers_carry_it() {
+        let all = [
+            ChatError::InvalidJson("x".into()),
+            ChatError::InvalidTitle("x".into()),
+            ChatError::InvalidNickname("x".into()),
+            ChatError::InvalidContent("x".into()),
+            ChatError::InvalidParameter("x".into()),
+            ChatError::InvalidMessage("x".into()),
+            ChatError::RoomNotFound(RoomId::new(1)),
+            ChatError::NotFound,
+            ChatError::MethodNotAllowed("GET"),
+            ChatError::ForbiddenOrigin("x".into()),
+            ChatError::NicknameTaken("x".into()),
+            ChatError::PayloadTooLarge(1),
+            ChatError::UnsupportedMediaType("x".into()),
+            ChatError::RateLimited("x".into()),
+            ChatError::NotInRoom,
+            ChatError::TooManyConnections(1),
+            ChatError::ServerFull,
+            ChatError::RequestTimeout(1),
+            ChatError::unavailable("x"),
+        ];
+        let codes: Vec<&str> = all.iter().map(ChatError::code).collect();
+        assert_eq!(codes, crate::telemetry::ERROR_CODES);
+        for e in &all {
+            let response = e.error_response();
+            assert_eq!(
+                response.extensions().get::<AnsweredCode>(),
+                Some(&AnsweredCode(e.code()))
+            );
+        }
     }
 }

@@ -29,6 +29,8 @@
 //!   the same transaction; memory: a bounded queue under the store's lock),
 //!   and one relay per database publishes them to RabbitMQ's `chat.events`
 //!   with publisher confirms.
+//! - [`telemetry`] holds the process's Prometheus series (`GET /metrics`);
+//!   the parts above count into handles registered once at start-up.
 //! - [`config`] reads every setting from the environment, [`startup`] wires
 //!   it all together, [`error`] maps failures to the contract's codes.
 //! - [`logging`] writes the `log` records as text or JSON lines
@@ -53,6 +55,7 @@ pub(crate) mod http;
 pub(crate) mod instance_lock;
 pub(crate) mod protocol;
 pub(crate) mod rate_limit;
+pub(crate) mod telemetry;
 pub(crate) mod ws;
 
 /// Entry points for the fuzz targets (`fuzz/`): the parsers of untrusted

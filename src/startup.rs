@@ -28,7 +28,8 @@ use crate::events::Events;
 use crate::http::state::HttpState;
 use crate::instance_lock::{InstanceLock, LockError, LockKeeper, Refusal, Role};
 use crate::rate_limit::KeyedLimiter;
-use crate::store::{may_heal, MemoryStore, MySqlStore, SharedStore, StoreError};
+use crate::store::{may_heal, MeasuredStore, MemoryStore, MySqlStore, SharedStore, StoreError};
+use crate::telemetry::{Metrics, UPKEEP_INTERVAL};
 use crate::ws::TransportLimits;
 
 /// Why the server could not start.
@@ -85,6 +86,8 @@ impl From<LockError> for StartupError {
 /// A bound, running server.
 pub struct Application {
     port: u16,
+    /// The port of the `METRICS_ADDR` listener, if there is one.
+    metrics_port: Option<u16>,
     server: Server,
     chat: Arc<SessionContext>,
     /// The instance lock (MySQL store), released by [`Stopper::stop`] once
@@ -139,7 +142,21 @@ impl Application {
             .and_then(|a| a.as_socket())
             .ok_or_else(|| bind_error(std::io::Error::other("no local address")))?;
         let port = local_addr.port();
+        // The metrics listener's port is taken now too (same invariant).
+        let metrics_socket = match settings.metrics_addr {
+            None => None,
+            Some(addr) => {
+                let address = addr.to_string();
+                let socket = reserve_port(&address).map_err(|source| StartupError::Bind {
+                    address: address.clone(),
+                    source,
+                })?;
+                Some((address, socket))
+            }
+        };
 
+        // Every series of this server; its own registry, see `telemetry`.
+        let metrics = Arc::new(Metrics::new());
         // Domain events: recorded by the store, published by the relay.
         let events = settings.events.as_ref().map(|config| {
             let events = match settings.mysql_url {
@@ -149,6 +166,10 @@ impl Application {
             Arc::new(events)
         });
         let Opened { store, mysql, lock } = connect_store(&settings, events.clone()).await?;
+        if let Some(mysql) = &mysql {
+            mysql.record_writer_batches(metrics.writer_batch.clone());
+        }
+        let store: SharedStore = Arc::new(MeasuredStore::new(store, metrics.clone()));
         let close = || async {
             if let Some(mysql) = &mysql {
                 mysql.disconnect().await;
@@ -163,6 +184,20 @@ impl Application {
                 return Err(bind_error(e));
             }
         };
+        let metrics_listener = match metrics_socket.map(|(address, socket)| {
+            listen(socket).map_err(|source| StartupError::Bind { address, source })
+        }) {
+            None => None,
+            Some(Ok(listener)) => Some(listener),
+            Some(Err(e)) => {
+                close().await;
+                return Err(e);
+            }
+        };
+        let metrics_port = metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .map(|a| a.port());
         let mut lock = lock;
         let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
 
@@ -177,6 +212,7 @@ impl Application {
                     liveness_ttl: settings.liveness_ttl,
                     liveness_refresh: settings.liveness_refresh,
                     reap_interval: settings.reap_interval,
+                    metrics: metrics.clone(),
                 };
                 match RedisBridge::new(config, store.clone(), bus_health.clone()) {
                     Ok(bridge) => Some(bridge),
@@ -246,6 +282,7 @@ impl Application {
                 gap_timeout: settings.gap_timeout,
                 store_timeout: settings.store_timeout,
                 bus: bus.clone(),
+                metrics: metrics.clone(),
             },
             settings.empty_room_grace,
             settings.room_threads.unwrap_or(cpus),
@@ -267,7 +304,9 @@ impl Application {
             ),
             connections,
             settings.ws_flood_cooldown,
+            metrics.clone(),
         ));
+        run_upkeep(Arc::downgrade(&metrics));
         OpenSessions::run_heartbeat(Arc::downgrade(&chat.sessions), settings.heartbeat_interval);
         let state = Arc::new(HttpState {
             settings: settings.clone(),
@@ -278,6 +317,7 @@ impl Application {
         });
 
         let app_state = state.clone();
+        let metrics_here = settings.metrics_addr.is_none();
         let server = Server::build()
             .workers(settings.workers.unwrap_or(cpus))
             .disable_signals()
@@ -295,9 +335,10 @@ impl Application {
                 let app = App::new()
                     .app_data(data)
                     .wrap(headers)
+                    .wrap(from_fn(crate::http::metrics::count_errors))
                     // Outermost: its duration and status are the client's.
                     .wrap(from_fn(crate::http::access_log::log_request))
-                    .configure(|cfg| crate::http::configure(cfg, &static_dir));
+                    .configure(|cfg| crate::http::configure(cfg, &static_dir, metrics_here));
                 let ws_state = app_state.clone();
                 HttpService::build()
                     .keep_alive(KeepAlive::Timeout(Duration::from_secs(5)))
@@ -321,10 +362,33 @@ impl Application {
                     .finish(map_config(app, |_| AppConfig::default()))
                     .tcp()
             })
-            .map_err(bind_error)?
-            .run();
+            .map_err(bind_error)?;
+        let server = match metrics_listener {
+            None => server,
+            Some(listener) => {
+                let metrics_state = state.clone();
+                server
+                    .listen("metrics", listener, move || {
+                        let data = web::Data::from(metrics_state.clone());
+                        let app = App::new()
+                            .app_data(data)
+                            .configure(crate::http::configure_metrics_listener);
+                        HttpService::build()
+                            .keep_alive(KeepAlive::Timeout(Duration::from_secs(5)))
+                            .client_request_timeout(Duration::from_secs(5))
+                            .finish(map_config(app, |_| AppConfig::default()))
+                            .tcp()
+                    })
+                    .map_err(bind_error)?
+            }
+        };
+        if let (Some(addr), Some(port)) = (settings.metrics_addr, metrics_port) {
+            log::info!("metrics on http://{}:{port}/metrics", addr.ip());
+        }
+        let server = server.run();
         Ok(Application {
             port,
+            metrics_port,
             server,
             chat,
             lock,
@@ -336,6 +400,12 @@ impl Application {
     /// The port actually bound (useful with `PORT=0`).
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The port of the `METRICS_ADDR` listener (`None` without one:
+    /// `/metrics` is on [`Application::port`]).
+    pub fn metrics_port(&self) -> Option<u16> {
+        self.metrics_port
     }
 
     /// A handle that stops the server the way a signal does.
@@ -426,6 +496,21 @@ async fn stop_relay(relay: &SharedRelay) {
     if let Some(relay) = relay {
         relay.stop(RELAY_DRAIN).await;
     }
+}
+
+/// Folds the recorded histogram values into their buckets every
+/// [`UPKEEP_INTERVAL`] (see `telemetry`), until the metrics are dropped
+/// with the application.
+fn run_upkeep(metrics: std::sync::Weak<Metrics>) {
+    actix_web::rt::spawn(async move {
+        loop {
+            actix_web::rt::time::sleep(UPKEEP_INTERVAL).await;
+            match metrics.upgrade() {
+                Some(metrics) => metrics.upkeep(),
+                None => return,
+            }
+        }
+    });
 }
 
 /// The instance lock's keeper, shared by the application and its stoppers.

@@ -135,3 +135,10 @@ ensure_nginx_pm2() {
       || die "could not install pm2"
   fi
 }
+
+# Prometheus, which tests/startup/prometheus.rs runs for real (it starts its
+# own instance on a free port; the package's system service is not used).
+ensure_prometheus() {
+  command -v prometheus >/dev/null 2>&1 || apt_install prometheus
+  command -v prometheus >/dev/null 2>&1 || die "prometheus not found after installing it"
+}

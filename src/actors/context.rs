@@ -1,7 +1,8 @@
 //! What a session actor may reach, and nothing more: the store, the room
-//! manager, its limits, the registry of open sessions, the connection caps
-//! and the room-creation limiter. Built once by `startup` and shared by every session; the HTTP
-//! layer keeps its own state (templates, settings, health) in `http`.
+//! manager, its limits, the registry of open sessions, the connection caps,
+//! the room-creation limiter and the metrics. Built once by `startup` and
+//! shared by every session; the HTTP layer keeps its own state (templates,
+//! settings, health) in `http`.
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,6 +17,7 @@ use crate::connections::ConnectionLimiter;
 use crate::domain::{SocketId, TextLimits};
 use crate::rate_limit::KeyedLimiter;
 use crate::store::SharedStore;
+use crate::telemetry::Metrics;
 use crate::ws::TransportLimits;
 
 /// The per-connection limits a session enforces.
@@ -64,10 +66,14 @@ pub struct SessionContext {
     /// its token is refused new WebSockets (`http::ws`), so a flooder that
     /// reconnects costs a refused handshake, not another flood.
     pub flood_penalties: KeyedLimiter<IpAddr>,
+    /// The process's metrics (chats received, error answers...).
+    pub metrics: Arc<Metrics>,
     next_number: AtomicU64,
 }
 
 impl SessionContext {
+    // Each argument is a distinct part `startup` builds once and shares.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         instance_id: String,
         store: SharedStore,
@@ -76,6 +82,7 @@ impl SessionContext {
         room_create_limiter: KeyedLimiter<IpAddr>,
         connections: ConnectionLimiter,
         flood_cooldown: Duration,
+        metrics: Arc<Metrics>,
     ) -> Self {
         SessionContext {
             instance_id,
@@ -86,6 +93,7 @@ impl SessionContext {
             sessions: Arc::new(OpenSessions::default()),
             connections,
             flood_penalties: KeyedLimiter::new(1.0 / flood_cooldown.as_secs_f64().max(1e-3), 1.0),
+            metrics,
             next_number: AtomicU64::new(1),
         }
     }

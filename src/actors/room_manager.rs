@@ -196,6 +196,7 @@ impl RoomManager {
                 generation,
             },
         );
+        self.config.metrics.rooms.set(self.rooms.len() as f64);
         addr
     }
 }
@@ -212,6 +213,7 @@ impl Handler<RoomStopped> for RoomManager {
             .is_some_and(|r| r.generation == msg.generation)
         {
             self.rooms.remove(&msg.room_id);
+            self.config.metrics.rooms.set(self.rooms.len() as f64);
         }
     }
 }
@@ -320,6 +322,7 @@ mod tests {
             gap_timeout: Duration::from_millis(300),
             store_timeout: Duration::from_secs(5),
             bus: None,
+            metrics: Default::default(),
         };
         let manager = RoomManager::new(store.clone(), config, Duration::from_secs(60), 1).start();
         let missing = RoomId::new(42);

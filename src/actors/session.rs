@@ -26,6 +26,7 @@ use crate::error::{Chain, ChatError};
 use crate::protocol::{error_frame, parse_client_frame, ClientCommand, ClientFrame, ServerFrame};
 use crate::rate_limit::TokenBucket;
 use crate::store::StoreError;
+use crate::telemetry::RateLimit;
 use crate::ws::{CloseCode, Released, Transport, WsActor};
 
 /// Client frames held while a join is in progress; beyond this a client is
@@ -200,12 +201,26 @@ impl ChatSession {
         };
         if !sent {
             log::info!(socket = self.id.as_str(); "session {}: closing slow consumer", self.id);
+            self.cx.metrics.slow_consumer_closes.increment(1);
             let _ = self.release(ctx);
         }
     }
 
     fn send_error(&mut self, ctx: &mut Context<Self>, e: &ChatError, reference: Option<&str>) {
+        self.cx.metrics.error(e.code());
         self.send(error_frame(e, reference), ctx);
+    }
+
+    /// Answers `rate_limited` for `reason`, counted by reason.
+    fn send_rate_limited(
+        &mut self,
+        ctx: &mut Context<Self>,
+        reason: RateLimit,
+        why: &str,
+        reference: Option<&str>,
+    ) {
+        self.cx.metrics.rate_limited(reason);
+        self.send_error(ctx, &ChatError::RateLimited(why.to_owned()), reference);
     }
 
     /// Closes the connection with `code`; the room is given up at once, the
@@ -248,8 +263,8 @@ impl ChatSession {
                 Ok(frame) => frame.reference.as_deref(),
                 Err(rejected) => rejected.reference.as_deref(),
             };
-            let e = ChatError::RateLimited("too many frames; slow down".into());
-            self.send_error(ctx, &e, reference);
+            let why = "too many frames; slow down";
+            self.send_rate_limited(ctx, RateLimit::Frames, why, reference);
             return;
         }
         match parsed {
@@ -261,8 +276,9 @@ impl ChatSession {
     fn on_frame(&mut self, frame: ClientFrame, ctx: &mut Context<Self>) {
         if self.busy() && frame.command != ClientCommand::Ping {
             if self.queued.len() >= MAX_QUEUED_WHILE_JOINING {
-                let e = ChatError::RateLimited("too many frames while joining".into());
-                self.send_error(ctx, &e, frame.reference.as_deref());
+                let why = "too many frames while joining";
+                let reference = frame.reference.as_deref();
+                self.send_rate_limited(ctx, RateLimit::Joining, why, reference);
             } else {
                 self.queued.push_back(frame);
             }
@@ -277,6 +293,7 @@ impl ChatSession {
                 self.send(pong.to_wire(), ctx);
             }
             ClientCommand::Chat { content } => {
+                self.cx.metrics.chats_received.increment(1);
                 let Some(current) = &self.current else {
                     self.send_error(ctx, &ChatError::NotInRoom, reference.as_deref());
                     return;
@@ -291,8 +308,9 @@ impl ChatSession {
                 match current.room.try_send(chat) {
                     Ok(()) => {}
                     Err(SendError::Full(chat)) => {
-                        let e = ChatError::RateLimited("the room is busy; retry shortly".into());
-                        self.send_error(ctx, &e, chat.reference.as_deref());
+                        let why = "the room is busy; retry shortly";
+                        let reference = chat.reference.as_deref();
+                        self.send_rate_limited(ctx, RateLimit::RoomBusy, why, reference);
                     }
                     // Through the mailbox: what the room sent before it
                     // stopped (echoes, a shutdown's 1001) is there already
@@ -305,8 +323,8 @@ impl ChatSession {
             }
             ClientCommand::Leave => self.leave_and_confirm(reference, ctx),
             ClientCommand::Join { .. } | ClientCommand::Create { .. } if !self.joins.try_take() => {
-                let e = ChatError::RateLimited("too many joins; wait a moment".into());
-                self.send_error(ctx, &e, reference.as_deref());
+                let why = "too many joins; wait a moment";
+                self.send_rate_limited(ctx, RateLimit::Joins, why, reference.as_deref());
             }
             ClientCommand::Join { room_id, nickname } => {
                 // Rejoining the room you are in is not leaving it: the room
@@ -319,8 +337,9 @@ impl ChatSession {
                     .peer
                     .is_none_or(|ip| self.cx.room_create_limiter.try_take(&ip));
                 if !allowed {
-                    let e = ChatError::RateLimited("too many rooms created; wait a moment".into());
-                    self.send_error(ctx, &e, reference.as_deref());
+                    let why = "too many rooms created; wait a moment";
+                    let reference = reference.as_deref();
+                    self.send_rate_limited(ctx, RateLimit::RoomCreates, why, reference);
                     return;
                 }
                 self.joining = Some(CREATING);
@@ -328,7 +347,7 @@ impl ChatSession {
                 let fut = async move { store.create_room(&title, domain::now()).await };
                 ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| match res {
                     Ok(room) => act.begin_join(room.id, nickname, reference, 1, ctx),
-                    Err(e) => act.join_failed(error_frame(&e.into(), reference.as_deref()), ctx),
+                    Err(e) => act.join_error(&e.into(), reference.as_deref(), ctx),
                 }));
             }
         }
@@ -454,7 +473,7 @@ impl ChatSession {
                         if act.join_attempt == this_attempt && act.joining == Some(room_id) {
                             let e =
                                 ChatError::unavailable(format!("room {room_id} did not answer"));
-                            act.join_failed(error_frame(&e, reference.as_deref()), ctx);
+                            act.join_error(&e, reference.as_deref(), ctx);
                         }
                     });
                     return;
@@ -462,7 +481,7 @@ impl ChatSession {
                 JoinSent::Refused(e) => {
                     // No such room (or the store cannot say): nothing was
                     // started for it.
-                    act.join_failed(error_frame(&e.into(), reference.as_deref()), ctx);
+                    act.join_error(&e.into(), reference.as_deref(), ctx);
                     return;
                 }
                 JoinSent::RoomClosing => true,
@@ -475,9 +494,15 @@ impl ChatSession {
                 );
             } else {
                 let e = ChatError::unavailable(format!("room {room_id} did not answer the join"));
-                act.join_failed(error_frame(&e, reference.as_deref()), ctx);
+                act.join_error(&e, reference.as_deref(), ctx);
             }
         }));
+    }
+
+    /// The join failed here (not in the room): answer `e`, counted.
+    fn join_error(&mut self, e: &ChatError, reference: Option<&str>, ctx: &mut Context<Self>) {
+        self.cx.metrics.error(e.code());
+        self.join_failed(error_frame(e, reference), ctx);
     }
 
     fn join_failed(&mut self, frame: Bytes, ctx: &mut Context<Self>) {

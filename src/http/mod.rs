@@ -4,6 +4,7 @@
 
 pub mod access_log;
 pub mod health;
+pub mod metrics;
 pub mod page;
 pub mod rooms;
 pub mod state;
@@ -42,7 +43,12 @@ pub const SECURITY_HEADERS: [(&str, &str); 4] = [
 
 /// Mounts every route. Each path answers `HEAD` wherever it answers
 /// `GET`, and any other method with 405 `method_not_allowed` and `Allow`.
-pub fn configure(cfg: &mut web::ServiceConfig, static_dir: &str) {
+/// `/metrics` is among them unless it has a listener of its own
+/// (`METRICS_ADDR`); then it is an unknown path here (404).
+pub fn configure(cfg: &mut web::ServiceConfig, static_dir: &str, with_metrics: bool) {
+    if with_metrics {
+        cfg.service(metrics_resource());
+    }
     cfg.service(resource("/health", GET_HEAD).route(get_or_head().to(health::health)))
         .service(
             resource("/api/rooms", "GET, HEAD, POST")
@@ -67,6 +73,17 @@ pub fn configure(cfg: &mut web::ServiceConfig, static_dir: &str) {
                 .service(actix_files::Files::new("", static_dir)),
         )
         .default_service(web::to(not_found));
+}
+
+/// The routes of the `METRICS_ADDR` listener: `/metrics`, and 404 for
+/// everything else.
+pub fn configure_metrics_listener(cfg: &mut web::ServiceConfig) {
+    cfg.service(metrics_resource())
+        .default_service(web::to(not_found));
+}
+
+fn metrics_resource() -> actix_web::Resource {
+    resource("/metrics", GET_HEAD).route(get_or_head().to(metrics::metrics))
 }
 
 /// A path whose other methods get 405 with `Allow: allow`.

@@ -10,6 +10,7 @@ use super::state::HttpState;
 use crate::actors::room_manager::GetMembers;
 use crate::domain::{self, MessageSeq, RoomId, RoomTitle, TextLimits};
 use crate::error::ChatError;
+use crate::telemetry::RateLimit;
 
 /// The header naming the `before` of the next page of `GET /api/rooms`.
 pub const NEXT_BEFORE_HEADER: &str = "X-Next-Before";
@@ -68,6 +69,7 @@ pub async fn create_room(
     let title = parse_create_body(&body, &settings.limits)?;
     if let Some(ip) = super::client_key(req.headers(), req.peer_addr(), &app.settings) {
         if !app.chat.room_create_limiter.try_take(&ip) {
+            app.chat.metrics.rate_limited(RateLimit::RoomCreates);
             return Err(ChatError::RateLimited(
                 "too many rooms created; wait a moment".into(),
             ));

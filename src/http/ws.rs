@@ -24,6 +24,7 @@ use tokio::net::TcpStream;
 use super::state::HttpState;
 use crate::actors::session::ChatSession;
 use crate::error::ChatError;
+use crate::telemetry::RateLimit;
 use crate::ws::{handshake, Transport};
 
 /// The longest the handshake's answer (with responses pipelined before
@@ -47,7 +48,10 @@ pub async fn upgrade(
     let response = match handshake::answer(req.head(), instance, &app.settings.allowed_origins) {
         Ok(accepted) => accepted,
         Err(refused) => {
-            return write_then_shut(&mut io, &[pipelined, &refused], HANDSHAKE_WRITE_TIMEOUT).await
+            app.chat.metrics.error(refused.code);
+            let response = refused.response;
+            return write_then_shut(&mut io, &[pipelined, &response], HANDSHAKE_WRITE_TIMEOUT)
+                .await;
         }
     };
     let peer = super::client_key(req.headers(), req.peer_addr(), &app.settings);
@@ -59,6 +63,7 @@ pub async fn upgrade(
     let admitted = if app.chat.sessions.is_closing() {
         Err(ChatError::unavailable("the server is shutting down"))
     } else if cooling {
+        app.chat.metrics.rate_limited(RateLimit::FloodCooldown);
         Err(ChatError::RateLimited(
             "this address was just closed for flooding; retry in a few seconds".into(),
         ))
@@ -69,6 +74,7 @@ pub async fn upgrade(
         Ok(slot) => slot,
         Err(refusal) => {
             log_refusal(&refusal, peer);
+            app.chat.metrics.error(refusal.code());
             let refused = handshake::error_response(&refusal, instance);
             return write_then_shut(&mut io, &[pipelined, &refused], HANDSHAKE_WRITE_TIMEOUT).await;
         }

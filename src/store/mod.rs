@@ -16,9 +16,11 @@
 //!   are gap-free and increasing per room even with writers on many
 //!   processes.
 
+mod measured;
 mod memory;
 mod mysql;
 
+pub(crate) use measured::MeasuredStore;
 pub use memory::{
     first_room_id, message_bytes, MemoryStore, DEFAULT_MAX_BYTES, MESSAGE_OVERHEAD_BYTES,
     ROOM_IDS_PER_MILLI,

@@ -14,8 +14,16 @@ use crate::error::ChatError;
 /// The path of the WebSocket endpoint.
 pub const WS_PATH: &str = "/ws";
 
+/// A refused handshake: the error code (for the error counter) and the
+/// complete response to write.
+#[derive(Debug)]
+pub struct Refused {
+    pub code: &'static str,
+    pub response: Bytes,
+}
+
 /// Checks a request that asked to upgrade. `Ok` is the `101` response to
-/// write before the first frame; `Err` is a complete error response
+/// write before the first frame; `Err` holds a complete error response
 /// (`404` for another path, `405` for another method, `400` for a
 /// malformed handshake, `403` for an `Origin` that `allowed` refuses),
 /// after which the connection is closed.
@@ -23,8 +31,11 @@ pub fn answer(
     head: &RequestHead,
     instance_id: &str,
     allowed: &AllowedOrigins,
-) -> Result<Bytes, Bytes> {
-    let refuse = |error: ChatError| error_response(&error, instance_id);
+) -> Result<Bytes, Refused> {
+    let refuse = |error: ChatError| Refused {
+        code: error.code(),
+        response: error_response(&error, instance_id),
+    };
     if head.uri.path() != WS_PATH {
         return Err(refuse(ChatError::NotFound));
     }
@@ -155,10 +166,15 @@ mod tests {
         ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
     ];
 
-    fn text(b: Result<Bytes, Bytes>) -> (bool, String) {
+    fn text(b: Result<Bytes, Refused>) -> (bool, String) {
         match b {
             Ok(b) => (true, String::from_utf8(b.to_vec()).unwrap()),
-            Err(b) => (false, String::from_utf8(b.to_vec()).unwrap()),
+            Err(refused) => {
+                let text = String::from_utf8(refused.response.to_vec()).unwrap();
+                let code = format!("\"code\":\"{}\"", refused.code);
+                assert!(text.contains(&code), "{code} not in {text}");
+                (false, text)
+            }
         }
     }
 

@@ -9,6 +9,7 @@ mod backpressure;
 mod concurrency;
 mod connections;
 mod limits;
+mod metrics;
 mod protocol_errors;
 mod replies;
 mod rest;

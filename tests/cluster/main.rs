@@ -17,6 +17,7 @@ mod cross_process;
 mod goodbyes;
 mod lifecycle;
 mod member_lists;
+mod metrics;
 mod ops;
 mod order;
 mod page_rolling;

@@ -512,6 +512,40 @@ async fn nginx_answers_its_own_errors_in_the_json_envelope() {
 }
 
 #[actix_rt::test]
+async fn nginx_keeps_the_instances_metrics_to_the_monitoring_host() {
+    require("nginx");
+    let app = spawn_app_with(StoreMode::Memory, |_| {}).await;
+    // The instance serves /metrics on its own port, to a scraper there.
+    assert!(app
+        .metrics()
+        .await
+        .contains("# TYPE chat_chats_stored_total counter"));
+    let listen = free_port();
+    let tmp = std::env::temp_dir().join(format!("chat-nginx-metrics-{listen}"));
+    let _nginx = Nginx::start(&tmp, listen, [app.port; INSTANCES as usize]);
+    eventually(Duration::from_secs(10), "nginx answering", || async move {
+        get(&format!("http://127.0.0.1:{listen}/health")).await.0 == 200
+    })
+    .await;
+    // Through nginx it is an unknown path, however it is spelled (nginx
+    // decodes and merges slashes before it picks a location).
+    for path in [
+        "/metrics",
+        "/metrics?format=text",
+        "//metrics",
+        "/%6Detrics",
+    ] {
+        let answer = raw(listen, &request("GET", path, listen, 0)).await;
+        assert_json_error(&answer, 404, "not_found");
+    }
+    let (head, _) = raw(listen, &request("HEAD", "/metrics", listen, 0)).await;
+    assert!(head.starts_with("HTTP/1.1 404 "), "{head}");
+    // The instance behind it still answers the rest through nginx.
+    let (head, _) = raw(listen, &request("GET", "/api/rooms", listen, 0)).await;
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+}
+
+#[actix_rt::test]
 async fn through_nginx_the_pages_own_origin_may_open_a_socket_and_others_may_not() {
     require("nginx");
     let app = spawn_app_with(StoreMode::Memory, |_| {}).await;

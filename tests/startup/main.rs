@@ -15,6 +15,7 @@ mod mariadb;
 mod json_logs;
 mod memory_budget;
 mod mysql_outage;
+mod prometheus;
 mod second_start;
 
 use std::io::{BufRead, BufReader};
@@ -329,6 +330,7 @@ async fn invalid_settings_stop_start_up_with_one_line_naming_the_variable() {
         ("WS_RATE_PER_SEC", "NaN"),
         ("ROOM_CREATE_BURST", "inf"),
         ("PORT", "70000"),
+        ("METRICS_ADDR", "localhost:9100"),
         ("STORE_TIMEOUT_MS", "0"),
         ("MESSAGES_PAGE_MAX", "0"),
         ("TRUST_FORWARDED_FOR", "maybe"),

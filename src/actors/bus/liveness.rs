@@ -95,6 +95,7 @@ impl RedisBridge {
         let pool = self.pool.clone();
         let me = self.config.instance_id.clone();
         let prefix = self.config.prefix.clone();
+        let reaped_instances = self.config.metrics.reaped_instances.clone();
         let fut = async move {
             let mut reaped = Vec::new();
             let instances = store.instances_with_members().await?;
@@ -130,6 +131,7 @@ impl RedisBridge {
                     log::warn!("reaper: cannot release the lock on {instance}: {e}");
                 }
                 let removed = removed?;
+                reaped_instances.increment(1);
                 log::warn!(
                     "instance {instance} is gone: removed its {} members",
                     removed.len()

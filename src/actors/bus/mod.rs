@@ -163,6 +163,8 @@ pub struct BridgeConfig {
     pub liveness_ttl: Duration,
     pub liveness_refresh: Duration,
     pub reap_interval: Duration,
+    /// The process's metrics (publishes, receive lag, reaped instances).
+    pub metrics: std::sync::Arc<crate::telemetry::Metrics>,
 }
 
 /// The cluster bus actor. See the module comment.
@@ -562,6 +564,7 @@ impl RedisBridge {
             .filter_map(|(channel, _)| self.room_of_channel(channel))
             .collect();
         let pool = self.pool.clone();
+        let published = batch.len() as u64;
         let fut = timed("publishing", async move {
             let mut conn = pool.get().await?;
             let mut pipe = redis::pipe();
@@ -571,10 +574,13 @@ impl RedisBridge {
             pipe.query_async::<()>(&mut conn).await?;
             Ok(())
         });
-        ctx.spawn(fut.into_actor(self).map(|res, act, ctx| {
+        ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
             act.publishing = false;
             match res {
-                Ok(()) => act.flush(ctx),
+                Ok(()) => {
+                    act.config.metrics.bus_publishes.increment(published);
+                    act.flush(ctx)
+                }
                 Err(e) => {
                     // Maybe published, maybe not: the rooms get a hint.
                     act.mark_unsent(rooms);
@@ -598,6 +604,7 @@ impl RedisBridge {
         let envelope = Envelope {
             origin: self.config.instance_id.clone(),
             room: room_id,
+            sent_ms: Some(crate::telemetry::now_millis()),
             event,
         };
         match envelope.encode() {
@@ -749,6 +756,9 @@ impl StreamHandler<redis::Msg> for RedisBridge {
         if envelope.origin == self.config.instance_id || envelope.room != room_id {
             return;
         }
+        if let Some(sent_ms) = envelope.sent_ms {
+            self.config.metrics.bus_received(sent_ms);
+        }
         match envelope.event {
             RoomEvent::Resync => self.resync_room(room_id),
             event => {
@@ -854,6 +864,7 @@ mod tests {
             liveness_ttl: Duration::from_secs(5),
             liveness_refresh: Duration::from_secs(1),
             reap_interval: Duration::from_secs(2),
+            metrics: Default::default(),
         };
         let store: SharedStore = Arc::new(MemoryStore::new(10));
         let Err(e) = RedisBridge::new(config, store, BusHealth::default()) else {

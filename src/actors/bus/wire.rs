@@ -32,11 +32,16 @@ pub enum RoomEvent {
 }
 
 /// One payload on a room's channel: `event` in `room`, from the process
-/// `origin` (which ignores its own).
+/// `origin` (which ignores its own), published at `sent` (milliseconds
+/// since the Unix epoch, by the origin's clock; for the receive-lag
+/// histogram). `sent` is optional both ways: an envelope of an older
+/// version has none and decodes, and an older peer ignores it.
 #[derive(Debug, Serialize, Deserialize)]
 pub(super) struct Envelope {
     pub(super) origin: String,
     pub(super) room: RoomId,
+    #[serde(rename = "sent", default, skip_serializing_if = "Option::is_none")]
+    pub(super) sent_ms: Option<u64>,
     pub(super) event: RoomEvent,
 }
 
@@ -62,6 +67,7 @@ mod tests {
         let hint = Envelope {
             origin: "a".into(),
             room: RoomId::new(7),
+            sent_ms: None,
             event: RoomEvent::Resync,
         };
         let wire = hint.encode().expect("encode");
@@ -77,5 +83,26 @@ mod tests {
         ] {
             assert!(Envelope::decode(bad.as_bytes()).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_send_time_travels_and_envelopes_without_one_still_decode() {
+        let sent = Envelope {
+            origin: "a".into(),
+            room: RoomId::new(7),
+            sent_ms: Some(1_795_000_000_123),
+            event: RoomEvent::Resync,
+        };
+        let wire = sent.encode().expect("encode");
+        assert_eq!(
+            wire,
+            r#"{"origin":"a","room":7,"sent":1795000000123,"event":{"kind":"resync"}}"#
+        );
+        let back = Envelope::decode(wire.as_bytes()).expect("decode");
+        assert_eq!(back.sent_ms, Some(1_795_000_000_123));
+        // What a process of the previous version publishes.
+        let old = r#"{"origin":"a","room":7,"event":{"kind":"resync"}}"#;
+        let back = Envelope::decode(old.as_bytes()).expect("an old envelope decodes");
+        assert_eq!((back.sent_ms, back.event), (None, RoomEvent::Resync));
     }
 }

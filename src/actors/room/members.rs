@@ -48,12 +48,16 @@ pub enum Rejoin<'a> {
 #[derive(Debug)]
 pub struct MemberList<O> {
     entries: Vec<MemberEntry<O>>,
+    /// Entries with an outbox. Invariant: kept equal to that count by
+    /// every method that adds or removes entries.
+    locals: usize,
 }
 
 impl<O> Default for MemberList<O> {
     fn default() -> Self {
         MemberList {
             entries: Vec::new(),
+            locals: 0,
         }
     }
 }
@@ -95,6 +99,7 @@ impl<O> MemberList<O> {
         let at = self
             .entries
             .partition_point(|m| m.join_seq <= entry.join_seq);
+        self.locals += usize::from(entry.outbox.is_some());
         self.entries.insert(at, entry);
     }
 
@@ -103,7 +108,9 @@ impl<O> MemberList<O> {
             .entries
             .iter()
             .position(|m| m.socket_id == *socket_id)?;
-        Some(self.entries.remove(at))
+        let gone = self.entries.remove(at);
+        self.locals -= usize::from(gone.outbox.is_some());
+        Some(gone)
     }
 
     /// A remote member with this nickname (a newer membership of the same
@@ -123,7 +130,12 @@ impl<O> MemberList<O> {
     }
 
     pub fn has_local(&self) -> bool {
-        self.local().next().is_some()
+        self.locals > 0
+    }
+
+    /// How many members are connected to this process.
+    pub fn local_count(&self) -> usize {
+        self.locals
     }
 
     /// Every member, in join order, as the protocol lists them.
@@ -138,6 +150,7 @@ impl<O> MemberList<O> {
 
     /// Empties the list.
     pub fn drain(&mut self) -> impl Iterator<Item = MemberEntry<O>> + '_ {
+        self.locals = 0;
         self.entries.drain(..)
     }
 }
@@ -209,5 +222,28 @@ mod tests {
             list.rejoin(&SocketId::from("i:9"), "bob"),
             Rejoin::NotMember
         );
+    }
+
+    proptest::proptest! {
+        /// The local count the members gauge is fed from is the number of
+        /// entries with an outbox, whatever the inserts and removals.
+        #[test]
+        fn the_local_count_matches_the_entries_with_an_outbox(
+            ops in proptest::collection::vec((0u64..8, proptest::bool::ANY, proptest::bool::ANY), 0..40)
+        ) {
+            let mut list = MemberList::default();
+            for (seq, insert, local) in ops {
+                let id = SocketId::from(format!("i:{seq}"));
+                if insert && !list.contains(&id) {
+                    list.insert(entry(&format!("n{seq}"), seq, local.then_some(1)));
+                } else {
+                    list.remove(&id);
+                }
+                proptest::prop_assert_eq!(list.local_count(), list.local().count());
+                proptest::prop_assert_eq!(list.has_local(), list.local().next().is_some());
+            }
+            let _ = list.drain().count();
+            proptest::prop_assert_eq!(list.local_count(), 0);
+        }
     }
 }

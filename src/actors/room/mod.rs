@@ -87,6 +87,7 @@ use crate::protocol::{error_frame, pending_frame, ServerFrame};
 use crate::store::{
     JoinOutcome, LeaveOutcome, MemberRecord, NewMember, NewMessage, SharedStore, StoreError,
 };
+use crate::telemetry::{Metrics, RateLimit};
 use crate::ws::CloseCode;
 
 /// Most chats stored in one store call; bounds a batch's latency.
@@ -122,6 +123,8 @@ pub struct RoomConfig {
     pub store_timeout: Duration,
     /// The cluster bus, when there is one.
     pub bus: Option<Addr<RedisBridge>>,
+    /// The process's metrics.
+    pub metrics: Arc<Metrics>,
 }
 
 /// The room is shutting down; ask the manager for a fresh actor and retry.
@@ -240,6 +243,9 @@ pub struct RoomActor {
     /// Shutting down: no new joins or chats; the room stops once the store
     /// writes queued before are done.
     closing: bool,
+    /// Local members last added to the process's members gauge (see
+    /// `report_members`).
+    members_reported: usize,
 }
 
 impl RoomActor {
@@ -275,6 +281,7 @@ impl RoomActor {
             early_events: Vec::new(),
             departure_check: Recheck::default(),
             closing: false,
+            members_reported: 0,
         }
     }
 }
@@ -289,6 +296,12 @@ impl Actor for RoomActor {
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
+        // Whatever this room added to the gauge goes with it.
+        self.config
+            .metrics
+            .members
+            .decrement(self.members_reported as f64);
+        self.members_reported = 0;
         if let Some(bus) = &self.config.bus {
             bus.do_send(Unsubscribe {
                 room_id: self.room_id,
@@ -349,7 +362,7 @@ impl RoomActor {
                     ));
                     msg.outbox.do_send(SessionEvent::JoinFailed {
                         room_id: self.room_id,
-                        frame: error_frame(&error, msg.reference.as_deref()),
+                        frame: self.error_frame(&error, msg.reference.as_deref()),
                     });
                     return Box::pin(actix::fut::ready(()));
                 }
@@ -412,14 +425,14 @@ impl RoomActor {
                     let error = ChatError::RoomNotFound(room_id);
                     msg.outbox.do_send(SessionEvent::JoinFailed {
                         room_id,
-                        frame: error_frame(&error, reference),
+                        frame: act.error_frame(&error, reference),
                     });
                     return;
                 }
                 Err(e) => {
                     msg.outbox.do_send(SessionEvent::JoinFailed {
                         room_id,
-                        frame: error_frame(&ChatError::from(e), reference),
+                        frame: act.error_frame(&ChatError::from(e), reference),
                     });
                     return;
                 }
@@ -430,7 +443,7 @@ impl RoomActor {
                 let error = ChatError::unavailable(format!("room {room_id}: membership ended"));
                 msg.outbox.do_send(SessionEvent::JoinFailed {
                     room_id,
-                    frame: error_frame(&error, reference),
+                    frame: act.error_frame(&error, reference),
                 });
                 return;
             };
@@ -476,7 +489,7 @@ impl RoomActor {
                 let error = ChatError::from(e);
                 msg.outbox.do_send(SessionEvent::JoinFailed {
                     room_id: self.room_id,
-                    frame: error_frame(&error, reference),
+                    frame: self.error_frame(&error, reference),
                 });
                 self.stop_if_idle(ctx);
                 return;
@@ -572,6 +585,7 @@ impl Handler<Chat> for RoomActor {
         };
         if let Err(full) = self.pending.push(message, author, Instant::now()) {
             // Refused, not dropped: the author hears it and may retry.
+            self.config.metrics.rate_limited(RateLimit::RoomBusy);
             let error = ChatError::RateLimited(format!(
                 "the room is busy ({} messages wait to be stored); retry shortly",
                 full.waiting
@@ -630,6 +644,10 @@ impl RoomActor {
             let authors = act.pending.finish_batch();
             match res {
                 Ok(stored) => {
+                    act.config
+                        .metrics
+                        .chats_stored
+                        .increment(stored.len() as u64);
                     // Published after stored: a process that misses this
                     // finds the batch in the store when it fills the gap.
                     act.publish(RoomEvent::Messages {
@@ -731,7 +749,7 @@ impl RoomActor {
     /// refused.
     fn tell_author(&self, author: &Author, error: &ChatError) -> Option<(SocketId, Removal)> {
         let outbox = self.members.outbox(&author.socket_id)?;
-        let wire = error_frame(error, author.reference.as_deref());
+        let wire = self.error_frame(error, author.reference.as_deref());
         self.offer(&author.socket_id, outbox, wire)
     }
 
@@ -749,12 +767,21 @@ impl RoomActor {
     /// Fans delivered messages out to the local members (framed once, see
     /// `fanout.rs`) and records them in the recent history.
     fn deliver(&mut self, ready: Vec<(Message, Option<Author>)>, ctx: &mut Context<Self>) {
+        // Counted once per fan-out, not per socket (see `telemetry`), and
+        // before any member can see the chats.
+        let chats = ready.len() as u64;
+        self.config.metrics.chats_delivered.increment(chats);
         let mut fanout = Fanout::frame(&ready);
         let mut removals = Vec::new();
+        let mut handed = 0u64;
         for (socket_id, outbox) in self.members.local() {
             let wire = fanout.wire_for(socket_id);
-            removals.extend(self.offer(socket_id, outbox, wire));
+            match self.offer(socket_id, outbox, wire) {
+                None => handed += 1,
+                Some(removal) => removals.push(removal),
+            }
         }
+        self.config.metrics.deliveries.increment(chats * handed);
         for (message, _) in ready {
             self.history.push(message);
         }
@@ -776,6 +803,7 @@ impl RoomActor {
                 self.gap_timer = Some(ctx.run_later(wait, |act, ctx| {
                     act.gap_timer = None;
                     if let Some(after) = act.sequencer.take_fill(Instant::now()) {
+                        act.config.metrics.gap_fills.increment(1);
                         log::debug!(
                             room = act.room_id.get();
                             "room {}: {} messages wait for id {}; reading it from the store",
@@ -1028,6 +1056,7 @@ impl RoomActor {
                             "room {}: closing slow consumer {socket_id}",
                             self.room_id
                         );
+                        self.config.metrics.slow_consumer_closes.increment(1);
                         outbox.do_send(SessionEvent::Evicted {
                             room_id: self.room_id,
                             code: CloseCode::Policy,
@@ -1158,6 +1187,7 @@ impl RoomActor {
     /// recorded. Joins that reach the mailbox after this point find it
     /// closed and ask the manager for a fresh actor.
     fn stop_if_idle(&mut self, ctx: &mut Context<Self>) {
+        self.report_members();
         if !self.members.has_local()
             && self.steps.is_idle()
             && self.pending.is_empty()
@@ -1306,6 +1336,24 @@ impl RoomActor {
             Ok(()) => None,
             Err(SendError::Full(_)) => Some((socket_id.clone(), Removal::SlowConsumer)),
             Err(SendError::Closed(_)) => Some((socket_id.clone(), Removal::Gone)),
+        }
+    }
+
+    /// The `error` frame answering `error`, counted by code.
+    fn error_frame(&self, error: &ChatError, reference: Option<&str>) -> Bytes {
+        self.config.metrics.error(error.code());
+        error_frame(error, reference)
+    }
+
+    /// Brings the process's members gauge in line with this room's local
+    /// members (called wherever the room may stop, which every change of
+    /// the member list reaches; `stopped` takes the rest back).
+    fn report_members(&mut self) {
+        let now = self.members.local_count();
+        if now != self.members_reported {
+            let members = &self.config.metrics.members;
+            members.increment(now as f64 - self.members_reported as f64);
+            self.members_reported = now;
         }
     }
 

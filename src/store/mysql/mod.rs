@@ -129,6 +129,12 @@ pub struct MySqlStore {
 }
 
 impl MySqlStore {
+    /// Records the chats of each message-writer transaction in `histogram`
+    /// from now on (`chat_writer_batch_chats`).
+    pub fn record_writer_batches(&self, histogram: metrics::Histogram) {
+        self.writer.record_group_sizes(histogram);
+    }
+
     /// Connects, creating the database named in `url` if it does not exist
     /// and applying `sql/schema.sql` if one of its tables is missing, so
     /// that a fresh server needs no manual set-up. When the tables exist no

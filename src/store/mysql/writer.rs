@@ -38,7 +38,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use chrono::NaiveDateTime;
@@ -112,7 +112,13 @@ pub(super) struct MessageWriter {
     op_timeout: Duration,
     /// False from the moment the writer task died until it runs again.
     running: Arc<AtomicBool>,
+    /// Where the size of each group is recorded, once set (see
+    /// `MySqlStore::record_writer_batches`).
+    group_sizes: GroupSizes,
 }
+
+/// The histogram of chats per group, if the server asked for one.
+pub(super) type GroupSizes = Arc<OnceLock<metrics::Histogram>>;
 
 impl MessageWriter {
     /// Starts the writer task under a supervisor that starts it again
@@ -123,18 +129,27 @@ impl MessageWriter {
     pub(super) fn start(pool: Pool, op_timeout: Duration, events: Option<Arc<Events>>) -> Self {
         let (requests, queue) = mpsc::unbounded_channel();
         let running = Arc::new(AtomicBool::new(true));
+        let group_sizes = GroupSizes::default();
         tokio::spawn(supervise(
             pool,
             op_timeout,
             Arc::new(Mutex::new(queue)),
             running.clone(),
             events,
+            group_sizes.clone(),
         ));
         MessageWriter {
             requests,
             op_timeout,
             running,
+            group_sizes,
         }
+    }
+
+    /// Records the number of chats of every group from now on in
+    /// `histogram` (the first histogram given stays).
+    pub(super) fn record_group_sizes(&self, histogram: metrics::Histogram) {
+        let _ = self.group_sizes.set(histogram);
     }
 
     /// Whether the writer task is running (for `/health`).
@@ -197,10 +212,17 @@ async fn supervise(
     queue: Arc<Mutex<mpsc::UnboundedReceiver<Job>>>,
     running: Arc<AtomicBool>,
     events: Option<Arc<Events>>,
+    group_sizes: GroupSizes,
 ) {
     loop {
         running.store(true, Ordering::SeqCst);
-        let task = tokio::spawn(run(pool.clone(), op_timeout, queue.clone(), events.clone()));
+        let task = tokio::spawn(run(
+            pool.clone(),
+            op_timeout,
+            queue.clone(),
+            events.clone(),
+            group_sizes.clone(),
+        ));
         match task.await {
             Ok(()) => return,
             Err(e) => {
@@ -228,6 +250,7 @@ async fn run(
     op_timeout: Duration,
     queue: Arc<Mutex<mpsc::UnboundedReceiver<Job>>>,
     events: Option<Arc<Events>>,
+    group_sizes: GroupSizes,
 ) {
     let mut queue = queue.lock().await;
     // In arrival order, hence in deadline order.
@@ -251,6 +274,9 @@ async fn run(
         let Some(deadline) = group.iter().map(|r| r.deadline).min() else {
             continue;
         };
+        if let Some(sizes) = group_sizes.get() {
+            sizes.record(group.iter().map(|r| r.batch.len()).sum::<usize>() as f64);
+        }
         let outcomes = {
             let by = events.as_deref().map(Events::instance);
             let work = store_group_truly(&pool, &group, deadline, op_timeout, by);

@@ -86,3 +86,13 @@ pub fn joined_room_id(joined: &Value) -> u64 {
         .as_u64()
         .unwrap_or_else(|| panic!("no room id in {joined}"))
 }
+
+/// The value of one series in Prometheus text: `series` is the name and
+/// its labels exactly as rendered (`chat_errors_total{code="not_found"}`);
+/// `None` if there is no such sample line.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}

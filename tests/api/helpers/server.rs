@@ -27,6 +27,8 @@ pub enum StoreMode {
 /// A running server plus what is needed to reach and clean it up.
 pub struct TestApp {
     pub port: u16,
+    /// The `METRICS_ADDR` listener's port, when the settings ask for one.
+    pub metrics_port: Option<u16>,
     pub base: String,
     pub http: awc::Client,
     pub settings: Settings,
@@ -156,10 +158,12 @@ pub async fn spawn_app_with(mode: StoreMode, tweak: impl FnOnce(&mut Settings)) 
     .await
     .unwrap_or_else(|e| panic!("server failed to start: {e}"));
     let port = app.port();
+    let metrics_port = app.metrics_port();
     let stopper = app.stopper();
     actix_rt::spawn(app.run_until_stopped());
     TestApp {
         port,
+        metrics_port,
         base: format!("http://127.0.0.1:{port}"),
         http: awc::Client::builder()
             .timeout(Duration::from_secs(15))
@@ -226,6 +230,32 @@ impl TestApp {
         let (status, body) = self.get(&format!("/api/rooms/{room_id}/members")).await;
         assert_eq!(status, 200, "members: {body}");
         nicknames(&body)
+    }
+
+    /// `GET /metrics` (on the `METRICS_ADDR` listener when there is one):
+    /// the Prometheus text, asserting 200 and its content type.
+    pub async fn metrics(&self) -> String {
+        let port = self.metrics_port.unwrap_or(self.port);
+        let url = format!("http://127.0.0.1:{port}/metrics");
+        let mut res = self
+            .http
+            .get(url.as_str())
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+        let body = res.body().limit(1 << 24).await.unwrap_or_default();
+        let text = String::from_utf8_lossy(&body).into_owned();
+        assert_eq!(res.status().as_u16(), 200, "GET {url}: {text}");
+        let content_type = res
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        assert!(
+            content_type.starts_with("text/plain; version=0.0.4"),
+            "{content_type}"
+        );
+        text
     }
 
     /// Stops the server the way SIGTERM does.

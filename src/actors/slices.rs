@@ -1,4 +1,5 @@
-//! Which open sockets the heartbeat visits on a given tick: the sockets are
+//! Which open sockets the heartbeat visits on a given tick (and, the same
+//! way, which rooms the bus checks while presumed declared dead): the sockets are
 //! kept in `n` slices and each tick takes the next slice in turn, so one
 //! interval of `n` ticks visits every socket exactly once, and no tick
 //! visits more than a slice. Plain Rust, no timers: the ticker

@@ -307,7 +307,7 @@ impl Application {
             metrics.clone(),
         ));
         run_upkeep(Arc::downgrade(&metrics));
-        OpenSessions::run_heartbeat(Arc::downgrade(&chat.sessions), settings.heartbeat_interval);
+        OpenSessions::run_heartbeat(Arc::downgrade(&chat.sessions));
         let state = Arc::new(HttpState {
             settings: settings.clone(),
             chat: chat.clone(),
@@ -630,6 +630,7 @@ fn session_limits(settings: &Settings) -> SessionLimits {
         queue_capacity: settings.session_queue_capacity,
         store_timeout: settings.store_timeout,
         lobby_idle: settings.lobby_idle,
+        heartbeat_interval: settings.heartbeat_interval,
         transport: TransportLimits {
             max_message_bytes: settings.max_frame_bytes,
             max_queued_bytes: settings.session_buffer_bytes,

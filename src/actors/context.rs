@@ -43,8 +43,11 @@ pub struct SessionLimits {
     /// Frame size, queued bytes and silence bounds of the socket itself.
     pub transport: TransportLimits,
     /// How long a connection may stay out of every room before it is
-    /// closed (checked on each heartbeat tick).
+    /// closed (checked when the heartbeat visits the connection).
     pub lobby_idle: Duration,
+    /// How often the heartbeat visits each connection
+    /// (`HEARTBEAT_INTERVAL_SECS`).
+    pub heartbeat_interval: Duration,
 }
 
 /// Shared by every session of the process.
@@ -84,13 +87,14 @@ impl SessionContext {
         flood_cooldown: Duration,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let sessions = Arc::new(OpenSessions::new(limits.heartbeat_interval));
         SessionContext {
             instance_id,
             store,
             manager,
             limits,
             room_create_limiter,
-            sessions: Arc::new(OpenSessions::default()),
+            sessions,
             connections,
             flood_penalties: KeyedLimiter::new(1.0 / flood_cooldown.as_secs_f64().max(1e-3), 1.0),
             metrics,

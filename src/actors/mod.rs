@@ -16,3 +16,4 @@ pub mod open_sessions;
 pub mod room;
 pub mod room_manager;
 pub mod session;
+pub mod slices;

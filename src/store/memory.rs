@@ -103,7 +103,19 @@ struct Inner {
     /// this store's mutex, so they are queued in the order the changes
     /// happened.
     events: Option<Arc<Events>>,
+    /// `(created, room)` of every room without members, oldest first, so
+    /// the empty-room sweep finds what it deletes without walking every
+    /// room. Invariant: holds exactly the rooms whose `members` is empty
+    /// (kept by `create_room`, `add_member` and `delete_room`; a room
+    /// whose last member leaves is deleted at once, so that is the only way
+    /// out besides a first join).
+    unjoined: BTreeSet<(DateTime<Utc>, RoomId)>,
 }
+
+/// Rooms the empty-room sweep deletes under one hold of the lock (then it
+/// lets other callers in before the next chunk), as the MySQL store deletes
+/// in transactions of `SWEEP_CHUNK` rooms.
+const SWEEP_CHUNK: usize = 500;
 
 /// In-memory implementation of [`Store`].
 pub struct MemoryStore {
@@ -126,6 +138,7 @@ impl MemoryStore {
                 total_bytes: 0,
                 by_bytes: BTreeSet::new(),
                 events: None,
+                unjoined: BTreeSet::new(),
             }),
             history_limit: history_limit.max(1),
             max_bytes: DEFAULT_MAX_BYTES,
@@ -209,7 +222,31 @@ impl Inner {
     fn delete_room(&mut self, room_id: RoomId) {
         if let Some(room) = self.rooms.remove(&room_id) {
             self.reindex(room_id, room.bytes, 0);
+            self.unjoined.remove(&(room.room.created, room_id));
         }
+    }
+
+    /// Deletes at most `limit` rooms without members created before
+    /// `cutoff`, oldest first; the work is proportional to what it deletes,
+    /// not to the number of rooms.
+    fn delete_unjoined_chunk(&mut self, cutoff: DateTime<Utc>, limit: usize) -> Vec<RoomId> {
+        let doomed: Vec<RoomId> = self
+            .unjoined
+            .iter()
+            .take_while(|(created, _)| *created < cutoff)
+            .take(limit)
+            .map(|(_, id)| *id)
+            .collect();
+        let at = crate::domain::now();
+        for id in &doomed {
+            if let Some(room) = self.rooms.get(id).map(|r| r.room.clone()) {
+                if self.events.is_some() {
+                    self.emit(DomainEvent::room_deleted(&room, at));
+                }
+            }
+            self.delete_room(*id);
+        }
+        doomed
     }
 
     /// Drops the oldest message of the room holding the most bytes until
@@ -319,6 +356,7 @@ impl Store for MemoryStore {
             member_count: 0,
             created,
         };
+        inner.unjoined.insert((created, id));
         inner.rooms.insert(
             id,
             StoredRoom {
@@ -372,6 +410,7 @@ impl Store for MemoryStore {
             nickname: nickname.to_owned(),
             joined_at: new.joined_at,
         };
+        let first = room.members.is_empty();
         room.members.push(StoredMember {
             member: member.clone(),
             join_seq,
@@ -380,6 +419,9 @@ impl Store for MemoryStore {
         });
         room.room.member_count = room.members.len() as u32;
         let room = room.room.clone();
+        if first {
+            inner.unjoined.remove(&(room.created, room_id));
+        }
         inner.next_join_seq += 1;
         if inner.events.is_some() {
             inner.emit(DomainEvent::member_joined(room_id, &member));
@@ -517,23 +559,21 @@ impl Store for MemoryStore {
         &self,
         created_before: DateTime<Utc>,
     ) -> Result<Vec<RoomId>, StoreError> {
-        let mut inner = self.lock();
-        let doomed: Vec<RoomId> = inner
-            .rooms
-            .values()
-            .filter(|r| r.members.is_empty() && r.room.created < created_before)
-            .map(|r| r.room.id)
-            .collect();
-        let at = crate::domain::now();
-        for id in &doomed {
-            if let Some(room) = inner.rooms.get(id).map(|r| r.room.clone()) {
-                if inner.events.is_some() {
-                    inner.emit(DomainEvent::room_deleted(&room, at));
-                }
+        // In chunks, the lock released between them: a backlog of any size
+        // never holds the one lock every room's writes take for longer
+        // than `SWEEP_CHUNK` deletions.
+        let mut deleted = Vec::new();
+        loop {
+            let chunk = self
+                .lock()
+                .delete_unjoined_chunk(created_before, SWEEP_CHUNK);
+            let done = chunk.len() < SWEEP_CHUNK;
+            deleted.extend(chunk);
+            if done {
+                return Ok(deleted);
             }
-            inner.delete_room(*id);
+            tokio::task::yield_now().await;
         }
-        Ok(doomed)
     }
 
     async fn remove_instance_members(
@@ -749,5 +789,59 @@ mod tests {
             [0u64; 0]
         );
         assert_eq!(ids(store.rooms(None, 0).await.unwrap()), [0u64; 0]);
+    }
+
+    /// `add_member` for a test: `nick` from `socket` on instance "a".
+    async fn join(store: &MemoryStore, room: RoomId, nick: &str) {
+        let new = NewMember {
+            nickname: crate::domain::Nickname::parse(nick, &TextLimits::default()).unwrap(),
+            socket_id: SocketId::from(format!("a:{nick}").as_str()),
+            instance_id: "a".into(),
+            joined_at: at(1),
+        };
+        store.add_member(room, &new).await.unwrap();
+    }
+
+    #[actix_rt::test]
+    async fn the_sweep_reads_only_unjoined_rooms_in_chunks_and_spares_the_rest() {
+        let store = MemoryStore::new(10);
+        let mut old = Vec::new();
+        for _ in 0..1_200 {
+            old.push(store.create_room(&title("old"), at(0)).await.unwrap().id);
+        }
+        let young = store.create_room(&title("young"), at(20)).await.unwrap().id;
+        join(&store, old[0], "kept").await;
+        join(&store, old[1], "gone").await;
+        store
+            .remove_member(old[1], &SocketId::from("a:gone"))
+            .await
+            .unwrap();
+        // The index holds exactly the rooms without members.
+        {
+            let inner = store.lock();
+            let unjoined: BTreeSet<RoomId> = inner.unjoined.iter().map(|(_, id)| *id).collect();
+            let empty: BTreeSet<RoomId> = inner
+                .rooms
+                .values()
+                .filter(|r| r.members.is_empty())
+                .map(|r| r.room.id)
+                .collect();
+            assert_eq!(unjoined, empty);
+            assert_eq!(unjoined.len(), 1_199, "old[0] joined, old[1] deleted");
+        }
+        // One hold of the lock deletes at most a chunk, oldest first.
+        let chunk = store.lock().delete_unjoined_chunk(at(10), SWEEP_CHUNK);
+        assert_eq!(chunk, old[2..2 + SWEEP_CHUNK]);
+        // One call works the backlog off, chunk by chunk.
+        let rest = store.delete_unjoined_rooms(at(10)).await.unwrap();
+        assert_eq!(rest, old[2 + SWEEP_CHUNK..]);
+        let left: Vec<RoomId> = store.lock().rooms.keys().copied().collect();
+        assert_eq!(left, [old[0], young], "the joined and the young room stay");
+        assert_eq!(store.lock().unjoined.len(), 1, "only the young room");
+        assert!(store
+            .delete_unjoined_rooms(at(10))
+            .await
+            .unwrap()
+            .is_empty());
     }
 }

@@ -37,6 +37,10 @@ impl RedisBridge {
     /// may reap this process's members at any moment, so every room checks
     /// its members against the store (a member the store no longer has is
     /// closed with 1012), every `REAP_INTERVAL_MS` until reconnected.
+    /// Called every `REAP_INTERVAL_MS / slices`: each call tells one slice
+    /// of the rooms, so each room is told once per interval and one call
+    /// starts at most `ceil(peak rooms / slices)` store reads, not one per
+    /// room of the process at once.
     pub(super) fn check_declared_dead(&mut self) {
         if self.sink.is_some() {
             return;
@@ -55,7 +59,9 @@ impl RedisBridge {
                 self.config.liveness_ttl
             );
         }
-        for room in self.subscribers.values() {
+        let mut due = Vec::new();
+        self.dead_checks.next_slice(&mut due);
+        for room in due.iter().filter_map(|r| self.subscribers.get(r)) {
             room.do_send(BusSignal::Resync);
         }
     }

@@ -85,6 +85,7 @@ pub use self::health::BusHealth;
 use self::repair::{LogLimiter, ResyncThrottle};
 use self::wire::Envelope;
 pub use self::wire::RoomEvent;
+use super::slices::Slices;
 use crate::domain::RoomId;
 use crate::error::Chain;
 use crate::store::{SharedStore, StoreError};
@@ -193,6 +194,10 @@ pub struct RedisBridge {
     /// How long after `connected_at` missing liveness keys mean death.
     reap_wait: Duration,
     subscribers: HashMap<RoomId, Recipient<BusSignal>>,
+    /// The rooms of `subscribers` in slices, for the checks made while
+    /// presumed declared dead: one slice per tick, every room once per
+    /// `REAP_INTERVAL_MS` (see `check_declared_dead`).
+    dead_checks: Slices<RoomId>,
     queue: Vec<(String, String)>,
     publishing: bool,
     /// Removals waiting for a connection to be announced.
@@ -286,6 +291,7 @@ impl RedisBridge {
         .map_err(BridgeError::Url)?;
         let pool = make_pool(placeholder).map_err(BridgeError::Pool)?;
         let settle = config.liveness_ttl + config.liveness_refresh + config.address.max_backoff();
+        let dead_checks = Slices::new(Slices::<RoomId>::count_for(config.reap_interval));
         Ok(RedisBridge {
             config,
             pool,
@@ -302,6 +308,7 @@ impl RedisBridge {
             ever_connected: false,
             reap_wait: settle,
             subscribers: HashMap::new(),
+            dead_checks,
             queue: Vec::new(),
             publishing: false,
             unannounced: Vec::new(),
@@ -734,7 +741,8 @@ impl Actor for RedisBridge {
             act.refresh_liveness(ctx)
         });
         ctx.run_interval(self.config.reap_interval, |act, ctx| act.reap(ctx));
-        ctx.run_interval(self.config.reap_interval, |act, _| {
+        let slices = u32::try_from(self.dead_checks.count()).unwrap_or(u32::MAX);
+        ctx.run_interval(self.config.reap_interval / slices, |act, _| {
             act.check_declared_dead()
         });
         ctx.run_interval(RESYNC_MIN_GAP / 4, |act, _| act.resync_due());
@@ -782,6 +790,7 @@ impl Handler<Subscribe> for RedisBridge {
     fn handle(&mut self, msg: Subscribe, _: &mut Self::Context) -> Self::Result {
         let channel = self.channel(msg.room_id);
         self.subscribers.insert(msg.room_id, msg.room);
+        self.dead_checks.insert(msg.room_id.get(), msg.room_id);
         let sink = self.sink.clone();
         Box::pin(
             async move {
@@ -806,6 +815,7 @@ impl Handler<Unsubscribe> for RedisBridge {
 
     fn handle(&mut self, msg: Unsubscribe, ctx: &mut Self::Context) {
         self.subscribers.remove(&msg.room_id);
+        self.dead_checks.remove(msg.room_id.get());
         self.throttle.forget(msg.room_id);
         if let Some(mut sink) = self.sink.clone() {
             let channel = self.channel(msg.room_id);

@@ -19,6 +19,7 @@ mod wait;
 
 mod crash;
 mod outages;
+mod pm2;
 mod startup;
 mod stored;
 
@@ -175,6 +176,24 @@ impl Publisher {
             .await
             .unwrap_or_else(|e| panic!("queue {queue}: {e}"));
         q.message_count()
+    }
+
+    /// Messages ready in `queue`, or `None` if it does not exist (asked on
+    /// a channel of its own: RabbitMQ closes the channel of a passive
+    /// declaration that fails).
+    pub async fn queue_exists(&self, queue: &str) -> Option<u32> {
+        let channel = self.connection.create_channel().await.expect("channel");
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        let found = channel
+            .queue_declare(queue.into(), passive, FieldTable::default())
+            .await
+            .ok()
+            .map(|q| q.message_count());
+        let _ = channel.close(200, "bye".into()).await;
+        found
     }
 
     pub async fn close(self) {

@@ -92,6 +92,17 @@ async fn sigterm_stores_the_batch_in_flight_then_exits_0() {
     }
     assert_eq!(publisher.ready_in("chat-events.archive").await, 0);
     assert_eq!(count(&db).await, 0, "the batch waits to fill");
+    // SIGHUP (log rotation) changes nothing.
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &archiver.pid().to_string()])
+        .status()
+        .expect("kill");
+    assert!(hup.success());
+    archiver
+        .wait_for_line("SIGHUP ignored", Duration::from_secs(5))
+        .await;
+    assert!(archiver.running());
+    assert_eq!(count(&db).await, 0);
     let status = archiver
         .signal_and_wait("TERM", Duration::from_secs(10))
         .await;

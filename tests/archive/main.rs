@@ -18,6 +18,7 @@ mod helpers;
 mod wait;
 
 mod crash;
+mod measure;
 mod outages;
 mod pm2;
 mod startup;
@@ -153,6 +154,30 @@ impl Publisher {
             .expect("publish");
         let confirmation = confirm.await.expect("confirm");
         assert!(confirmation.is_ack(), "{confirmation:?}");
+    }
+
+    /// Publishes every body with `routing_key`, waiting for the confirms
+    /// only at the end.
+    pub async fn publish_many(&self, routing_key: &str, bodies: &[Vec<u8>]) {
+        let mut confirms = Vec::with_capacity(bodies.len());
+        for body in bodies {
+            let confirm = self
+                .channel
+                .basic_publish(
+                    "chat.events".into(),
+                    routing_key.into(),
+                    BasicPublishOptions::default(),
+                    body,
+                    BasicProperties::default().with_delivery_mode(2),
+                )
+                .await
+                .expect("publish");
+            confirms.push(confirm);
+        }
+        for confirm in confirms {
+            let confirmation = confirm.await.expect("confirm");
+            assert!(confirmation.is_ack(), "{confirmation:?}");
+        }
     }
 
     /// Publishes an event with its `type` as routing key.
@@ -370,6 +395,10 @@ impl Archiver {
     pub async fn wait_consuming(&mut self) {
         self.wait_for_line("consuming", Duration::from_secs(20))
             .await;
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Whether it is still running.

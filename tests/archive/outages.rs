@@ -70,7 +70,12 @@ async fn mysql_cut_mid_stream_delays_events_and_loses_none() {
     );
 
     proxy.set(Fault::Pass);
+    let healed = std::time::Instant::now();
     wait_for_count(&db, 200, LIMIT).await;
+    eprintln!(
+        "MySQL back: all stored {:?} after the heal",
+        healed.elapsed()
+    );
     assert_exactly(&db, 200).await;
     assert_eq!(publisher.ready_in("chat-events.archive").await, 0);
     publisher.close().await;
@@ -102,7 +107,12 @@ async fn rabbitmq_cut_mid_stream_delays_events_and_loses_none() {
     assert_eq!(count(&db).await, 50);
 
     proxy.set(Fault::Pass);
+    let healed = std::time::Instant::now();
     wait_for_count(&db, 100, LIMIT).await;
+    eprintln!(
+        "RabbitMQ back: all stored {:?} after the heal",
+        healed.elapsed()
+    );
     assert_exactly(&db, 100).await;
     publisher.close().await;
 }

@@ -49,6 +49,8 @@ async fn mysql_cut_mid_stream_delays_events_and_loses_none() {
         ("MYSQL_URL", &mysql),
         ("STORE_TIMEOUT_MS", "1000"),
         ("EVENTS_RETRY_MAX_MS", "500"),
+        ("EVENTS_PREFETCH", "30"),
+        ("EVENTS_BATCH_MAX", "10"),
     ]);
     archiver.wait_consuming().await;
     let publisher = Publisher::connect(&vhost).await;
@@ -63,6 +65,9 @@ async fn mysql_cut_mid_stream_delays_events_and_loses_none() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(archiver.running(), "{:#?}", archiver.log());
     assert_eq!(count(&db).await, 100, "nothing stored while cut off");
+    // The process holds EVENTS_PREFETCH events unacknowledged, no more:
+    // the rest waits in RabbitMQ.
+    assert_eq!(publisher.ready_in("chat-events.archive").await, 70);
     let attempts = archiver.lines_with("cannot store");
     assert!(
         attempts <= 12,

@@ -131,3 +131,41 @@ async fn the_queue_keeps_at_most_its_bound_while_nobody_consumes() {
     assert_eq!(ids, ["m4", "m5", "m6", "m7", "m8"]);
     publisher.close().await;
 }
+
+/// `EVENTS_RETENTION_DAYS` bounds the table: events older than it go,
+/// newer ones stay.
+#[tokio::test]
+async fn events_older_than_the_retention_are_deleted() {
+    let (vhost, db) = (Vhost::new(), TestDatabase::new());
+    let mut archiver = Archiver::start(
+        &vhost,
+        &db,
+        &[
+            ("EVENTS_RETENTION_DAYS", "30"),
+            ("EVENTS_RETENTION_SWEEP_MS", "200"),
+        ],
+    );
+    archiver.wait_consuming().await;
+    let publisher = Publisher::connect(&vhost).await;
+    let now = chrono::Utc::now();
+    for (id, days_ago) in [("400d", 400), ("31d", 31), ("29d", 29), ("now", 0)] {
+        let mut e = event("message.sent", id, 5, None);
+        e["at"] = json!((now - chrono::TimeDelta::days(days_ago)).to_rfc3339());
+        publisher.publish(&e).await;
+    }
+    let start = std::time::Instant::now();
+    loop {
+        let ids: Vec<String> = rows(&db).await.into_iter().map(|r| r.event_id).collect();
+        if ids == ["29d", "now"] {
+            break;
+        }
+        assert!(
+            start.elapsed() < LIMIT,
+            "chatEvent holds {ids:?}: {:#?}",
+            archiver.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(archiver.lines_with("older than 30 days") >= 1);
+    publisher.close().await;
+}

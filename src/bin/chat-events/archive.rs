@@ -33,6 +33,9 @@ const SCHEMA: &str = include_str!("../../../sql/events.sql");
 /// `max_allowed_packet` (MariaDB's is 16 MiB).
 const STATEMENT_BYTES: usize = 1 << 20;
 
+/// Rows one retention `DELETE` removes at most.
+pub const DELETE_CHUNK: u64 = 10_000;
+
 /// Run on every new connection: times are UTC, and a value that does not
 /// fit its column is an error, never a truncation.
 const SESSION_SETUP: [&str; 2] = [
@@ -62,6 +65,7 @@ pub enum StoreFailure {
 }
 
 /// The archive table, through a pool of connections.
+#[derive(Clone)]
 pub struct Archive {
     pool: Pool,
     timeout: Duration,
@@ -143,11 +147,41 @@ impl Archive {
         }
     }
 
+    /// Deletes events whose `at` is before `cutoff` (UTC), in chunks of
+    /// [`DELETE_CHUNK`] rows (each its own statement, so no transaction
+    /// holds many locks); returns how many went. Each chunk runs under the
+    /// store timeout.
+    pub async fn delete_before(&self, cutoff: NaiveDateTime) -> Result<u64, StoreError> {
+        const WHAT: &str = "deleting old events";
+        let mut deleted = 0;
+        loop {
+            let chunk = bounded(self.timeout, WHAT, async {
+                let result = async {
+                    let mut conn = self.pool.get_conn().await?;
+                    conn.exec_drop(
+                        "DELETE FROM chatEvent WHERE at < ? ORDER BY at LIMIT ?",
+                        (cutoff, DELETE_CHUNK),
+                    )
+                    .await?;
+                    Ok::<u64, SqlError>(conn.affected_rows())
+                };
+                result.await.map_err(|e| StoreError::unavailable(WHAT, e))
+            })
+            .await?;
+            deleted += chunk;
+            if chunk < DELETE_CHUNK {
+                return Ok(deleted);
+            }
+        }
+    }
+
     /// Closes the pool's connections (shutdown), waiting at most the
     /// store timeout.
-    pub async fn disconnect(self) {
-        if let Err(e) = tokio::time::timeout(self.timeout, self.pool.disconnect()).await {
-            log::warn!("closing the MySQL pool: {e}");
+    pub async fn disconnect(&self) {
+        match tokio::time::timeout(self.timeout, self.pool.clone().disconnect()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => log::warn!("closing the MySQL pool: {e}"),
+            Err(_) => log::warn!("closing the MySQL pool timed out"),
         }
     }
 }

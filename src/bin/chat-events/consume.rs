@@ -14,6 +14,9 @@
 //!   then nothing is acknowledged or lost.
 //! - **Never a hot loop.** Every retry (RabbitMQ or MySQL unreachable)
 //!   waits a growing, jittered delay capped at `EVENTS_RETRY_MAX_MS`.
+//! - **Retention.** With `EVENTS_RETENTION_DAYS`, a task deletes older
+//!   events (by `at`) every `EVENTS_RETENTION_SWEEP_MS`, in chunks; without
+//!   it the archive keeps everything.
 //! - **Shutdown.** On SIGTERM or SIGINT the consumer is cancelled, the
 //!   events already taken are stored (one attempt) and acknowledged, and
 //!   the connection closed; deliveries not yet taken go back to the queue.
@@ -71,6 +74,10 @@ pub async fn run(
     let Some(archive) = connect_archive(settings, &mut stop).await? else {
         return Ok(counts);
     };
+    let sweeper = settings.retention.map(|keep| {
+        let (archive, every, stop) = (archive.clone(), settings.retention_sweep, stop.clone());
+        tokio::spawn(delete_old_events(archive, keep, every, stop))
+    });
     let mut backoff = retry_delays(settings.retry_max);
     let mut consumed_before = false;
     while !*stop.borrow() {
@@ -93,6 +100,7 @@ pub async fn run(
                 }
             }
             Err(e) if !consumed_before && !e.may_heal() => {
+                stop_sweeper(sweeper).await;
                 archive.disconnect().await;
                 return Err(Fatal::Broker(e));
             }
@@ -104,8 +112,49 @@ pub async fn run(
             break;
         }
     }
+    stop_sweeper(sweeper).await;
     archive.disconnect().await;
     Ok(counts)
+}
+
+/// Deletes the events older than `keep` (`EVENTS_RETENTION_DAYS`) now and
+/// every `every`, until `stop`. A failure is logged and the next sweep
+/// tries again; the archive's writes do not wait for it.
+async fn delete_old_events(
+    archive: Archive,
+    keep: Duration,
+    every: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let days = keep.as_secs() / 86_400;
+    loop {
+        let cutoff = chrono::TimeDelta::from_std(keep)
+            .ok()
+            .and_then(|keep| Utc::now().naive_utc().checked_sub_signed(keep));
+        if let Some(cutoff) = cutoff {
+            match archive.delete_before(cutoff).await {
+                Ok(0) => {}
+                Ok(n) => log::info!("deleted {n} events older than {days} days"),
+                Err(e) => log::warn!(
+                    "cannot delete events older than {days} days: {}; next sweep in {} ms",
+                    Chain(&e),
+                    every.as_millis()
+                ),
+            }
+        }
+        if sleep_unless_stopped(every, &mut stop).await {
+            return;
+        }
+    }
+}
+
+/// Ends the retention sweep (a `DELETE` cut off is rolled back or done:
+/// each is one statement).
+async fn stop_sweeper(sweeper: Option<tokio::task::JoinHandle<()>>) {
+    if let Some(task) = sweeper {
+        task.abort();
+        let _ = task.await;
+    }
 }
 
 /// Connects to MySQL, waiting with backoff while it is down; `None` if

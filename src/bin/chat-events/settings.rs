@@ -10,6 +10,8 @@ use chat_server::config::{ConfigError, Vars};
 
 /// The exchange the server publishes to (fixed by the protocol).
 pub const EXCHANGE: &str = "chat.events";
+/// Longest `EVENTS_RETENTION_DAYS`: a century.
+const MAX_RETENTION_DAYS: usize = 36_500;
 /// `EVENTS_QUEUE` unless set.
 pub const DEFAULT_QUEUE: &str = "chat-events.archive";
 /// Appended to the queue's name to name its dead-letter queue.
@@ -53,6 +55,11 @@ pub struct ArchiveSettings {
     /// `EVENTS_RETRY_MAX_MS`: cap of the backoff between two attempts to
     /// reach RabbitMQ or MySQL.
     pub retry_max: Duration,
+    /// `EVENTS_RETENTION_DAYS`: events older than this (by `at`) are
+    /// deleted; unset = kept forever.
+    pub retention: Option<Duration>,
+    /// `EVENTS_RETENTION_SWEEP_MS`: how often the old events are deleted.
+    pub retention_sweep: Duration,
 }
 
 impl ArchiveSettings {
@@ -109,6 +116,14 @@ impl ArchiveSettings {
             dead_letter_max: count_u32(&vars, "EVENTS_DEAD_LETTER_MAX", 100_000)?,
             store_timeout: vars.millis("STORE_TIMEOUT_MS", 5000)?,
             retry_max: vars.millis("EVENTS_RETRY_MAX_MS", 30_000)?,
+            retention: match vars.value("EVENTS_RETENTION_DAYS") {
+                None => None,
+                Some(_) => {
+                    let days = vars.count("EVENTS_RETENTION_DAYS", 0, 1, MAX_RETENTION_DAYS)?;
+                    Some(Duration::from_secs(days as u64 * 24 * 3600))
+                }
+            },
+            retention_sweep: vars.millis("EVENTS_RETENTION_SWEEP_MS", 60_000)?,
         };
         if settings.batch_max > usize::from(settings.prefetch) {
             // RabbitMQ never has more than `prefetch` unacknowledged
@@ -181,6 +196,20 @@ mod tests {
         assert_eq!((s.queue_max, s.dead_letter_max), (1_000_000, 100_000));
         assert_eq!(s.store_timeout, Duration::from_secs(5));
         assert_eq!(s.retry_max, Duration::from_secs(30));
+        assert_eq!(s.retention, None, "kept forever");
+        assert_eq!(s.retention_sweep, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn retention_is_whole_days() {
+        let s = load(&[AMQP, MYSQL, ("EVENTS_RETENTION_DAYS", "90")]).unwrap();
+        assert_eq!(s.retention, Some(Duration::from_secs(90 * 86_400)));
+        for bad in ["0", "-1", "1.5", "forever", "36501"] {
+            let e = refused(&[AMQP, MYSQL, ("EVENTS_RETENTION_DAYS", bad)]);
+            assert_eq!(e.name, "EVENTS_RETENTION_DAYS", "{e}");
+        }
+        let e = refused(&[AMQP, MYSQL, ("EVENTS_RETENTION_SWEEP_MS", "0")]);
+        assert_eq!(e.name, "EVENTS_RETENTION_SWEEP_MS");
     }
 
     #[test]

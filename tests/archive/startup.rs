@@ -1,6 +1,7 @@
 //! Settings `chat-events` cannot use stop it at once with exit code 2 and
 //! one line naming the variable; refusals waiting cannot fix (bad
-//! credentials, an unknown vhost) with exit code 1.
+//! RabbitMQ credentials, an unknown vhost, an unknown MySQL user) with exit
+//! code 1.
 
 use std::time::Duration;
 
@@ -81,4 +82,16 @@ async fn refusals_that_waiting_cannot_fix_exit_1() {
             archiver.log()
         );
     }
+    // A MySQL user that does not exist: access denied, not waited for.
+    let mysql = format!("mysql://no_such_archive_user:x@127.0.0.1:3306/{}", db.name);
+    let mut archiver = Archiver::start_with(&[("AMQP_URL", &vhost.url()), ("MYSQL_URL", &mysql)]);
+    let status = archiver.wait_exit(EXIT_LIMIT).await;
+    assert_eq!(status.code(), Some(1), "{:#?}", archiver.log());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        archiver.lines_with("cannot start: MySQL refused"),
+        1,
+        "{:#?}",
+        archiver.log()
+    );
 }

@@ -118,3 +118,65 @@ async fn sigterm_stores_the_batch_in_flight_then_exits_0() {
     assert_eq!(publisher.ready_in("chat-events.archive").await, 0);
     publisher.close().await;
 }
+
+/// With `LOG_FORMAT=json` (the server's logger), every line `chat-events`
+/// writes is one JSON object, from start-up to SIGTERM, a dead-lettered
+/// body and a configuration error included.
+#[tokio::test]
+async fn in_json_mode_every_line_is_a_json_object() {
+    let (vhost, db) = (Vhost::new(), TestDatabase::new());
+    let mut archiver = Archiver::start(&vhost, &db, &[("LOG_FORMAT", "json")]);
+    archiver.wait_consuming().await;
+    let publisher = Publisher::connect(&vhost).await;
+    publisher.publish_raw("message.sent", b"not json").await;
+    publisher
+        .publish(&event("message.sent", "j1", 1, Some(1)))
+        .await;
+    wait_for_count(&db, 1, Duration::from_secs(20)).await;
+    let status = archiver
+        .signal_and_wait("TERM", Duration::from_secs(10))
+        .await;
+    assert_eq!(status.code(), Some(0));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let log = archiver.log();
+    assert!(log.len() >= 4, "{log:#?}");
+    for line in &log {
+        let json: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert_eq!(
+            json["instance"], "chat-events/chat-events.archive",
+            "{line}"
+        );
+        assert!(
+            json["level"].is_string() && json["message"].is_string(),
+            "{line}"
+        );
+    }
+    assert_eq!(archiver.lines_with("dead-lettering a delivery"), 1);
+    assert_eq!(
+        archiver.lines_with("chat-events stopped: 1 events stored"),
+        1
+    );
+
+    let mut refused = Archiver::start(
+        &vhost,
+        &db,
+        &[("LOG_FORMAT", "json"), ("EVENTS_PREFETCH", "0")],
+    );
+    assert_eq!(
+        refused.wait_exit(Duration::from_secs(10)).await.code(),
+        Some(2)
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let log = refused.log();
+    assert_eq!(log.len(), 1, "{log:#?}");
+    let json: serde_json::Value = serde_json::from_str(&log[0]).expect("a JSON line");
+    assert_eq!(json["level"], "ERROR");
+    assert!(
+        json["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("configuration error: EVENTS_PREFETCH=0")),
+        "{json}"
+    );
+    publisher.close().await;
+}

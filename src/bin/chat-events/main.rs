@@ -15,6 +15,9 @@
 //! - [`consume`] is the loop that ties them together: acknowledge after
 //!   commit, dead-letter bad bodies, retry with backoff, stop cleanly.
 //!
+//! Logging is the server's ([`chat_server::logging`]: `LOG_FORMAT` text or
+//! json, `RUST_LOG`).
+//!
 //! Exit codes: 0 after SIGTERM or SIGINT, 2 for a setting that cannot be
 //! used, 1 when MySQL or RabbitMQ refuse in a way waiting cannot fix (bad
 //! credentials, a queue declared with other arguments) at start-up.
@@ -28,6 +31,8 @@ mod settings;
 
 use std::process::ExitCode;
 
+use chat_server::config::log_format_from_env;
+use chat_server::logging;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
@@ -35,23 +40,28 @@ use settings::ArchiveSettings;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    // `info` unless RUST_LOG says otherwise; lapin's tracing spans (an
-    // "io_loop;" line per connection) only from `warn`.
-    env_logger::Builder::new()
-        .filter_level(log::LevelFilter::Info)
-        .filter_module("tracing::span", log::LevelFilter::Warn)
-        .parse_env(env_logger::Env::default())
-        .init();
-    let settings = match ArchiveSettings::from_env() {
-        Ok(s) => s,
+    // The server's logger (`LOG_FORMAT` text or json, `RUST_LOG`), first,
+    // so every later line is in the chosen format.
+    let format = match log_format_from_env() {
+        Ok(format) => format,
         Err(e) => {
             eprintln!("configuration error: {e}");
             return ExitCode::from(2);
         }
     };
+    logging::init(format);
+    let settings = match ArchiveSettings::from_env() {
+        Ok(s) => s,
+        Err(e) => {
+            logging::fatal(&format!("configuration error: {e}"));
+            return ExitCode::from(2);
+        }
+    };
+    // The `instance` of its JSON lines.
+    logging::set_instance(&format!("chat-events/{}", settings.queue));
     let (stop_tx, stop) = watch::channel(false);
     if let Err(e) = watch_signals(stop_tx) {
-        eprintln!("cannot start: cannot handle signals: {e}");
+        logging::fatal(&format!("cannot start: cannot handle signals: {e}"));
         return ExitCode::FAILURE;
     }
     log::info!(
@@ -70,7 +80,7 @@ async fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("cannot start: {e}");
+            logging::fatal(&format!("cannot start: {e}"));
             ExitCode::FAILURE
         }
     }

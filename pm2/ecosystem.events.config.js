@@ -15,8 +15,8 @@
 //
 // Environment: CHAT_EVENTS_BIN (target/release/chat-events),
 // CHAT_EVENTS_APP_NAME (chat-events), AMQP_URL and MYSQL_URL (required),
-// and the EVENTS_* variables, STORE_TIMEOUT_MS and RUST_LOG of the README,
-// passed through.
+// and the EVENTS_* variables, STORE_TIMEOUT_MS, RUST_LOG and LOG_FORMAT of
+// the README, passed through.
 const path = require('path');
 
 const root = path.resolve(__dirname, '..');
@@ -28,7 +28,7 @@ if (!env.AMQP_URL || !env.MYSQL_URL) {
 
 const passThrough = Object.fromEntries(
   Object.entries(env).filter(([k]) =>
-    /^(AMQP_URL|MYSQL_URL|EVENTS_|STORE_TIMEOUT_MS$|RUST_LOG$)/.test(k),
+    /^(AMQP_URL|MYSQL_URL|EVENTS_|STORE_TIMEOUT_MS$|RUST_LOG$|LOG_FORMAT$)/.test(k),
   ),
 );
 

@@ -158,7 +158,8 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    fn new(name: &'static str, value: &str, accepted: impl Into<String>) -> Self {
+    /// The error for `name=value`: `accepted` says what it must be.
+    pub fn new(name: &'static str, value: &str, accepted: impl Into<String>) -> Self {
         ConfigError {
             name,
             value: printable(&mask_password(value)),
@@ -623,6 +624,68 @@ impl<F: Fn(&str) -> Option<String>> Env<'_, F> {
             username: self.value("REDIS_USERNAME"),
             password: self.value("REDIS_PASSWORD"),
         }))
+    }
+}
+
+/// The readers behind [`Settings`], for the project's other binaries
+/// (`chat-events`), so their variables are parsed and refused exactly as
+/// the server's are: blank means unset, and each refusal is one
+/// [`ConfigError`] line with any password masked.
+pub struct Vars<F: Fn(&str) -> Option<String>>(F);
+
+impl<F: Fn(&str) -> Option<String>> Vars<F> {
+    /// Variables read through `lookup` (`std::env::var(..).ok()`, or a map
+    /// in tests).
+    pub fn new(lookup: F) -> Self {
+        Vars(lookup)
+    }
+
+    /// The trimmed value, if set and not blank.
+    pub fn value(&self, name: &str) -> Option<String> {
+        Env(&self.0).value(name)
+    }
+
+    /// Text of at most `max_chars` characters, without control characters.
+    pub fn text(
+        &self,
+        name: &'static str,
+        default: &str,
+        max_chars: usize,
+    ) -> Result<String, ConfigError> {
+        Env(&self.0).text(name, default, max_chars)
+    }
+
+    /// A whole number from `min` to `max`.
+    pub fn count(
+        &self,
+        name: &'static str,
+        default: usize,
+        min: usize,
+        max: usize,
+    ) -> Result<usize, ConfigError> {
+        Env(&self.0).count(name, default, min, max)
+    }
+
+    /// A duration in whole milliseconds, at least one.
+    pub fn millis(&self, name: &'static str, default: u64) -> Result<Duration, ConfigError> {
+        Env(&self.0).millis(name, default)
+    }
+
+    /// A `mysql://` URL naming a database, as `MYSQL_URL` of the server.
+    pub fn mysql_url(&self, name: &'static str) -> Result<Option<String>, ConfigError> {
+        Env(&self.0).mysql_url(name)
+    }
+
+    /// A URL with one of `schemes` that `accepts` takes; refused as `must be
+    /// <shape>: <why>`.
+    pub fn url(
+        &self,
+        name: &'static str,
+        shape: &str,
+        schemes: &[&str],
+        accepts: impl FnOnce(&str) -> Result<(), String>,
+    ) -> Result<Option<String>, ConfigError> {
+        Env(&self.0).url(name, shape, schemes, accepts)
     }
 }
 

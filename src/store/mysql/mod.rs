@@ -1244,6 +1244,14 @@ async fn remove_room_members_tx(
         .collect()))
 }
 
+/// One connection to the database `url` names, creating the database first
+/// (utf8mb4) if it does not exist, as [`MySqlStore::connect`] does; for the
+/// project's other binaries (`chat-events`), which keep tables of their own.
+/// Errors are `Unavailable`; [`may_heal`] tells whether waiting can help.
+pub async fn connect_creating_database(url: &str) -> Result<Conn, StoreError> {
+    open_creating_db(&parse_url(url)?).await
+}
+
 /// Opens one connection to the database in `opts`, creating the database
 /// first if the server says it does not exist.
 async fn open_creating_db(opts: &Opts) -> Result<Conn, StoreError> {

@@ -13,11 +13,18 @@
 mod fault_proxy;
 #[path = "../api/helpers/mod.rs"]
 mod helpers;
+#[path = "../cluster/procs.rs"]
+#[allow(dead_code)]
+mod procs;
+#[path = "../events/rabbit.rs"]
+#[allow(dead_code)]
+mod rabbit;
 #[path = "../common/wait.rs"]
 #[allow(dead_code)]
 mod wait;
 
 mod crash;
+mod end_to_end;
 mod measure;
 mod outages;
 mod pm2;

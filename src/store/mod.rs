@@ -270,6 +270,19 @@ pub trait Store: Send + Sync + 'static {
     async fn remove_all_members(&self) -> Result<Vec<RemovedMember>, StoreError>;
 }
 
+/// Runs `call` for at most `limit`; past that, it is `Unavailable` during
+/// `what`, caused by [`TimedOut`].
+pub async fn bounded<T>(
+    limit: std::time::Duration,
+    what: &'static str,
+    call: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(limit, call).await {
+        Ok(result) => result,
+        Err(_) => Err(StoreError::unavailable(what, TimedOut { after: limit })),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -148,19 +148,7 @@ impl Publisher {
 
     /// Publishes `body` with `routing_key`; returns once RabbitMQ confirmed.
     pub async fn publish_raw(&self, routing_key: &str, body: &[u8]) {
-        let confirm = self
-            .channel
-            .basic_publish(
-                "chat.events".into(),
-                routing_key.into(),
-                BasicPublishOptions::default(),
-                body,
-                BasicProperties::default().with_delivery_mode(2),
-            )
-            .await
-            .expect("publish");
-        let confirmation = confirm.await.expect("confirm");
-        assert!(confirmation.is_ack(), "{confirmation:?}");
+        self.publish_many(routing_key, &[body.to_vec()]).await;
     }
 
     /// Publishes every body with `routing_key`, waiting for the confirms

@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 use crate::helpers::TestDatabase;
 use crate::ops::start_ops;
 use crate::procs::heavy_test_lock;
-use crate::rolling::{create_room, get_json, messages_after, restart_one_after_another, Keepers};
+use crate::rolling::{create_room, get_json, restart_one_after_another, stored_messages, Keepers};
 use crate::wait::within;
 
 const TITLE: &str = "rolling in Chromium";
@@ -218,22 +218,7 @@ async fn the_page_in_chromium_rejoins_by_itself_through_a_rolling_restart_and_lo
     pages.tell("stop");
     let result = pages.next("result", Duration::from_secs(60)).await;
 
-    let stored = within(
-        Duration::from_secs(10),
-        "the stored messages",
-        messages_after(&front, room, 0),
-    )
-    .await
-    .expect("stored messages through nginx");
-    let stored: Vec<(u64, String)> = stored
-        .iter()
-        .map(|m| {
-            (
-                m["id"].as_u64().expect("id"),
-                m["content"].as_str().unwrap_or_default().to_owned(),
-            )
-        })
-        .collect();
+    let stored = stored_messages(&front, room).await;
     let members = within(
         Duration::from_secs(10),
         "the room's members",

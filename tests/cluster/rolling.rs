@@ -355,22 +355,7 @@ async fn a_rolling_restart_behind_nginx_loses_nothing_and_every_client_comes_bac
         results.push(client.result(Duration::from_secs(60)).await);
     }
 
-    let stored = within(
-        Duration::from_secs(10),
-        "the stored messages",
-        messages_after(&front, room, 0),
-    )
-    .await
-    .expect("stored messages through nginx");
-    let stored: Vec<(u64, String)> = stored
-        .iter()
-        .map(|m| {
-            (
-                m["id"].as_u64().expect("id"),
-                m["content"].as_str().unwrap_or_default().to_owned(),
-            )
-        })
-        .collect();
+    let stored = stored_messages(&front, room).await;
     keepers.release().await;
     let stored_contents: BTreeSet<&str> = stored.iter().map(|(_, c)| c.as_str()).collect();
 
@@ -431,4 +416,25 @@ async fn a_rolling_restart_behind_nginx_loses_nothing_and_every_client_comes_bac
         report.join("\n")
     );
     drop(ops);
+}
+
+/// Every message of `room` read through nginx, as (id, content), in id
+/// order (bounded to 10 s).
+pub(crate) async fn stored_messages(front: &str, room: u64) -> Vec<(u64, String)> {
+    let stored = within(
+        Duration::from_secs(10),
+        "the stored messages",
+        messages_after(front, room, 0),
+    )
+    .await
+    .expect("stored messages through nginx");
+    stored
+        .iter()
+        .map(|m| {
+            (
+                m["id"].as_u64().expect("id"),
+                m["content"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
 }

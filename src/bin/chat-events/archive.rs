@@ -14,10 +14,9 @@
 //!   cut off is reported as transient, and storing the batch again is safe
 //!   whether or not its COMMIT got through (first invariant).
 
-use std::future::Future;
 use std::time::Duration;
 
-use chat_server::store::{connect_creating_database, StoreError, TimedOut};
+use chat_server::store::{bounded, connect_creating_database, StoreError, TimedOut};
 use chrono::NaiveDateTime;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Error as SqlError, Opts, OptsBuilder, Params, Pool, TxOpts, Value};
@@ -234,18 +233,6 @@ fn schema_statements() -> Vec<String> {
         .filter(|s| !s.is_empty())
         .map(str::to_owned)
         .collect()
-}
-
-/// Runs `call` under `limit`; running out of time is `Unavailable`.
-async fn bounded<T>(
-    limit: Duration,
-    what: &'static str,
-    call: impl Future<Output = Result<T, StoreError>>,
-) -> Result<T, StoreError> {
-    match tokio::time::timeout(limit, call).await {
-        Ok(result) => result,
-        Err(_) => Err(StoreError::unavailable(what, TimedOut { after: limit })),
-    }
 }
 
 #[cfg(test)]

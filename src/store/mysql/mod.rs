@@ -56,7 +56,7 @@ use mysql_async::{
 };
 
 use super::{
-    JoinOutcome, LeaveOutcome, MemberRecord, NewMember, NewMessage, RemovedMember, Store,
+    bounded, JoinOutcome, LeaveOutcome, MemberRecord, NewMember, NewMessage, RemovedMember, Store,
     StoreError, StoreKind, TimedOut,
 };
 use crate::domain::{Member, Message, MessageSeq, Room, RoomId, RoomTitle, SocketId};
@@ -1384,19 +1384,6 @@ fn to_db(t: DateTime<Utc>) -> NaiveDateTime {
 
 fn from_db(t: NaiveDateTime) -> DateTime<Utc> {
     t.and_utc()
-}
-
-/// Runs `call` for at most `limit`; past that, it is `Unavailable` during
-/// `what`, caused by [`TimedOut`].
-async fn bounded<T>(
-    limit: Duration,
-    what: &'static str,
-    call: impl Future<Output = Result<T, StoreError>>,
-) -> Result<T, StoreError> {
-    match tokio::time::timeout(limit, call).await {
-        Ok(result) => result,
-        Err(_) => Err(StoreError::unavailable(what, TimedOut { after: limit })),
-    }
 }
 
 /// For `map_err`: a database failure during `what`.

@@ -35,13 +35,20 @@ fn require(tool: &str) {
     );
 }
 
-/// A base port with `INSTANCES` free ports after it.
+/// A base port with `INSTANCES` free ports after it. Looked for below
+/// Linux's ephemeral range (32768 and up), where outgoing connections take
+/// no port: a benchmark or a busy test holding tens of thousands of
+/// loopback connections fills that range, and then a run of free ports
+/// next to one the system hands out is rare. Each candidate is checked by
+/// binding every port of the run; calls in one process (tests run side by
+/// side) and in different processes start at different places.
 fn free_port_run() -> u16 {
-    for _ in 0..200 {
-        let base = free_port();
-        if base < 65000
-            && (1..INSTANCES).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok())
-        {
+    static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let start = (std::process::id() % 1000) * 20 + call * 100;
+    for i in 0..1000 {
+        let base = u16::try_from(12_000 + (start + i * 7) % 20_000).unwrap_or(12_000);
+        if (0..INSTANCES).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
             return base;
         }
     }

@@ -116,6 +116,29 @@ fn temp_path(name: &str) -> std::path::PathBuf {
     std::env::temp_dir().join(format!("chat-bench-{}-{name}", std::process::id()))
 }
 
+/// Draws `report` with `chat-bench chart` (default options); the SVG.
+async fn chart(report: &Value, name: &str) -> String {
+    let json_path = temp_path(&format!("{name}.json"));
+    let svg_path = temp_path(&format!("{name}.svg"));
+    std::fs::write(&json_path, report.to_string()).unwrap();
+    let out = run_bench(vec![
+        "chart".into(),
+        json_path.display().to_string(),
+        "--out".into(),
+        svg_path.display().to_string(),
+    ])
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let svg = std::fs::read_to_string(&svg_path).unwrap();
+    let _ = std::fs::remove_file(json_path);
+    let _ = std::fs::remove_file(svg_path);
+    svg
+}
+
 #[actix_rt::test]
 async fn fanout_reports_throughput_then_latency_and_charts() {
     let app = generous_app().await;
@@ -164,28 +187,11 @@ async fn fanout_reports_throughput_then_latency_and_charts() {
     assert!(m2 < m1 * 0.8, "phase 2 at {m2}/s vs phase 1 {m1}/s");
 
     // The report charts.
-    let json_path = temp_path("fanout.json");
-    let svg_path = temp_path("fanout.svg");
-    std::fs::write(&json_path, r.to_string()).unwrap();
-    let out = run_bench(vec![
-        "chart".into(),
-        json_path.display().to_string(),
-        "--out".into(),
-        svg_path.display().to_string(),
-    ])
-    .await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let svg = std::fs::read_to_string(&svg_path).unwrap();
+    let svg = chart(&r, "fanout").await;
     assert!(
         svg.starts_with("<svg") && svg.contains("<polyline"),
         "{svg}"
     );
-    let _ = std::fs::remove_file(json_path);
-    let _ = std::fs::remove_file(svg_path);
 }
 
 #[actix_rt::test]
@@ -346,26 +352,9 @@ async fn scale_sweeps_steps_with_fresh_sockets_and_charts_them() {
     assert_eq!(r["deliveries"], steps[1]["deliveries"]);
     assert!(r["p99_growth"].as_f64().is_some(), "{r}");
 
-    let json_path = temp_path("scale.json");
-    let svg_path = temp_path("scale.svg");
-    std::fs::write(&json_path, r.to_string()).unwrap();
-    let out = run_bench(vec![
-        "chart".into(),
-        json_path.display().to_string(),
-        "--out".into(),
-        svg_path.display().to_string(),
-    ])
-    .await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let svg = std::fs::read_to_string(&svg_path).unwrap();
+    let svg = chart(&r, "scale").await;
     assert_eq!(svg.matches("<polyline").count(), 3, "p50, p99, CPU: {svg}");
     assert_eq!(svg.matches("<circle").count(), 6, "2 rooms-sweep steps × 3");
-    let _ = std::fs::remove_file(json_path);
-    let _ = std::fs::remove_file(svg_path);
 }
 
 #[actix_rt::test]

@@ -2,10 +2,16 @@
 # Reproduces every figure in docs/PERFORMANCE.md.
 #   bash scripts/bench.sh                 # all sections, 2 runs each (about 10-15 min)
 #   bash scripts/bench.sh fanout latency  # only some sections
-# Sections: fanout latency idle mysql cluster sweep flood soak
+# Sections: fanout latency idle mysql cluster sweep flood soak scale
+#   (scale is not in the default list: it needs ulimit -n >= 16,512 and takes up to ~35 min;
+#    run it alone: bash scripts/bench.sh scale)
 # Env: BIN (default target/release; built if missing), RUNS (default 2),
 #      MYSQL (default mysql://root@127.0.0.1:3306), REDIS_URL (default redis://127.0.0.1:6379),
 #      PORT_BASE (default 38100), OUT (default docs/bench/results). Writes docs/bench/results/*.json and docs/bench/*.svg.
+#      scale: SCALE_RATE (default 10000 msgs/s in all), SCALE_ROOMS (default 100,500,1000,2000,4000),
+#      SCALE_SIZES (default 2,4,16), SCALE_SOCKETS (default 4000), SCALE_IDLE (default 15000),
+#      SCALE_DURATION (default 10 s per step), SCALE_TIMEOUT (default 900 s per chat-bench run),
+#      CHARTS (default docs/bench: where scale.svg and scale-room-size.svg go).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-target/release}
@@ -123,5 +129,55 @@ soak)     # clients join, chat, leave or drop for 3 minutes; RSS and descriptors
       --label "soak run $r" > $OUT/target-soak-run$r.json
     stop $SPID
   done ;;
+scale)    # issue 12: how p50, p99 and server CPU per delivery grow with the number of sockets, at a fixed
+          # total rate (SCALE_RATE msgs/s, one sender per room). One run of the sweep per server setting,
+          # each on a fresh server: rooms of 4 from 100 to 4,000 (400 to 16,000 sockets), then rooms of
+          # 2, 4 and 16 at 4,000 sockets; every step opens its sockets, warms up 2 s, measures
+          # SCALE_DURATION s, and closes them. Settings: default, then HEARTBEAT_INTERVAL_SECS=600 (with
+          # CLIENT_TIMEOUT_SECS=1800, which must exceed it): no heartbeat tick in any measured window.
+          # Then `idle`: a room of 10 (2 senders x 50/s) alone, then beside SCALE_IDLE idle joined sockets.
+          # Each chat-bench run is cut at SCALE_TIMEOUT s, so the section ends within about
+          # 3 x SCALE_TIMEOUT. Both processes need a descriptor per socket: ulimit -n is checked first.
+  rooms=${SCALE_ROOMS:-100,500,1000,2000,4000}; sizes=${SCALE_SIZES:-2,4,16}
+  sockets=${SCALE_SOCKETS:-4000}; idle=${SCALE_IDLE:-15000}; tmo=${SCALE_TIMEOUT:-900}
+  most=$(( $(tr , '\n' <<<"$rooms" | sort -n | tail -1) * 4 ))
+  [ "$most" -lt "$sockets" ] && most=$sockets
+  [ "$most" -lt $((idle + 10)) ] && most=$((idle + 10))
+  need=$((most + 512))   # + the server's 256 reserved descriptors and the bench's spares
+  hard=$(ulimit -Hn)
+  if [ "$hard" != unlimited ] && [ "$hard" -lt "$need" ]; then
+    echo "scale: $most sockets need ulimit -n >= $need in both processes, but the hard limit is $hard;" \
+      "raise it (limits.conf, systemd LimitNOFILE, docker --ulimit nofile) or lower SCALE_ROOMS/SCALE_IDLE" >&2
+    exit 2
+  fi
+  ( ulimit -n "$need"
+    trap 'kill ${SPID:-} 2>/dev/null || true' EXIT
+    for setting in default heartbeat-600; do
+      case $setting in
+        default) start $PORT_BASE ;;
+        *) start $PORT_BASE HEARTBEAT_INTERVAL_SECS=600 CLIENT_TIMEOUT_SECS=1800 ;;
+      esac
+      bench scale --url http://127.0.0.1:$PORT_BASE --pid $SPID --rate "${SCALE_RATE:-10000}" \
+        --rooms "$rooms" --sizes "$sizes" --sockets "$sockets" --warmup 2 --duration "${SCALE_DURATION:-10}" \
+        --drain 10 --timeout "$tmo" --label "$setting" > $OUT/scale-$setting.json
+      stop $SPID
+    done
+    "$BIN/chat-bench" chart $OUT/scale-default.json $OUT/scale-heartbeat-600.json --out "${CHARTS:-docs/bench}/scale.svg" \
+      --title "rooms of 4, ${SCALE_RATE:-10000} msgs/s in all, memory store (2 cores shared with the bench)"
+    "$BIN/chat-bench" chart $OUT/scale-default.json $OUT/scale-heartbeat-600.json --x room_size \
+      --out "${CHARTS:-docs/bench}/scale-room-size.svg" \
+      --title "$sockets sockets, ${SCALE_RATE:-10000} msgs/s in all, memory store"
+    start $PORT_BASE
+    bench idle --url http://127.0.0.1:$PORT_BASE --pid $SPID --conns "$idle" --room-size 10 \
+      --chat-members 10 --chat-senders 2 --chat-rate 50 --warmup 2 --duration 10 --timeout "$tmo" \
+      --label "idle-$idle beside a chatting room" > $OUT/scale-idle-$idle.json
+    stop $SPID )
+  for f in $OUT/scale-default.json $OUT/scale-heartbeat-600.json; do
+    jq -r '.label as $l | .steps[] | [$l, .sockets, .rooms, .room_size, .deliveries_per_sec,
+      .latency_ms.p50, .latency_ms.p90, .latency_ms.p99, .latency_ms.max, .server_cpu_us_per_delivery,
+      .lost, .duplicates, .errors] | @tsv' "$f" 2>/dev/null || true
+  done
+  jq -r '"idle: chatting room p99 alone \(.chat.alone_latency_ms.p99) ms, beside idle sockets \(.chat.beside_idle_latency_ms.p99) ms, ratio \(.chat.p99_ratio)"' \
+    $OUT/scale-idle-$idle.json 2>/dev/null || true ;;
 *) echo "unknown section $s" >&2; exit 2 ;;
 esac; done

@@ -116,6 +116,29 @@ fn temp_path(name: &str) -> std::path::PathBuf {
     std::env::temp_dir().join(format!("chat-bench-{}-{name}", std::process::id()))
 }
 
+/// Draws `report` with `chat-bench chart` (default options); the SVG.
+async fn chart(report: &Value, name: &str) -> String {
+    let json_path = temp_path(&format!("{name}.json"));
+    let svg_path = temp_path(&format!("{name}.svg"));
+    std::fs::write(&json_path, report.to_string()).unwrap();
+    let out = run_bench(vec![
+        "chart".into(),
+        json_path.display().to_string(),
+        "--out".into(),
+        svg_path.display().to_string(),
+    ])
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let svg = std::fs::read_to_string(&svg_path).unwrap();
+    let _ = std::fs::remove_file(json_path);
+    let _ = std::fs::remove_file(svg_path);
+    svg
+}
+
 #[actix_rt::test]
 async fn fanout_reports_throughput_then_latency_and_charts() {
     let app = generous_app().await;
@@ -164,28 +187,11 @@ async fn fanout_reports_throughput_then_latency_and_charts() {
     assert!(m2 < m1 * 0.8, "phase 2 at {m2}/s vs phase 1 {m1}/s");
 
     // The report charts.
-    let json_path = temp_path("fanout.json");
-    let svg_path = temp_path("fanout.svg");
-    std::fs::write(&json_path, r.to_string()).unwrap();
-    let out = run_bench(vec![
-        "chart".into(),
-        json_path.display().to_string(),
-        "--out".into(),
-        svg_path.display().to_string(),
-    ])
-    .await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let svg = std::fs::read_to_string(&svg_path).unwrap();
+    let svg = chart(&r, "fanout").await;
     assert!(
         svg.starts_with("<svg") && svg.contains("<polyline"),
         "{svg}"
     );
-    let _ = std::fs::remove_file(json_path);
-    let _ = std::fs::remove_file(svg_path);
 }
 
 #[actix_rt::test]
@@ -247,6 +253,108 @@ async fn idle_measures_memory_per_connection() {
     // Every connection answered its ping.
     assert_eq!(r["deliveries"], 50);
     assert_ordered(&r["latency_ms"]);
+}
+
+#[actix_rt::test]
+async fn idle_measures_a_chatting_room_alone_then_beside_idle_sockets() {
+    let app = generous_app().await;
+    let r = bench(
+        &app,
+        "idle",
+        &[
+            "--conns",
+            "40",
+            "--duration",
+            "0.5",
+            "--settle",
+            "0.2",
+            "--chat-members",
+            "4",
+            "--chat-rate",
+            "40",
+        ],
+    )
+    .await;
+    assert_clean(&r);
+    assert_eq!(r["deliveries"], 40, "every idle socket answered its ping");
+    for phase in ["alone", "beside_idle"] {
+        let p = &r["chat"][phase];
+        let messages = p["messages"].as_u64().unwrap();
+        assert!(messages > 0, "{p}");
+        assert_eq!(p["deliveries"].as_u64().unwrap(), messages * 4, "{p}");
+        assert_eq!(p["deliveries_by_group"]["idle_pings"], 0, "{p}");
+        assert_ordered(&r["chat"][format!("{phase}_latency_ms")]);
+    }
+    assert!(r["chat"]["p99_ratio"].as_f64().unwrap() > 0.0, "{r}");
+}
+
+#[actix_rt::test]
+async fn scale_sweeps_steps_with_fresh_sockets_and_charts_them() {
+    let app = generous_app().await;
+    let r = bench(
+        &app,
+        "scale",
+        &[
+            "--rooms",
+            "5,10",
+            "--sizes",
+            "2",
+            "--sockets",
+            "20",
+            "--rate",
+            "200",
+            "--duration",
+            "1",
+            "--pause",
+            "0.2",
+        ],
+    )
+    .await;
+    assert_clean(&r);
+    let steps = r["steps"].as_array().unwrap();
+    let shape: Vec<(String, u64, u64, u64)> = steps
+        .iter()
+        .map(|s| {
+            (
+                s["sweep"].as_str().unwrap().to_string(),
+                s["rooms"].as_u64().unwrap(),
+                s["room_size"].as_u64().unwrap(),
+                s["sockets"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        shape,
+        [
+            ("rooms".to_string(), 5, 4, 20),
+            ("rooms".to_string(), 10, 4, 40),
+            ("size".to_string(), 10, 2, 20),
+        ]
+    );
+    for s in steps {
+        let (messages, size) = (
+            s["messages"].as_u64().unwrap(),
+            s["room_size"].as_u64().unwrap(),
+        );
+        // About 200 chats in the 1 s window, whatever the number of rooms.
+        assert!((100..=300).contains(&messages), "{s}");
+        assert_eq!(s["deliveries"].as_u64().unwrap(), messages * size, "{s}");
+        assert_eq!(s["expected_deliveries"], s["deliveries"], "{s}");
+        assert_eq!(s["lost"], 0, "{s}");
+        assert_eq!(s["duplicates"], 0, "{s}");
+        assert_eq!(s["errors"], 0, "{s}");
+        assert!(s["server_cpu_us_per_delivery"].as_f64().is_some(), "{s}");
+        // The server answered every member's close (no 5 s close timeout).
+        assert!(s["close_secs"].as_f64().unwrap() < 5.0, "{s}");
+        assert_ordered(&s["latency_ms"]);
+    }
+    // Headline figures are the rooms sweep's largest step.
+    assert_eq!(r["deliveries"], steps[1]["deliveries"]);
+    assert!(r["p99_growth"].as_f64().is_some(), "{r}");
+
+    let svg = chart(&r, "scale").await;
+    assert_eq!(svg.matches("<polyline").count(), 3, "p50, p99, CPU: {svg}");
+    assert_eq!(svg.matches("<circle").count(), 6, "2 rooms-sweep steps × 3");
 }
 
 #[actix_rt::test]

@@ -1,7 +1,12 @@
-//! `chat-bench chart <results.json ...> --out file.svg`: two line charts
-//! drawn by hand as SVG, deliveries/s and p99 latency against a parameter
-//! (`--x`, default `members`), one line per `--label` (or scenario) found
-//! in the result files.
+//! `chat-bench chart <results.json ...> --out file.svg`: line charts drawn
+//! by hand as SVG, one line per `--label` (or scenario) found in the result
+//! files.
+//!
+//! - One point per result file: deliveries/s and p99 latency against a
+//!   parameter (`--x`, default `members`).
+//! - A `scale` result (a sweep, with `steps`) gives one point per step:
+//!   p50, p99 and server CPU per delivery against `--x sockets` (default;
+//!   the rooms sweep) or `--x room_size` (the size sweep).
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -18,33 +23,103 @@ const COLORS: &[&str] = &[
     "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
 ];
 
-/// One result file reduced to what is drawn.
+/// One result file (or one step of a sweep) reduced to what is drawn.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Point {
     pub series: String,
     pub x: f64,
     pub deliveries_per_sec: Option<f64>,
+    pub p50_ms: Option<f64>,
     pub p99_ms: Option<f64>,
+    pub cpu_us: Option<f64>,
+}
+
+/// What a panel plots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Metric {
+    Deliveries,
+    P50,
+    P99,
+    CpuPerDelivery,
+}
+
+impl Metric {
+    fn title(self) -> &'static str {
+        match self {
+            Metric::Deliveries => "deliveries / s",
+            Metric::P50 => "p50 latency (ms)",
+            Metric::P99 => "p99 latency (ms)",
+            Metric::CpuPerDelivery => "server CPU per delivery (µs)",
+        }
+    }
+
+    fn of(self, p: &Point) -> Option<f64> {
+        match self {
+            Metric::Deliveries => p.deliveries_per_sec,
+            Metric::P50 => p.p50_ms,
+            Metric::P99 => p.p99_ms,
+            Metric::CpuPerDelivery => p.cpu_us,
+        }
+    }
+}
+
+/// The series name of a result: `--label`, else the scenario.
+fn series_of(result: &Value) -> String {
+    result["label"]
+        .as_str()
+        .or_else(|| result["scenario"].as_str())
+        .unwrap_or("results")
+        .to_string()
+}
+
+/// The y values of a result or a step.
+fn point_at(series: String, x: f64, v: &Value) -> Point {
+    Point {
+        series,
+        x,
+        deliveries_per_sec: v["deliveries_per_sec"].as_f64(),
+        p50_ms: v["latency_ms"]["p50"].as_f64(),
+        p99_ms: v["latency_ms"]["p99"].as_f64(),
+        cpu_us: v["server_cpu_us_per_delivery"].as_f64(),
+    }
 }
 
 /// Picks the x value (`parameters.<x>`, else a top-level field) and the
-/// two y values out of a result.
+/// y values out of a result.
 pub fn point(result: &Value, x: &str) -> Result<Point, String> {
     let xv = result["parameters"][x]
         .as_f64()
         .or_else(|| result[x].as_f64())
         .ok_or_else(|| format!("result has no numeric parameters.{x}"))?;
-    let series = result["label"]
-        .as_str()
-        .or_else(|| result["scenario"].as_str())
-        .unwrap_or("results")
-        .to_string();
-    Ok(Point {
-        series,
-        x: xv,
-        deliveries_per_sec: result["deliveries_per_sec"].as_f64(),
-        p99_ms: result["latency_ms"]["p99"].as_f64(),
-    })
+    Ok(point_at(series_of(result), xv, result))
+}
+
+/// Whether a result is a sweep (`scale`): one point per step.
+pub fn is_sweep(result: &Value) -> bool {
+    result["steps"].is_array()
+}
+
+/// A sweep's points against `x` (`sockets`, or `room_size` for the size
+/// sweep: its steps plus the rooms-sweep step with the same socket count).
+pub fn sweep_points(result: &Value, x: &str) -> Result<Vec<Point>, String> {
+    let sockets = result["parameters"]["sockets"].as_u64();
+    let series = series_of(result);
+    let mut points = Vec::new();
+    for step in result["steps"].as_array().into_iter().flatten() {
+        let wanted = if x == "room_size" {
+            step["sweep"] == "size" || step["sockets"].as_u64() == sockets
+        } else {
+            step["sweep"] == "rooms"
+        };
+        if !wanted {
+            continue;
+        }
+        let xv = step[x]
+            .as_f64()
+            .ok_or_else(|| format!("a step has no numeric {x}"))?;
+        points.push(point_at(series.clone(), xv, step));
+    }
+    Ok(points)
 }
 
 /// A "nice" step (1, 2 or 5 × 10^k) giving about `ticks` ticks up to `max`.
@@ -195,27 +270,25 @@ fn panel(
     }
 }
 
-/// The whole SVG for `points`.
-pub fn render(points: &[Point], x_name: &str, title: &str) -> String {
-    let mut throughput: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
-    let mut latency: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
-    for p in points {
-        throughput.entry(p.series.clone()).or_default();
-        latency.entry(p.series.clone()).or_default();
-        if let Some(y) = p.deliveries_per_sec {
-            throughput
-                .entry(p.series.clone())
-                .or_default()
-                .push((p.x, y));
-        }
-        if let Some(y) = p.p99_ms {
-            latency.entry(p.series.clone()).or_default().push((p.x, y));
-        }
-    }
-    for v in throughput.values_mut().chain(latency.values_mut()) {
-        v.sort_by(|a, b| a.0.total_cmp(&b.0));
-    }
-    let width = 2.0 * PANEL_W;
+/// The whole SVG for `points`: one panel per metric, side by side.
+pub fn render(points: &[Point], x_name: &str, title: &str, metrics: &[Metric]) -> String {
+    let panels: Vec<BTreeMap<String, Vec<(f64, f64)>>> = metrics
+        .iter()
+        .map(|&m| {
+            let mut series: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+            for p in points {
+                let line = series.entry(p.series.clone()).or_default();
+                if let Some(y) = m.of(p) {
+                    line.push((p.x, y));
+                }
+            }
+            for v in series.values_mut() {
+                v.sort_by(|a, b| a.0.total_cmp(&b.0));
+            }
+            series
+        })
+        .collect();
+    let width = metrics.len().max(1) as f64 * PANEL_W;
     let height = PANEL_H + 30.0;
     let mut svg = String::new();
     let _ = writeln!(
@@ -231,10 +304,15 @@ pub fn render(points: &[Point], x_name: &str, title: &str) -> String {
             esc(title)
         );
     }
-    panel(&mut svg, 0.0, "deliveries / s", x_name, &throughput);
-    panel(&mut svg, PANEL_W, "p99 latency (ms)", x_name, &latency);
+    for (i, (m, series)) in metrics.iter().zip(&panels).enumerate() {
+        panel(&mut svg, i as f64 * PANEL_W, m.title(), x_name, series);
+    }
     // Legend.
-    for (i, name) in throughput.keys().enumerate() {
+    let names: Vec<&String> = panels
+        .first()
+        .map(|p| p.keys().collect())
+        .unwrap_or_default();
+    for (i, name) in names.into_iter().enumerate() {
         let y = PANEL_H + 15.0;
         let x = 20.0 + i as f64 * 170.0;
         let color = COLORS[i % COLORS.len()];
@@ -251,18 +329,34 @@ pub fn render(points: &[Point], x_name: &str, title: &str) -> String {
     svg
 }
 
-/// Runs the `chart` subcommand.
-pub fn run(files: &[String], out: &str, x: &str, title: &str) -> Result<String, String> {
+/// Runs the `chart` subcommand; `x` defaults to `sockets` for sweeps and
+/// `members` otherwise.
+pub fn run(files: &[String], out: &str, x: Option<&str>, title: &str) -> Result<String, String> {
     if files.is_empty() {
         return Err("chart needs at least one results .json file".into());
     }
-    let mut points = Vec::new();
+    let mut results = Vec::new();
     for f in files {
         let text = std::fs::read_to_string(f).map_err(|e| format!("{f}: {e}"))?;
         let v: Value = serde_json::from_str(&text).map_err(|e| format!("{f}: {e}"))?;
-        points.push(point(&v, x).map_err(|e| format!("{f}: {e}"))?);
+        results.push((f, v));
     }
-    let svg = render(&points, x, title);
+    let sweeps = results.iter().any(|(_, v)| is_sweep(v));
+    let x = x.unwrap_or(if sweeps { "sockets" } else { "members" });
+    let mut points = Vec::new();
+    for (f, v) in &results {
+        if is_sweep(v) {
+            points.extend(sweep_points(v, x).map_err(|e| format!("{f}: {e}"))?);
+        } else {
+            points.push(point(v, x).map_err(|e| format!("{f}: {e}"))?);
+        }
+    }
+    let metrics: &[Metric] = if sweeps {
+        &[Metric::P50, Metric::P99, Metric::CpuPerDelivery]
+    } else {
+        &[Metric::Deliveries, Metric::P99]
+    };
+    let svg = render(&points, x, title, metrics);
     std::fs::write(out, &svg).map_err(|e| format!("{out}: {e}"))?;
     Ok(format!("wrote {out} ({} points)", points.len()))
 }
@@ -302,12 +396,52 @@ mod tests {
             .collect();
         assert_eq!(points[2].series, "mysql");
         assert_eq!(points[2].p99_ms, None);
-        let svg = render(&points, "members", "fanout <test>");
+        let svg = render(
+            &points,
+            "members",
+            "fanout <test>",
+            &[Metric::Deliveries, Metric::P99],
+        );
         assert!(svg.starts_with("<svg"));
         assert!(svg.trim_end().ends_with("</svg>"));
         assert_eq!(svg.matches("<polyline").count(), 4, "2 series × 2 panels");
         assert_eq!(svg.matches("<circle").count(), 5);
         assert!(svg.contains("fanout &lt;test&gt;"));
         assert!(point(&json!({"parameters":{}}), "members").is_err());
+    }
+
+    #[test]
+    fn sweeps_give_one_point_per_step() {
+        let step = |sweep: &str, rooms: u64, size: u64, p99: f64| {
+            json!({"sweep": sweep, "rooms": rooms, "room_size": size, "sockets": rooms * size,
+                   "deliveries_per_sec": 4e4, "server_cpu_us_per_delivery": 20.0,
+                   "latency_ms": {"p50": p99 / 4.0, "p99": p99}})
+        };
+        let r = json!({"scenario": "scale", "label": "default", "parameters": {"sockets": 400},
+            "steps": [step("rooms", 100, 4, 3.0), step("rooms", 1000, 4, 9.0),
+                      step("size", 200, 2, 2.0), step("size", 25, 16, 5.0)]});
+        assert!(is_sweep(&r) && !is_sweep(&json!({"parameters": {}})));
+        let by_sockets = sweep_points(&r, "sockets").unwrap();
+        assert_eq!(
+            by_sockets.iter().map(|p| p.x).collect::<Vec<_>>(),
+            [400.0, 4000.0]
+        );
+        assert_eq!(by_sockets[1].p50_ms, Some(2.25));
+        assert_eq!(by_sockets[1].cpu_us, Some(20.0));
+        // The size sweep includes the rooms-sweep step at its socket count.
+        let by_size = sweep_points(&r, "room_size").unwrap();
+        assert_eq!(
+            by_size.iter().map(|p| p.x).collect::<Vec<_>>(),
+            [4.0, 2.0, 16.0]
+        );
+        let svg = render(
+            &by_sockets,
+            "sockets",
+            "",
+            &[Metric::P50, Metric::P99, Metric::CpuPerDelivery],
+        );
+        assert_eq!(svg.matches("<polyline").count(), 3, "1 series × 3 panels");
+        assert!(svg.contains("server CPU per delivery"));
+        assert!(svg.contains(r#"width="1380""#), "three panels wide");
     }
 }

@@ -2,8 +2,8 @@
 //! `docs/PROTOCOL.md` (REST + WebSocket JSON frames), on loopback only.
 //!
 //! ```text
-//! chat-bench <fanout|rooms|idle|churn|cluster|flood|soak> --url http://127.0.0.1:3000 [options]
-//! chat-bench chart <results.json ...> --out docs/bench/<name>.svg [--x members]
+//! chat-bench <fanout|rooms|scale|idle|churn|cluster|flood|soak> --url http://127.0.0.1:3000 [options]
+//! chat-bench chart <results.json ...> --out docs/bench/<name>.svg [--x members|sockets|room_size]
 //! ```
 //!
 //! See `docs/bench/README.md` for every scenario, option and how to start
@@ -35,7 +35,12 @@ usage:
   chat-bench fanout  --url URL [--members 1000] [--senders 4] [--rate-fraction 0.5 | --rate R]
   chat-bench rooms   --url URL [--rooms 500] [--room-size 4] [--senders 1] [--rate-fraction 0.5 | --rate R]
                      (both: [--window W | --max-p99-ms 250] [--probe-duration 1])
+  chat-bench scale   --url URL [--rate 10000] [--rooms 100,500,1000,2000,4000] [--room-size 4]
+                     [--sizes 2,4,16] [--sockets 4000] [--senders 1] [--pause 1]
+                     (one step per setting, fixed total rate; sockets closed between steps)
   chat-bench idle    --url URL [--conns 10000] [--room-size 10] [--sources N] [--settle 2]
+                     [--chat-members M [--chat-senders 2] [--chat-rate 50]]
+                     (with --chat-members: a room chatting alone, then beside the idle sockets)
   chat-bench churn   --url URL [--workers 16] [--rooms W]
   chat-bench cluster --url URL --url2 URL2 [--members 10] [--senders 4] [--rate 10000] [--pid2 PID]
   chat-bench flood   --url URL [--members 10] [--senders 2] [--rate 50] [--flooders 1]
@@ -43,6 +48,7 @@ usage:
   chat-bench soak    --url URL --pid PID [--workers 24] [--rooms 6] [--settle 3]
                      (clients join, chat, leave or drop; server memory and descriptors before/after)
   chat-bench chart   RESULT.json... --out FILE.svg [--x members] [--title TEXT]
+                     (scale results: p50, p99 and CPU per delivery against --x sockets or room_size)
 
 common options:
   --url URL               server (default http://127.0.0.1:3000; loopback only)
@@ -184,7 +190,7 @@ fn main() -> ExitCode {
         return match chart::run(
             &args.positional,
             out,
-            args.str("x").unwrap_or("members"),
+            args.str("x"),
             args.str("title").unwrap_or(""),
         ) {
             Ok(msg) => {
@@ -200,6 +206,7 @@ fn main() -> ExitCode {
     let options: &[&str] = match scenario.as_str() {
         "fanout" => scenarios::fanout::OPTIONS,
         "rooms" => scenarios::rooms::OPTIONS,
+        "scale" => scenarios::scale::OPTIONS,
         "idle" => scenarios::idle::OPTIONS,
         "churn" => scenarios::churn::OPTIONS,
         "cluster" => scenarios::cluster::OPTIONS,
@@ -271,7 +278,12 @@ fn common_options(scenario: &str, args: &Args) -> Result<(Common, Duration, usiz
     };
     // Two measured phases at most, plus set-up and the drains.
     let per_phase = common.warmup + common.duration + common.drain;
-    let default_timeout = (120.0 + 3.0 * per_phase).max(300.0);
+    let default_timeout = if scenario == "scale" {
+        scenarios::scale::default_timeout(args, per_phase)?
+    } else {
+        120.0 + 3.0 * per_phase
+    }
+    .max(300.0);
     let timeout = args.f64("timeout", default_timeout)?;
     if timeout <= 0.0 {
         return Err("--timeout must be positive".into());
@@ -282,7 +294,6 @@ fn common_options(scenario: &str, args: &Args) -> Result<(Common, Duration, usiz
     } else {
         threads
     };
-    let _ = scenario;
     Ok((common, Duration::from_secs_f64(timeout), threads))
 }
 
@@ -333,6 +344,7 @@ async fn run(
         match scenario {
             "fanout" => scenarios::fanout::run(&common, args, &stats).await,
             "rooms" => scenarios::rooms::run(&common, args, &stats).await,
+            "scale" => scenarios::scale::run(&common, args, &stats).await,
             "idle" => scenarios::idle::run(&common, args, &stats).await,
             "churn" => scenarios::churn::run(&common, args, &stats).await,
             "cluster" => scenarios::cluster::run(&common, args, &stats).await,

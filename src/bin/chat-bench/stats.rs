@@ -55,6 +55,9 @@ pub struct Errors {
     pub order: AtomicU64,
     /// Ids skipped on some connection (sum of gap sizes).
     pub missing_ids: AtomicU64,
+    /// Messages whose id was not above the previous one on a connection
+    /// (a repeat; also counted in `order`).
+    pub duplicates: AtomicU64,
     /// Deliveries still missing when the drain timeout ran out.
     pub undelivered: AtomicU64,
     /// Frames that broke the WebSocket protocol or the wire contract.
@@ -83,28 +86,29 @@ impl Errors {
         self.sample(|| String::from_utf8_lossy(&frame[..frame.len().min(300)]).into_owned());
     }
 
-    fn counters(&self) -> [(&'static str, u64); 7] {
+    fn counters(&self) -> [(&'static str, u64); 8] {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
         [
             ("rate_limited", g(&self.rate_limited)),
             ("closed", g(&self.closed)),
             ("order", g(&self.order)),
             ("missing_ids", g(&self.missing_ids)),
+            ("duplicates", g(&self.duplicates)),
             ("undelivered", g(&self.undelivered)),
             ("protocol", g(&self.protocol)),
             ("requests", g(&self.requests)),
         ]
     }
 
-    /// Every error counted (missing ids are a measure of `order`, not
-    /// counted twice).
+    /// Every error counted (missing ids and duplicates are measures of
+    /// `order`, not counted twice).
     pub fn total(&self) -> u64 {
         let frames: u64 = lock(&self.frames).values().sum();
         frames
             + self
                 .counters()
                 .iter()
-                .filter(|(k, _)| *k != "missing_ids")
+                .filter(|(k, _)| *k != "missing_ids" && *k != "duplicates")
                 .map(|(_, v)| v)
                 .sum::<u64>()
     }
@@ -203,6 +207,15 @@ impl Stats {
             for shard in &self.hist[base..base + SHARDS] {
                 *lock(shard) = Histogram::new();
             }
+        }
+    }
+
+    /// Forgets every tag's counts (between the steps of a sweep, once the
+    /// previous step's sockets are closed). Errors are kept: they are the
+    /// run's.
+    pub fn reset(&self) {
+        for tag in 0..MAX_TAGS {
+            self.reset_tag(tag);
         }
     }
 
@@ -353,6 +366,11 @@ mod tests {
         assert_eq!(stats.delivered(1, 0), 0);
         assert_eq!(stats.latency(1, 1).count(), 0);
         assert_eq!(stats.delivered(0, 0), 5, "other tags kept");
+        stats.errors.closed.fetch_add(1, Ordering::Relaxed);
+        stats.reset();
+        assert_eq!(stats.delivered(0, 0), 0);
+        assert_eq!(stats.outstanding(1), 0);
+        assert_eq!(stats.errors.total(), 1, "errors are the run's");
     }
 
     #[test]
@@ -363,11 +381,13 @@ mod tests {
         e.error_frame("nickname_taken", b"{}");
         e.missing_ids.fetch_add(10, Ordering::Relaxed);
         e.order.fetch_add(1, Ordering::Relaxed);
-        assert_eq!(e.total(), 3);
+        e.duplicates.fetch_add(1, Ordering::Relaxed);
+        assert_eq!(e.total(), 3, "duplicates are a kind of order error");
         let j = e.to_json();
         assert_eq!(j["rate_limited"], 1);
         assert_eq!(j["error_frames"]["nickname_taken"], 1);
         assert_eq!(j["missing_ids"], 10);
+        assert_eq!(j["duplicates"], 1);
         assert_eq!(j["total"], 3);
     }
 

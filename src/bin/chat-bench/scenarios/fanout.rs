@@ -124,10 +124,7 @@ impl Drive {
                 )
                 .await;
             load.stats().reset_tag(usize::from(PROBE_TAG));
-            let mut h = crate::histogram::Histogram::new();
-            for g in &p.latency {
-                h.merge(g);
-            }
+            let h = p.latency_all();
             let probe = Probe {
                 window,
                 deliveries_per_sec: p.deliveries_per_sec(),
@@ -206,13 +203,7 @@ impl Drive {
         } else {
             None
         };
-        let latency = p2.as_ref().map(|p| {
-            let mut h = crate::histogram::Histogram::new();
-            for g in &p.latency {
-                h.merge(g);
-            }
-            latency_json(&h)
-        });
+        let latency = p2.as_ref().map(|p| latency_json(&p.latency_all()));
         phases.extend(p2);
         // Throughput figures come from phase 1 (the highest rate) when it ran.
         let throughput = phases.first();

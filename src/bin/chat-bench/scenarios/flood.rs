@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use super::load::{self, Layout, Mode, PhaseResult};
+use super::load::{self, Layout, Mode};
 use super::{Common, Conn};
 use crate::histogram::Histogram;
 use crate::stats::{latency_json, Stats};
@@ -46,7 +46,7 @@ pub async fn run(common: &Common, args: &Args, stats: &Arc<Stats>) -> Result<Val
     let flood = flood.stop().await;
     load.stop();
 
-    let (h1, h2) = (merged(&alone), merged(&beside));
+    let (h1, h2) = (alone.latency_all(), beside.latency_all());
     let p99 = |h: &Histogram| h.quantile(0.99) as f64 / 1e6;
     let ratio = (h1.count() > 0 && h2.count() > 0).then(|| p99(&h2) / p99(&h1).max(1e-3));
     let summary = vec![
@@ -90,14 +90,6 @@ pub async fn run(common: &Common, args: &Args, stats: &Arc<Stats>) -> Result<Val
         "phases": [alone.to_json(&["members"]), beside.to_json(&["members"])],
         "summary": summary,
     }))
-}
-
-fn merged(p: &PhaseResult) -> Histogram {
-    let mut h = Histogram::new();
-    for g in &p.latency {
-        h.merge(g);
-    }
-    h
 }
 
 /// What the flooders did.

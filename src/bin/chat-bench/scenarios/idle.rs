@@ -5,6 +5,13 @@
 //! application `ping` each (its round trip is the reported latency), and
 //! holds them for `--duration` seconds to show what idle sockets cost in CPU.
 //!
+//! With `--chat-members M`, a room of M members (`--chat-senders`, default
+//! 2, each sending `--chat-rate` chats/s, default 50) is set up first and
+//! measured alone, then measured again once the idle sockets are joined:
+//! does the tail latency of a chatting room depend on how many silent
+//! sockets the server holds? The report gives both latencies and the ratio
+//! of their p99s (`chat`).
+//!
 //! One source address has ~28,000 ephemeral ports towards one server port;
 //! past `PER_SOURCE` connections are spread over 127.0.0.2, .3, ...
 //! (`--sources N` forces N addresses).
@@ -17,19 +24,32 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch, Semaphore};
 
-use super::{await_ready, seed, Common, Conn, Enter};
+use super::load::{self, Layout, MemberSpec, Mode, PhaseResult};
+use super::{await_ready, check_fd_limits, seed, Common, Conn, Enter};
 use crate::proc_stats::{self, CpuSnapshot};
 use crate::proto;
 use crate::stats::{latency_json, now_ns, Stats};
 use crate::ws::Msg;
 use crate::Args;
 
-pub const OPTIONS: &[&str] = &["conns", "room-size", "sources", "settle"];
+pub const OPTIONS: &[&str] = &[
+    "conns",
+    "room-size",
+    "sources",
+    "settle",
+    "chat-members",
+    "chat-senders",
+    "chat-rate",
+];
+
+/// Tags of the chatting room's two phases (tag 1 counts the pings).
+const CHAT_ALONE_TAG: u8 = 2;
+const CHAT_BESIDE_TAG: u8 = 3;
+/// Receiver group of the chatting room (group 0 counts the pings).
+const CHAT_GROUP: usize = 1;
 
 /// Connections per source address before another one is used.
 const PER_SOURCE: usize = 25_000;
-/// File descriptors the bench needs besides its connections.
-const SPARE_FDS: u64 = 64;
 
 pub async fn run(common: &Common, args: &Args, stats: &Arc<Stats>) -> Result<Value, String> {
     let conns = args.usize("conns", 10_000)?.max(1);
@@ -43,11 +63,39 @@ pub async fn run(common: &Common, args: &Args, stats: &Arc<Stats>) -> Result<Val
     if sources > 1 && !target.addr.is_ipv4() {
         return Err("more than one source address needs an IPv4 loopback --url".into());
     }
-    check_fd_limits(conns, common.pid)?;
+    let chat_members = args.usize("chat-members", 0)?;
+    let chat_senders = args.usize("chat-senders", 2)?.clamp(1, chat_members.max(1));
+    let chat_rate = args.f64("chat-rate", 50.0)?;
+    if chat_members > 0 && chat_rate <= 0.0 {
+        return Err("--chat-rate must be positive".into());
+    }
+    check_fd_limits(conns + chat_members, common.pid)?;
     if common.pid.is_none() {
         eprintln!("note: without --pid the server's memory cannot be measured");
     }
     let rss_before = common.pid.and_then(|p| proc_stats::rss_bytes(Some(p)).ok());
+
+    // The chatting room, measured before any idle socket exists.
+    let paced = Mode::Paced { per_sec: chat_rate };
+    let chat = if chat_members > 0 {
+        let layout = Layout {
+            rooms: 1,
+            members: (0..chat_members)
+                .map(|i| MemberSpec {
+                    url: 0,
+                    group: Some(CHAT_GROUP),
+                    sender: i < chat_senders,
+                })
+                .collect(),
+        };
+        let chat = load::setup(common, layout, stats).await?;
+        let alone = chat
+            .run_phase(common, "chat: room alone", CHAT_ALONE_TAG, paced)
+            .await;
+        Some((chat, alone))
+    } else {
+        None
+    };
 
     // Connect and join, room by room.
     let rooms = conns.div_ceil(room_size);
@@ -88,6 +136,19 @@ pub async fn run(common: &Common, args: &Args, stats: &Arc<Stats>) -> Result<Val
     tokio::time::sleep(Duration::from_secs_f64(settle)).await;
     let rss_connected = common.pid.and_then(|p| proc_stats::rss_bytes(Some(p)).ok());
 
+    // The same room beside the idle sockets (before they are pinged).
+    // The room's sockets stay open (and silent) until the run ends.
+    let mut chat_load = None;
+    let chat = match chat {
+        Some((chat, alone)) => {
+            let name = format!("chat: room beside {conns} idle sockets");
+            let beside = chat.run_phase(common, &name, CHAT_BESIDE_TAG, paced).await;
+            chat_load = Some(chat);
+            Some((alone, beside))
+        }
+        None => None,
+    };
+
     // Hold: one ping per connection, then idle for the rest of --duration.
     stats.set_label(format!("{conns} connections: holding"));
     let cpu0 = CpuSnapshot::take(common.pid);
@@ -98,6 +159,7 @@ pub async fn run(common: &Common, args: &Args, stats: &Arc<Stats>) -> Result<Val
     let (server_cpu, bench_cpu) = CpuSnapshot::take(common.pid).since(&cpu0);
     let rss_after = common.pid.and_then(|p| proc_stats::rss_bytes(Some(p)).ok());
     stats.stopping.store(true, Ordering::Relaxed);
+    drop(chat_load);
 
     let pongs = stats.delivered(1, 0);
     if pongs < conns as u64 {
@@ -116,7 +178,7 @@ pub async fn run(common: &Common, args: &Args, stats: &Arc<Stats>) -> Result<Val
         _ => None,
     };
     let mib = |b: Option<u64>| b.map(|b| format!("{:.1} MiB", b as f64 / 1048576.0));
-    let summary = vec![
+    let mut summary = vec![
         format!(
             "{conns} connections in {rooms} rooms of {room_size} from {sources} source address(es)"
         ),
@@ -136,6 +198,22 @@ pub async fn run(common: &Common, args: &Args, stats: &Arc<Stats>) -> Result<Val
             server_cpu.map_or("?".into(), |s| format!("{:.2} s in {window:.1} s", s)),
         ),
     ];
+    let chat_json = chat.as_ref().map(|(alone, beside)| {
+        let ratio = chat_p99_ratio(alone, beside);
+        summary.push(alone.summary());
+        summary.push(beside.summary());
+        summary.push(format!(
+            "chatting room p99 beside {conns} idle sockets / alone = {}",
+            ratio.map_or("n/a".into(), |r| format!("{r:.2}"))
+        ));
+        json!({
+            "alone": alone.to_json(&["idle_pings", "members"]),
+            "beside_idle": beside.to_json(&["idle_pings", "members"]),
+            "alone_latency_ms": latency_json(&alone.latency_all()),
+            "beside_idle_latency_ms": latency_json(&beside.latency_all()),
+            "p99_ratio": ratio.map(|r| (r * 100.0).round() / 100.0),
+        })
+    });
     Ok(json!({
         "parameters": {
             "conns": conns,
@@ -143,7 +221,11 @@ pub async fn run(common: &Common, args: &Args, stats: &Arc<Stats>) -> Result<Val
             "rooms": rooms,
             "sources": sources,
             "settle_secs": settle,
+            "chat_members": chat_members,
+            "chat_senders": (chat_members > 0).then_some(chat_senders),
+            "chat_rate": (chat_members > 0).then_some(chat_rate),
         },
+        "chat": chat_json,
         "duration_secs": window,
         "deliveries": pongs,
         "deliveries_per_sec": pongs as f64 / window.max(1e-9),
@@ -160,31 +242,11 @@ pub async fn run(common: &Common, args: &Args, stats: &Arc<Stats>) -> Result<Val
     }))
 }
 
-/// Fails early, with the fix, when the bench or the server cannot hold
-/// `conns` sockets.
-fn check_fd_limits(conns: usize, pid: Option<u32>) -> Result<(), String> {
-    let needed = conns as u64 + SPARE_FDS;
-    match proc_stats::raise_nofile() {
-        Ok((soft, hard)) if soft < needed => {
-            return Err(format!(
-                "{conns} connections need about {needed} open files, but this process may only \
-                 open {soft} (RLIMIT_NOFILE soft {soft}, hard {hard}). Raise the hard limit \
-                 (`ulimit -Hn`, limits.conf, or systemd LimitNOFILE) or use fewer --conns."
-            ))
-        }
-        Ok(_) => {}
-        Err(e) => eprintln!("warning: could not read or raise RLIMIT_NOFILE: {e}"),
-    }
-    if let Some(limit) = pid.and_then(proc_stats::max_open_files) {
-        if limit < conns as u64 + 16 {
-            return Err(format!(
-                "the server (pid {}) may only open {limit} files, fewer than {conns} connections; \
-                 start it with a higher `ulimit -n` or use fewer --conns",
-                pid.unwrap_or(0)
-            ));
-        }
-    }
-    Ok(())
+/// p99 of the chatting room beside the idle sockets over its p99 alone.
+fn chat_p99_ratio(alone: &PhaseResult, beside: &PhaseResult) -> Option<f64> {
+    let (a, b) = (alone.latency_all(), beside.latency_all());
+    (a.count() > 0 && b.count() > 0)
+        .then(|| b.quantile(0.99) as f64 / (a.quantile(0.99) as f64).max(1e3))
 }
 
 #[derive(Clone)]

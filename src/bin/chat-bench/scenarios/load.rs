@@ -14,6 +14,9 @@
 //!   stop and the window's messages are drained. Deliveries are counted by
 //!   the tag in the content, so a message sent in the window counts even
 //!   when it arrives after it.
+//! - [`Load::close`] ends a load: every member sends a WebSocket close and
+//!   waits for the server's, so a sweep (`scale`) can measure its next step
+//!   without the previous step's sockets.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -119,7 +122,15 @@ pub struct Load {
     stats: Arc<Stats>,
     layout: Layout,
     pub room_ids: Vec<u64>,
+    /// Set to `true` by [`Load::close`]: every reader closes its socket.
+    shutdown: watch::Sender<bool>,
+    /// Every member task holds a sender; `recv` gives `None` once all ended.
+    done: mpsc::Receiver<()>,
 }
+
+/// How long a member waits for the server's close frame (or end of
+/// stream) after sending its own, when the load is closed.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
 /// What a sender's reader tells its writer.
 struct SenderLink {
@@ -142,6 +153,8 @@ pub async fn setup(common: &Common, layout: Layout, stats: &Arc<Stats>) -> Resul
     let (ready_tx, mut ready_rx) = mpsc::unbounded_channel();
     let (room_tx, mut room_rx) = mpsc::unbounded_channel();
     let sem = Arc::new(Semaphore::new(common.connect_concurrency.max(1)));
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (done_tx, done_rx) = mpsc::channel(1);
     let spawn = Spawner {
         common: common.clone(),
         stats: stats.clone(),
@@ -150,6 +163,8 @@ pub async fn setup(common: &Common, layout: Layout, stats: &Arc<Stats>) -> Resul
         sem,
         senders,
         receivers: layout.group_size(0) + layout.group_size(1),
+        shutdown: shutdown_rx,
+        _done: done_tx,
     };
     stats.set_label(format!("set-up: 0/{total} connected"));
     for r in 0..layout.rooms {
@@ -189,6 +204,8 @@ pub async fn setup(common: &Common, layout: Layout, stats: &Arc<Stats>) -> Resul
         stats: stats.clone(),
         layout,
         room_ids,
+        shutdown: shutdown_tx,
+        done: done_rx,
     })
 }
 
@@ -202,6 +219,9 @@ struct Spawner {
     senders: usize,
     /// Counted receivers per room, for the closed loop's backlog bound.
     receivers: u64,
+    shutdown: watch::Receiver<bool>,
+    /// Dropped by each member task when it ends (see [`Load::close`]).
+    _done: mpsc::Sender<()>,
 }
 
 impl Spawner {
@@ -259,25 +279,59 @@ impl Spawner {
                 ));
                 link
             });
-            reader(rd, wr, spec.group, r * 31 + i, link, s.stats).await;
+            let member = Member {
+                group: spec.group,
+                shard: r * 31 + i,
+                link,
+                stats: s.stats.clone(),
+            };
+            reader(rd, wr, member, s.shutdown.clone()).await;
+            drop(s);
         });
     }
 }
 
-/// Reads a member's socket until it closes.
+/// What a member's reader counts into.
+struct Member {
+    /// Receiver group; `None` = deliveries not counted.
+    group: Option<usize>,
+    /// Histogram shard.
+    shard: usize,
+    /// Set for a sender: its writer waits on the echoes counted here.
+    link: Option<Arc<SenderLink>>,
+    stats: Arc<Stats>,
+}
+
+/// Reads a member's socket until it closes, or until `shutdown` turns
+/// `true` (then it closes the socket itself, see [`close_socket`]).
 async fn reader(
     mut rd: WsReader,
     wr: Arc<AsyncMutex<WsWriter>>,
-    group: Option<usize>,
-    shard: usize,
-    link: Option<Arc<SenderLink>>,
-    stats: Arc<Stats>,
+    member: Member,
+    mut shutdown: watch::Receiver<bool>,
 ) {
+    let Member {
+        group,
+        shard,
+        link,
+        stats,
+    } = member;
     let mut last_id: u64 = 0;
     let mut counts = [0u64; MAX_TAGS];
     let mut lat: Vec<(u8, u64)> = Vec::with_capacity(64);
     loop {
-        match rd.fill().await {
+        let read = tokio::select! {
+            r = rd.fill() => r,
+            closing = async { shutdown.wait_for(|&stop| stop).await.is_ok() } => {
+                // `false`: the Load was dropped without closing; the
+                // scenario is over, so there is nobody to report to.
+                if closing {
+                    close_socket(&mut rd, &wr).await;
+                }
+                return;
+            }
+        };
+        match read {
             Ok(0) => return stats.connection_lost(|| "server closed a member's socket".into()),
             Ok(_) => {}
             Err(e) => return stats.connection_lost(|| format!("read: {e}")),
@@ -307,6 +361,9 @@ async fn reader(
                     if let Some(id) = info.id {
                         if last_id != 0 && id != last_id + 1 {
                             stats.errors.order.fetch_add(1, Ordering::Relaxed);
+                            if id <= last_id {
+                                stats.errors.duplicates.fetch_add(1, Ordering::Relaxed);
+                            }
                             if id > last_id {
                                 stats
                                     .errors
@@ -366,6 +423,29 @@ async fn reader(
             }
         }
     }
+}
+
+/// Sends a WebSocket close (1000) and reads, discarding everything, until
+/// the server's close frame or the end of the stream, for at most
+/// [`CLOSE_WAIT`]: once it returns, the server has seen this member go.
+async fn close_socket(rd: &mut WsReader, wr: &AsyncMutex<WsWriter>) {
+    if wr.lock().await.send_close(1000).await.is_err() {
+        return;
+    }
+    let drain = async {
+        loop {
+            match rd.fill().await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            while let Ok(Some(msg)) = rd.next_msg() {
+                if let Msg::Close(_) = msg {
+                    return;
+                }
+            }
+        }
+    };
+    let _ = tokio::time::timeout(CLOSE_WAIT, drain).await;
 }
 
 /// Takes up to `n` sends of `tag` from the cap; how many were granted.
@@ -489,6 +569,15 @@ impl PhaseResult {
         self.delivered.iter().sum()
     }
 
+    /// The latency of every counted group together.
+    pub fn latency_all(&self) -> Histogram {
+        let mut all = Histogram::new();
+        for h in &self.latency {
+            all.merge(h);
+        }
+        all
+    }
+
     pub fn deliveries_per_sec(&self) -> f64 {
         self.deliveries() as f64 / self.window_secs.max(1e-9)
     }
@@ -512,10 +601,7 @@ impl PhaseResult {
             latency.insert(name.to_string(), latency_json(&self.latency[g]));
             delivered.insert(name.to_string(), json!(self.delivered[g]));
         }
-        let mut all = Histogram::new();
-        for h in &self.latency {
-            all.merge(h);
-        }
+        let all = self.latency_all();
         let round = |v: f64, d: f64| (v * d).round() / d;
         json!({
             "name": self.name,
@@ -540,10 +626,7 @@ impl PhaseResult {
 
     /// One line for the human summary.
     pub fn summary(&self) -> String {
-        let mut all = Histogram::new();
-        for h in &self.latency {
-            all.merge(h);
-        }
+        let all = self.latency_all();
         let ms = |ns: u64| ns as f64 / 1e6;
         let cpu = match (self.server_cpu_secs, self.server_us_per_delivery()) {
             (Some(s), Some(us)) => format!(
@@ -665,6 +748,29 @@ impl Load {
 
     pub fn stats(&self) -> &Arc<Stats> {
         &self.stats
+    }
+
+    /// Closes every member's socket (a WebSocket close each, answered by
+    /// the server's) and waits until all member tasks have ended, for at
+    /// most `limit`. Senders stop first; nothing is counted as lost.
+    pub async fn close(self, limit: Duration) -> Result<(), String> {
+        let Load {
+            plan,
+            shutdown,
+            mut done,
+            ..
+        } = self;
+        // Dropping the plan ends every writer.
+        drop(plan);
+        shutdown.send_replace(true);
+        // Every member task holds a `done` sender: `None` once all ended.
+        match tokio::time::timeout(limit, done.recv()).await {
+            Ok(_) => Ok(()),
+            Err(_) => Err(format!(
+                "closing the sockets took longer than {:.0} s",
+                limit.as_secs_f64()
+            )),
+        }
     }
 
     /// Stops the senders (readers keep running until the process exits).

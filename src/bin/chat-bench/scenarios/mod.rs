@@ -9,6 +9,7 @@ pub mod flood;
 pub mod idle;
 pub mod load;
 pub mod rooms;
+pub mod scale;
 pub mod soak;
 
 use std::net::IpAddr;
@@ -18,6 +19,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::proc_stats;
 use crate::proto;
 use crate::stats::Stats;
 use crate::ws::{self, Msg, Target, WsReader, WsWriter};
@@ -274,6 +276,36 @@ pub async fn await_ready(
                     "set-up timed out: only {done} of {n} connections joined within {limit:?}"
                 ))
             }
+        }
+    }
+    Ok(())
+}
+
+/// File descriptors the bench needs besides its connections.
+const SPARE_FDS: u64 = 64;
+
+/// Fails early, with the fix, when the bench or the server cannot hold
+/// `conns` sockets.
+pub fn check_fd_limits(conns: usize, pid: Option<u32>) -> Result<(), String> {
+    let needed = conns as u64 + SPARE_FDS;
+    match proc_stats::raise_nofile() {
+        Ok((soft, hard)) if soft < needed => {
+            return Err(format!(
+                "{conns} connections need about {needed} open files, but this process may only \
+                 open {soft} (RLIMIT_NOFILE soft {soft}, hard {hard}). Raise the hard limit \
+                 (`ulimit -Hn`, limits.conf, or systemd LimitNOFILE) or use fewer connections."
+            ))
+        }
+        Ok(_) => {}
+        Err(e) => eprintln!("warning: could not read or raise RLIMIT_NOFILE: {e}"),
+    }
+    if let Some(limit) = pid.and_then(proc_stats::max_open_files) {
+        if limit < conns as u64 + 16 {
+            return Err(format!(
+                "the server (pid {}) may only open {limit} files, fewer than {conns} connections; \
+                 start it with a higher `ulimit -n` or use fewer connections",
+                pid.unwrap_or(0)
+            ));
         }
     }
     Ok(())

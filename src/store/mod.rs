@@ -25,7 +25,9 @@ pub use memory::{
     first_room_id, message_bytes, MemoryStore, DEFAULT_MAX_BYTES, MESSAGE_OVERHEAD_BYTES,
     ROOM_IDS_PER_MILLI,
 };
-pub use mysql::{connect_creating_database, may_heal, sql_error_may_heal, MySqlStore};
+pub use mysql::{
+    connect_creating_database, may_heal, schema_statements, sql_error_may_heal, MySqlStore,
+};
 
 use std::error::Error;
 use std::sync::Arc;

@@ -16,7 +16,9 @@
 
 use std::time::Duration;
 
-use chat_server::store::{bounded, connect_creating_database, StoreError, TimedOut};
+use chat_server::store::{
+    bounded, connect_creating_database, schema_statements, StoreError, TimedOut,
+};
 use chrono::NaiveDateTime;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Error as SqlError, Opts, OptsBuilder, Params, Pool, TxOpts, Value};
@@ -214,25 +216,10 @@ fn insert_params(rows: &[Pending], received: NaiveDateTime) -> Params {
 
 /// Runs `sql/events.sql` statement by statement.
 async fn create_table(conn: &mut Conn) -> Result<(), SqlError> {
-    for sql in schema_statements() {
+    for sql in schema_statements(SCHEMA) {
         conn.query_drop(sql).await?;
     }
     Ok(())
-}
-
-/// The statements of `sql/events.sql`: comment lines dropped, then split
-/// on `;`.
-fn schema_statements() -> Vec<String> {
-    let code: Vec<&str> = SCHEMA
-        .lines()
-        .filter(|l| !l.trim_start().starts_with("--"))
-        .collect();
-    code.join("\n")
-        .split(';')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-        .collect()
 }
 
 #[cfg(test)]
@@ -248,7 +235,7 @@ mod tests {
 
     #[test]
     fn the_schema_is_one_idempotent_statement() {
-        let statements = schema_statements();
+        let statements = schema_statements(SCHEMA);
         assert_eq!(statements.len(), 1, "{statements:#?}");
         assert!(statements[0].starts_with("CREATE TABLE IF NOT EXISTS chatEvent"));
     }

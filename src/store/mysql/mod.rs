@@ -38,6 +38,7 @@ mod writer;
 
 pub use outbox::OutboxSource;
 
+pub use schema::schema_statements;
 use schema::{ensure_schema, SchemaNotApplied, SCHEMA_STEP};
 use writer::MessageWriter;
 

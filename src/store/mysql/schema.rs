@@ -398,7 +398,7 @@ pub(super) struct SchemaNotApplied {
 
 /// The statements of a schema file: whole-line `--` comments dropped, the
 /// rest split on `;`.
-fn schema_statements(schema: &str) -> Vec<String> {
+pub fn schema_statements(schema: &str) -> Vec<String> {
     let code: String = schema
         .lines()
         .filter(|line| !line.trim_start().starts_with("--"))

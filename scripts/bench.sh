@@ -11,7 +11,10 @@
 #      scale: SCALE_RATE (default 10000 msgs/s in all), SCALE_ROOMS (default 100,500,1000,2000,4000),
 #      SCALE_SIZES (default 2,4,16), SCALE_SOCKETS (default 4000), SCALE_IDLE (default 15000),
 #      SCALE_DURATION (default 10 s per step), SCALE_TIMEOUT (default 900 s per chat-bench run),
-#      CHARTS (default docs/bench: where scale.svg and scale-room-size.svg go).
+#      CHARTS (default docs/bench: where scale.svg and scale-room-size.svg go),
+#      SCALE_BASELINE (a directory holding another chat-server build, e.g. of an earlier commit:
+#      its default setting is measured in the same run, as "baseline", sweep and idle comparison),
+#      SCALE_IDLE=0 skips the idle comparison.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-target/release}
@@ -36,10 +39,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# start PORT [ENV=VAL...] -> sets SPID
+# start PORT [ENV=VAL...] -> sets SPID (the server binary is $SERVER, default $BIN/chat-server)
 start() {
   local port=$1; shift
-  env PORT=$port "$@" "$BIN/chat-server" >/tmp/chat-server-$port.log 2>&1 &
+  env PORT=$port "$@" "${SERVER:-$BIN/chat-server}" >/tmp/chat-server-$port.log 2>&1 &
   SPID=$!; PIDS+=("$SPID")
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/health" >/dev/null && return 0; sleep 0.1; done
   echo "server on $port did not start" >&2; cat /tmp/chat-server-$port.log >&2; exit 1
@@ -152,9 +155,15 @@ scale)    # issue 12: how p50, p99 and server CPU per delivery grow with the num
   fi
   ( ulimit -n "$need"
     trap 'kill ${SPID:-} 2>/dev/null || true' EXIT
-    for setting in default heartbeat-600; do
+    settings="default heartbeat-600"
+    if [ -n "${SCALE_BASELINE:-}" ]; then
+      [ -x "$SCALE_BASELINE/chat-server" ] || { echo "scale: no $SCALE_BASELINE/chat-server" >&2; exit 2; }
+      settings="$settings baseline"
+    fi
+    for setting in $settings; do
       case $setting in
         default) start $PORT_BASE ;;
+        baseline) SERVER=$SCALE_BASELINE/chat-server start $PORT_BASE ;;
         *) start $PORT_BASE HEARTBEAT_INTERVAL_SECS=600 CLIENT_TIMEOUT_SECS=1800 ;;
       esac
       bench scale --url http://127.0.0.1:$PORT_BASE --pid $SPID --rate "${SCALE_RATE:-10000}" \
@@ -162,22 +171,35 @@ scale)    # issue 12: how p50, p99 and server CPU per delivery grow with the num
         --drain 10 --timeout "$tmo" --label "$setting" > $OUT/scale-$setting.json
       stop $SPID
     done
-    "$BIN/chat-bench" chart $OUT/scale-default.json $OUT/scale-heartbeat-600.json --out "${CHARTS:-docs/bench}/scale.svg" \
+    sweeps=$(for setting in $settings; do echo "$OUT/scale-$setting.json"; done)
+    # shellcheck disable=SC2086
+    "$BIN/chat-bench" chart $sweeps --out "${CHARTS:-docs/bench}/scale.svg" \
       --title "rooms of 4, ${SCALE_RATE:-10000} msgs/s in all, memory store (2 cores shared with the bench)"
-    "$BIN/chat-bench" chart $OUT/scale-default.json $OUT/scale-heartbeat-600.json --x room_size \
+    # shellcheck disable=SC2086
+    "$BIN/chat-bench" chart $sweeps --x room_size \
       --out "${CHARTS:-docs/bench}/scale-room-size.svg" \
       --title "$sockets sockets, ${SCALE_RATE:-10000} msgs/s in all, memory store"
-    start $PORT_BASE
-    bench idle --url http://127.0.0.1:$PORT_BASE --pid $SPID --conns "$idle" --room-size 10 \
-      --chat-members 10 --chat-senders 2 --chat-rate 50 --warmup 2 --duration 10 --timeout "$tmo" \
-      --label "idle-$idle beside a chatting room" > $OUT/scale-idle-$idle.json
-    stop $SPID )
-  for f in $OUT/scale-default.json $OUT/scale-heartbeat-600.json; do
+    if [ "$idle" != 0 ]; then
+      for setting in $settings; do
+        case $setting in
+          default) start $PORT_BASE; suffix= ;;
+          baseline) SERVER=$SCALE_BASELINE/chat-server start $PORT_BASE; suffix=-baseline ;;
+          *) continue ;;
+        esac
+        bench idle --url http://127.0.0.1:$PORT_BASE --pid $SPID --conns "$idle" --room-size 10 \
+          --chat-members 10 --chat-senders 2 --chat-rate 50 --warmup 2 --duration 10 --timeout "$tmo" \
+          --label "idle-$idle beside a chatting room ($setting)" > $OUT/scale-idle-$idle$suffix.json
+        stop $SPID
+      done
+    fi )
+  for f in $OUT/scale-default.json $OUT/scale-heartbeat-600.json ${SCALE_BASELINE:+$OUT/scale-baseline.json}; do
     jq -r '.label as $l | .steps[] | [$l, .sockets, .rooms, .room_size, .deliveries_per_sec,
       .latency_ms.p50, .latency_ms.p90, .latency_ms.p99, .latency_ms.max, .server_cpu_us_per_delivery,
       .lost, .duplicates, .errors] | @tsv' "$f" 2>/dev/null || true
   done
-  jq -r '"idle: chatting room p99 alone \(.chat.alone_latency_ms.p99) ms, beside idle sockets \(.chat.beside_idle_latency_ms.p99) ms, ratio \(.chat.p99_ratio)"' \
-    $OUT/scale-idle-$idle.json 2>/dev/null || true ;;
+  for f in $OUT/scale-idle-$idle.json ${SCALE_BASELINE:+$OUT/scale-idle-$idle-baseline.json}; do
+    jq -r '"\(.label): chatting room p99 alone \(.chat.alone_latency_ms.p99) ms, beside idle sockets \(.chat.beside_idle_latency_ms.p99) ms, ratio \(.chat.p99_ratio)"' \
+      "$f" 2>/dev/null || true
+  done ;;
 *) echo "unknown section $s" >&2; exit 2 ;;
 esac; done

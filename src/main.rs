@@ -6,6 +6,11 @@ use chat_server::logging;
 use chat_server::startup::{Application, StartupError};
 use chat_server::Chain;
 
+/// mimalloc instead of glibc's allocator: see `Cargo.toml` and the profile
+/// in docs/PERFORMANCE.md (Small rooms: CPU per delivery).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[actix_web::main]
 async fn main() -> std::process::ExitCode {
     // The logger comes first, so every later line (a configuration error

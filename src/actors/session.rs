@@ -119,6 +119,11 @@ pub struct ChatSession {
     leaving: Option<RoomId>,
     /// Counts join attempts, so a watchdog can tell its join from a later one.
     join_attempt: u64,
+    /// The watchdog of the join in flight, cancelled once it is settled:
+    /// actix polls every timer of an actor on each of its wake-ups, so a
+    /// watchdog left to expire would be polled on every delivery for
+    /// three store timeouts after each join.
+    join_watchdog: Option<SpawnHandle>,
     /// Client frames; `violations` is the allowance of frames over it
     /// before the connection is closed (see `handle_text`).
     rate: TokenBucket,
@@ -163,6 +168,7 @@ impl ChatSession {
             joining: None,
             leaving: None,
             join_attempt: 0,
+            join_watchdog: None,
             rate,
             violations,
             joins,
@@ -468,14 +474,22 @@ impl ChatSession {
                     // The outcome arrives as a SessionEvent. Should the room
                     // die before answering, do not leave the client (and its
                     // queued frames) waiting forever.
+                    // (Unless the answer came first: then nothing waits.)
+                    if act.join_attempt != this_attempt || act.joining != Some(room_id) {
+                        return;
+                    }
                     let wait = act.cx.limits.store_timeout * 3;
-                    ctx.run_later(wait, move |act, ctx| {
+                    let watchdog = ctx.run_later(wait, move |act, ctx| {
+                        act.join_watchdog = None;
                         if act.join_attempt == this_attempt && act.joining == Some(room_id) {
                             let e =
                                 ChatError::unavailable(format!("room {room_id} did not answer"));
                             act.join_error(&e, reference.as_deref(), ctx);
                         }
                     });
+                    if let Some(old) = act.join_watchdog.replace(watchdog) {
+                        ctx.cancel_future(old);
+                    }
                     return;
                 }
                 JoinSent::Refused(e) => {
@@ -507,8 +521,17 @@ impl ChatSession {
 
     fn join_failed(&mut self, frame: Bytes, ctx: &mut Context<Self>) {
         self.send(frame, ctx);
-        self.joining = None;
+        self.join_settled(ctx);
         self.replay_queued(ctx);
+    }
+
+    /// The join in flight is over (answered, failed, or the connection is
+    /// ending): no join is in flight, and its watchdog is cancelled.
+    fn join_settled(&mut self, ctx: &mut Context<Self>) {
+        self.joining = None;
+        if let Some(watchdog) = self.join_watchdog.take() {
+            ctx.cancel_future(watchdog);
+        }
     }
 
     /// Handles the frames that arrived while joining, in order, until one
@@ -575,8 +598,8 @@ impl ChatSession {
     /// `Joined` event finds this mailbox closed (or the session no longer
     /// joining) and the room removes the member. Returns, when a room was
     /// left, what completes once the room has recorded the leave.
-    fn release(&mut self, _ctx: &mut Context<Self>) -> Option<oneshot::Receiver<()>> {
-        self.joining = None;
+    fn release(&mut self, ctx: &mut Context<Self>) -> Option<oneshot::Receiver<()>> {
+        self.join_settled(ctx);
         self.queued.clear();
         let current = self.current.take()?;
         if current.room.connected() {
@@ -651,7 +674,7 @@ impl ChatSession {
                     self.send(frame, ctx);
                     self.current = Some(CurrentRoom { room_id, room });
                     self.lobby_since = None;
-                    self.joining = None;
+                    self.join_settled(ctx);
                     self.replay_queued(ctx);
                 } else if !self.in_room(room_id) {
                     // Stale: give the seat back (unless it is the seat this

@@ -1,8 +1,10 @@
 -- Chat server schema (MySQL 5.7+ / 8.x, MariaDB 10.3+).
 --
 -- The server applies this file at start-up when one of its tables is missing
--- (with all of them present it runs no DDL, so a user with only SELECT,
--- INSERT, UPDATE, DELETE can run it; an administrator may apply this file
+-- (with all of them present it runs no DDL but one: it adds the index
+-- ix_chatRoom_empty to a chatRoom made before the index existed, and only
+-- warns if it may not; so a user with only SELECT, INSERT, UPDATE, DELETE
+-- can run it; an administrator may apply this file
 -- beforehand: mysql <database> < sql/schema.sql), statement by statement, so
 -- every statement must be idempotent (CREATE ... IF NOT EXISTS). A new table
 -- must also be added to TABLES in src/store/mysql/mod.rs. Rules for editing:
@@ -23,8 +25,11 @@
 --   4. chatRoom.last_msg_id (new): the room's message sequence counter. A
 --      message batch takes the next consecutive ids by advancing it in the
 --      transaction that inserts the messages, so ids are gap-free per room.
---   5. chatRoom gets an index on created, for the sweep that deletes rooms
---      nobody joined within the grace period.
+--   5. chatRoom gets an index on (join_member_count, created), for the
+--      sweep that deletes rooms nobody joined within the grace period: it
+--      reads the old empty rooms in that order, 500 at a time, and no other
+--      row (databases made before it had an index on created alone, which
+--      the server leaves in place and adds this one beside).
 --   6. chatMember.instance_id (new, indexed): the server process that holds
 --      the connection, so a crashed process's members can be reaped.
 --      socket_id is NOT NULL and wider ("<instance id>:<counter>").
@@ -60,7 +65,7 @@ CREATE TABLE IF NOT EXISTS chatRoom (
     last_msg_id BIGINT UNSIGNED NOT NULL DEFAULT 0,
     created DATETIME NOT NULL,
     PRIMARY KEY (id),
-    KEY ix_chatRoom_created (created)
+    KEY ix_chatRoom_empty (join_member_count, created)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci;
 
 CREATE TABLE IF NOT EXISTS chatMember (

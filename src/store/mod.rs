@@ -27,6 +27,7 @@ pub use memory::{
 };
 pub use mysql::{
     connect_creating_database, may_heal, schema_statements, sql_error_may_heal, MySqlStore,
+    SWEEP_INDEX, SWEEP_SELECT,
 };
 
 use std::error::Error;

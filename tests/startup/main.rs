@@ -17,6 +17,7 @@ mod memory_budget;
 mod mysql_outage;
 mod prometheus;
 mod second_start;
+mod sweep_index;
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;

@@ -38,8 +38,8 @@ mod writer;
 
 pub use outbox::OutboxSource;
 
-pub use schema::schema_statements;
 use schema::{ensure_schema, SchemaNotApplied, SCHEMA_STEP};
+pub use schema::{schema_statements, SWEEP_INDEX};
 use writer::MessageWriter;
 
 use std::future::Future;
@@ -94,6 +94,16 @@ const IDLE_CONNECTION_TTL: Duration = Duration::from_secs(60);
 
 /// Rooms the empty-room sweep deletes per transaction.
 const SWEEP_CHUNK: usize = 500;
+
+/// The empty-room sweep's candidates (cutoff, limit), oldest first.
+/// Invariant: it reads only the rows it returns. The order is that of the
+/// index `ix_chatRoom_empty (join_member_count, created)` (with the primary
+/// key InnoDB appends), so MariaDB walks the index from its start and stops
+/// after `limit` entries, however many rooms are old but joined; ordered by
+/// id alone it examined every old room. Public for the test that counts the
+/// rows it reads (tests/startup/sweep_index.rs).
+pub const SWEEP_SELECT: &str = "SELECT id, title, join_member_count, created FROM chatRoom \
+     WHERE join_member_count = 0 AND created < ? ORDER BY created, id LIMIT ? FOR UPDATE";
 
 /// Ids per `IN (...)` list, far below the 65,535 placeholders a statement
 /// may have.
@@ -1127,8 +1137,7 @@ async fn delete_unjoined_rooms_tx(
 ) -> TxResult<(usize, Vec<RoomId>)> {
     let locked: Vec<RoomRow> = rows(
         tx,
-        "SELECT id, title, join_member_count, created FROM chatRoom \
-         WHERE join_member_count = 0 AND created < ? ORDER BY id LIMIT ? FOR UPDATE",
+        SWEEP_SELECT,
         (cutoff, u64::try_from(limit).unwrap_or(u64::MAX)),
     )
     .await?;

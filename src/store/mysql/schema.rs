@@ -56,7 +56,8 @@ pub(super) async fn ensure_schema(conn: &mut Conn, with_events: bool) -> Result<
         .unwrap_or_default();
     let missing = missing_tables(&present, with_events);
     if missing.is_empty() {
-        return check_tables(conn, &present, database).await;
+        check_tables(conn, &present, database).await?;
+        return ensure_sweep_index(conn).await;
     }
     // Tables of another schema are refused before any DDL: a database
     // holding the original service's three tables gets no table added (the
@@ -72,7 +73,56 @@ pub(super) async fn ensure_schema(conn: &mut Conn, with_events: bool) -> Result<
         .query("SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE()")
         .await
         .map_err(unavailable(CHECKING))?;
-    check_tables(conn, &present, database).await
+    check_tables(conn, &present, database).await?;
+    ensure_sweep_index(conn).await
+}
+
+/// The index the empty-room sweep reads (see [`super::SWEEP_SELECT`]).
+pub const SWEEP_INDEX: &str = "ix_chatRoom_empty";
+
+/// Adds [`SWEEP_INDEX`] (as `sql/schema.sql` declares it).
+const ADD_SWEEP_INDEX: &str =
+    "ALTER TABLE chatRoom ADD INDEX ix_chatRoom_empty (join_member_count, created)";
+
+/// MySQL's "Duplicate key name": another process added the index first.
+const ER_DUP_KEYNAME: u16 = 1061;
+
+/// Adds the sweep's index to a `chatRoom` made before the index existed
+/// (change 5 in `sql/schema.sql`). Without it everything works, but each
+/// sweep makes the database read every old room; so a user who may not
+/// alter the table gets a warning with the statement to run, not a refusal
+/// to start.
+async fn ensure_sweep_index(conn: &mut Conn) -> Result<(), StoreError> {
+    let found: Option<u64> = conn
+        .exec_first(
+            "SELECT COUNT(*) FROM information_schema.statistics \
+             WHERE table_schema = DATABASE() AND LOWER(table_name) = 'chatroom' \
+             AND index_name = ?",
+            (SWEEP_INDEX,),
+        )
+        .await
+        .map_err(unavailable(CHECKING))?;
+    if found.unwrap_or(0) > 0 {
+        return Ok(());
+    }
+    match conn.query_drop(ADD_SWEEP_INDEX).await {
+        Ok(()) => {
+            log::info!("added the index {SWEEP_INDEX} to chatRoom, for the empty-room sweep");
+            Ok(())
+        }
+        Err(SqlError::Server(ref s)) if s.code == ER_DUP_KEYNAME => Ok(()),
+        Err(SqlError::Server(ref s)) if NO_PRIVILEGE.contains(&s.code) => {
+            log::warn!(
+                "chatRoom lacks the index {SWEEP_INDEX} and this user may not add it \
+                 (ERROR {}: {}): the empty-room sweep works, but reads every old room; \
+                 an administrator can run: {ADD_SWEEP_INDEX}",
+                s.code,
+                s.message
+            );
+            Ok(())
+        }
+        Err(e) => Err(StoreError::unavailable(SCHEMA_STEP, e)),
+    }
 }
 
 /// The tables `TABLES` began with; the rest were added later, for events.

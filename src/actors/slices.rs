@@ -54,7 +54,13 @@ impl<T: Clone> Slices<T> {
     /// The number of slices for a heartbeat `interval`: one per
     /// [`TICK_TARGET`] of it, from 1 to [`MAX_SLICES`].
     pub fn count_for(interval: Duration) -> usize {
-        let n = interval.as_nanos() / TICK_TARGET.as_nanos().max(1);
+        Self::count_with_tick(interval, TICK_TARGET)
+    }
+
+    /// The number of slices for ticks of about `tick` over `interval`,
+    /// from 1 to [`MAX_SLICES`].
+    pub fn count_with_tick(interval: Duration, tick: Duration) -> usize {
+        let n = interval.as_nanos() / tick.as_nanos().max(1);
         usize::try_from(n)
             .unwrap_or(MAX_SLICES)
             .clamp(1, MAX_SLICES)
@@ -150,6 +156,11 @@ mod tests {
         assert_eq!(Slices::<u64>::count_for(Duration::from_secs(1)), 200);
         assert_eq!(Slices::<u64>::count_for(Duration::from_millis(10)), 2);
         assert_eq!(Slices::<u64>::count_for(Duration::from_millis(4)), 1);
+        let fifty = Duration::from_millis(50);
+        assert_eq!(
+            Slices::<u64>::count_with_tick(Duration::from_secs(2), fifty),
+            40
+        );
         assert_eq!(Slices::<u64>::count_for(Duration::ZERO), 1);
         assert_eq!(
             Slices::<u64>::count_for(Duration::from_secs(31_536_000)),

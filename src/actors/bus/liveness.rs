@@ -23,7 +23,7 @@ impl RedisBridge {
     /// The liveness key was renewed just now (`connected`: on a new
     /// connection).
     pub(super) fn renewed(&mut self, connected: bool) {
-        self.renewed_at = Some(Instant::now());
+        self.renewed_at = Instant::now();
         if connected && self.presumed_dead {
             log::warn!(
                 "redis bus: back after being presumed dead; rooms check their members \
@@ -45,10 +45,7 @@ impl RedisBridge {
         if self.sink.is_some() {
             return;
         }
-        let expired = self
-            .renewed_at
-            .is_none_or(|at| at.elapsed() >= self.config.liveness_ttl);
-        if !expired {
+        if self.renewed_at.elapsed() < self.config.liveness_ttl {
             return;
         }
         if !self.presumed_dead {

@@ -95,6 +95,12 @@ const REDIS_TIMEOUT: Duration = Duration::from_secs(3);
 /// Publishes queued while one pipeline is in flight; beyond this they are
 /// dropped (receivers catch up from the store).
 const MAX_QUEUED_PUBLISHES: usize = 100_000;
+/// The presumed-dead checks tick about this often (a slice of the rooms
+/// each time, see `liveness.rs`): coarser than the heartbeat's 5 ms, since
+/// they start store reads only while cut off, and a process should not
+/// wake 200 times a second for nothing.
+const DEAD_CHECK_TICK: Duration = Duration::from_millis(50);
+
 /// Shortest time between two resyncs of one room asked for by the bus
 /// (hints, undecodable payloads); later requests wait for the next tick.
 pub const RESYNC_MIN_GAP: Duration = Duration::from_secs(1);
@@ -210,8 +216,12 @@ pub struct RedisBridge {
     unsent: HashSet<RoomId>,
     /// Resyncs asked for by the bus, throttled per room.
     throttle: ResyncThrottle,
-    /// When the liveness key was last renewed (on connection or refresh).
-    renewed_at: Option<Instant>,
+    /// When the liveness key was last renewed (on connection or refresh);
+    /// until the first renewal, when the bridge was made: the TTL a process
+    /// may go unrenewed before it presumes itself declared dead counts from
+    /// start-up, not from an instant before it (then the first check, 5 ms
+    /// in, found a process still making its first connection "dead").
+    renewed_at: Instant,
     /// The liveness key expired while this process was cut off: the others
     /// may have reaped its members.
     presumed_dead: bool,
@@ -291,7 +301,10 @@ impl RedisBridge {
         .map_err(BridgeError::Url)?;
         let pool = make_pool(placeholder).map_err(BridgeError::Pool)?;
         let settle = config.liveness_ttl + config.liveness_refresh + config.address.max_backoff();
-        let dead_checks = Slices::new(Slices::<RoomId>::count_for(config.reap_interval));
+        let dead_checks = Slices::new(Slices::<RoomId>::count_with_tick(
+            config.reap_interval,
+            DEAD_CHECK_TICK,
+        ));
         Ok(RedisBridge {
             config,
             pool,
@@ -315,7 +328,7 @@ impl RedisBridge {
             drain_waiters: Vec::new(),
             unsent: HashSet::new(),
             throttle: ResyncThrottle::new(RESYNC_MIN_GAP),
-            renewed_at: None,
+            renewed_at: Instant::now(),
             presumed_dead: false,
             reject_log: LogLimiter::new(REJECT_LOG_EVERY),
         })
@@ -885,6 +898,34 @@ mod tests {
         let head = "invalid REDIS_URL or REDIS_SENTINELS: ";
         assert!(chain.starts_with(head), "{chain}");
         assert!(chain.len() > head.len(), "{chain}");
+    }
+
+    /// Before its first connection a process counts the TTL from its own
+    /// start: it is not "declared dead" while it is still connecting (a
+    /// spurious warning, and a resync of every room, at each start-up).
+    #[test]
+    fn the_liveness_ttl_counts_from_start_up_until_the_first_renewal() {
+        let ttl = Duration::from_millis(200);
+        let config = BridgeConfig {
+            address: BusAddress::Direct("redis://127.0.0.1:1".into()),
+            prefix: "chat".into(),
+            instance_id: "a".into(),
+            liveness_ttl: ttl,
+            liveness_refresh: Duration::from_millis(50),
+            reap_interval: Duration::from_millis(100),
+            metrics: Default::default(),
+        };
+        let store: SharedStore = Arc::new(MemoryStore::new(10));
+        let Ok(mut bridge) = RedisBridge::new(config, store, BusHealth::default()) else {
+            panic!("a plain redis:// URL was refused");
+        };
+        bridge.check_declared_dead();
+        assert!(!bridge.presumed_dead, "dead at once, before any connection");
+        std::thread::sleep(ttl + Duration::from_millis(20));
+        bridge.check_declared_dead();
+        assert!(bridge.presumed_dead, "still unconnected a TTL after start");
+        bridge.renewed(true);
+        assert!(!bridge.presumed_dead);
     }
 
     #[test]

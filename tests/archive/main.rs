@@ -37,11 +37,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use lapin::options::{
-    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueDeclareOptions,
-};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use mysql_async::prelude::Queryable;
 use serde_json::{json, Value};
 
@@ -127,17 +125,7 @@ impl Publisher {
             .confirm_select(ConfirmSelectOptions::default())
             .await
             .expect("confirm.select");
-        // As the server declares it.
-        channel
-            .exchange_declare(
-                "chat.events".into(),
-                ExchangeKind::Topic,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
+        rabbit::declare_exchange(&channel)
             .await
             .expect("declare chat.events");
         Publisher {

@@ -22,6 +22,21 @@ use crate::wait::eventually;
 /// in front of it instead).
 pub const BROKER: &str = "127.0.0.1:5672";
 
+/// Declares the durable topic exchange `chat.events`, as the server does.
+pub async fn declare_exchange(channel: &lapin::Channel) -> lapin::Result<()> {
+    channel
+        .exchange_declare(
+            "chat.events".into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+}
+
 /// A vhost of its own, deleted on drop.
 pub struct Vhost {
     pub name: String,
@@ -114,17 +129,7 @@ impl Listener {
                 let setup = async {
                     let conn = Connection::connect(&url, ConnectionProperties::default()).await?;
                     let channel = conn.create_channel().await?;
-                    channel
-                        .exchange_declare(
-                            "chat.events".into(),
-                            ExchangeKind::Topic,
-                            ExchangeDeclareOptions {
-                                durable: true,
-                                ..Default::default()
-                            },
-                            FieldTable::default(),
-                        )
-                        .await?;
+                    declare_exchange(&channel).await?;
                     let queue = channel
                         .queue_declare(
                             "".into(),

@@ -10,6 +10,9 @@ use actix::WeakAddr;
 use super::session::{ChatSession, SessionEvent};
 use super::slices::Slices;
 
+/// The longest the heartbeat ticker sleeps through empty slices.
+const MAX_SLEEP: Duration = Duration::from_millis(250);
+
 /// Every open connection of this process, so that the heartbeat reaches
 /// each one and shutdown can close each one with 1001, including those in
 /// no room. Weak: the registry never keeps a session alive.
@@ -103,22 +106,36 @@ impl OpenSessions {
             return;
         };
         actix::spawn(async move {
-            let mut tick = tokio::time::interval(period);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            tick.tick().await;
             // Reused from tick to tick: no allocation once it has grown to
             // a slice.
             let mut due: Vec<WeakAddr<ChatSession>> = Vec::new();
+            // Ticks to take at the next wake-up: this one, plus the empty
+            // slices slept through before it. A socket that arrived in one
+            // of those meanwhile is visited then, at most `MAX_SLEEP` late,
+            // once; each tick still takes one slice, in turn, so every
+            // socket is visited once per `n` ticks (see `Slices`).
+            let mut ticks = 1u32;
+            let mut wake = tokio::time::Instant::now() + period;
             loop {
-                tick.tick().await;
+                tokio::time::sleep_until(wake).await;
                 let Some(registry) = registry.upgrade() else {
                     return;
                 };
                 due.clear();
-                registry.registry().open.next_slice(&mut due);
+                let skip = {
+                    let mut registry = registry.registry();
+                    for _ in 0..ticks {
+                        registry.open.next_slice(&mut due);
+                    }
+                    let most = (MAX_SLEEP.as_nanos() / period.as_nanos().max(1)) as usize;
+                    registry.open.empty_ahead(most.saturating_sub(1))
+                };
                 for session in due.iter().filter_map(WeakAddr::upgrade) {
                     session.do_send(SessionEvent::Heartbeat);
                 }
+                ticks = u32::try_from(skip).unwrap_or(0) + 1;
+                // A late wake-up delays the next ones (no burst of catch-up).
+                wake = (wake + period * ticks).max(tokio::time::Instant::now());
             }
         });
     }

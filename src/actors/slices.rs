@@ -23,8 +23,9 @@ use std::time::Duration;
 /// The heartbeat ticks about this often (see [`Slices::count_for`]). Short,
 /// so that a tick is a few sockets' work: at 50 ms (80 sockets a tick at
 /// 16,000 sockets) the bursts of pings and of the pongs that answer them
-/// still showed in the p99 of deliveries (docs/PERFORMANCE.md, Scaling);
-/// a timer firing 200 times a second costs next to nothing.
+/// still showed in the p99 of deliveries (docs/PERFORMANCE.md, Scaling).
+/// Ticks of empty slices are slept through (see [`Slices::empty_ahead`]),
+/// so a process with few sockets does not wake 200 times a second.
 pub const TICK_TARGET: Duration = Duration::from_millis(5);
 /// At most this many slices: with a very long interval the tick period
 /// grows instead (interval / `MAX_SLICES`). At most 4,000 length
@@ -113,6 +114,17 @@ impl<T: Clone> Slices<T> {
         self.next = (self.next + 1) % self.slices.len();
     }
 
+    /// How many of the next ticks, at most `limit`, would take an empty
+    /// slice: the ticker may sleep through them and take them all at its
+    /// next wake-up (an idle process then wakes a few times a second, not
+    /// at every tick). Never a whole round: at most `n - 1`.
+    pub fn empty_ahead(&self, limit: usize) -> usize {
+        let n = self.slices.len();
+        (0..limit.min(n - 1))
+            .take_while(|i| self.slices[(self.next + i) % n].is_empty())
+            .count()
+    }
+
     /// Every socket (shutdown: once, not per tick).
     pub fn all(&self) -> Vec<T> {
         self.slices
@@ -182,6 +194,29 @@ mod tests {
         let mut out = Vec::new();
         slices.next_slice(&mut out);
         assert_eq!(out.len(), 80, "a tick is one slice, not every socket");
+    }
+
+    #[test]
+    fn the_empty_slices_ahead_are_counted_up_to_the_limit_and_never_a_whole_round() {
+        let mut slices = Slices::new(10);
+        assert_eq!(slices.empty_ahead(100), 9, "never all n");
+        assert_eq!(slices.empty_ahead(4), 4);
+        // The first socket goes to the slice farthest ahead (the last).
+        slices.insert(1, 1);
+        assert_eq!(slices.empty_ahead(100), 9);
+        let mut out = Vec::new();
+        for _ in 0..9 {
+            slices.next_slice(&mut out);
+        }
+        assert!(out.is_empty());
+        assert_eq!(
+            slices.empty_ahead(100),
+            0,
+            "the next slice holds the socket"
+        );
+        slices.next_slice(&mut out);
+        assert_eq!(out, vec![1]);
+        assert_eq!(Slices::<u64>::new(1).empty_ahead(5), 0);
     }
 
     #[test]

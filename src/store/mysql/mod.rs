@@ -66,6 +66,9 @@ use crate::events::Events;
 
 /// `ER_BAD_DB_ERROR`: the database named in the URL does not exist.
 const ER_BAD_DB_ERROR: u16 = 1049;
+/// `ER_DUP_KEYNAME`: an index of that name exists (another process added
+/// the sweep's index first, see `schema.rs`).
+const ER_DUP_KEYNAME: u16 = 1061;
 /// `ER_DUP_ENTRY`: a unique key was violated (here: room + nickname).
 const ER_DUP_ENTRY: u16 = 1062;
 /// `ER_LOCK_WAIT_TIMEOUT`: InnoDB gave up waiting for a row lock.

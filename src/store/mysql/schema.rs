@@ -17,7 +17,7 @@
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Error as SqlError};
 
-use super::{first, rows, unavailable, MySqlStore, NO_PRIVILEGE};
+use super::{first, rows, unavailable, MySqlStore, ER_DUP_KEYNAME, NO_PRIVILEGE};
 use crate::domain::TextLimits;
 use crate::store::StoreError;
 
@@ -44,10 +44,7 @@ pub(super) const SCHEMA_STEP: &str = "applying the schema";
 /// `with_events` (`AMQP_URL`): a database set up before they existed, for
 /// a user who may not create tables, keeps working without events.
 pub(super) async fn ensure_schema(conn: &mut Conn, with_events: bool) -> Result<(), StoreError> {
-    let present: Vec<String> = conn
-        .query("SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE()")
-        .await
-        .map_err(unavailable(CHECKING))?;
+    let mut present = present_tables(conn).await?;
     let database: String = conn
         .query_first::<Option<String>, _>("SELECT DATABASE()")
         .await
@@ -55,26 +52,30 @@ pub(super) async fn ensure_schema(conn: &mut Conn, with_events: bool) -> Result<
         .flatten()
         .unwrap_or_default();
     let missing = missing_tables(&present, with_events);
-    if missing.is_empty() {
-        check_tables(conn, &present, database).await?;
-        return ensure_sweep_index(conn).await;
+    if !missing.is_empty() {
+        // Tables of another schema are refused before any DDL: a database
+        // holding the original service's three tables gets no table added
+        // (the event tables came later than the three and may be missing
+        // alone).
+        let core_present = CORE_TABLES
+            .iter()
+            .all(|t| present.iter().any(|p| p.eq_ignore_ascii_case(t)));
+        if core_present {
+            check_tables(conn, &present, database.clone()).await?;
+        }
+        apply_schema(conn, &database, missing).await?;
+        present = present_tables(conn).await?;
     }
-    // Tables of another schema are refused before any DDL: a database
-    // holding the original service's three tables gets no table added (the
-    // event tables came later than the three and may be missing alone).
-    let core_present = CORE_TABLES
-        .iter()
-        .all(|t| present.iter().any(|p| p.eq_ignore_ascii_case(t)));
-    if core_present {
-        check_tables(conn, &present, database.clone()).await?;
-    }
-    apply_schema(conn, &database, missing).await?;
-    let present: Vec<String> = conn
-        .query("SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE()")
-        .await
-        .map_err(unavailable(CHECKING))?;
     check_tables(conn, &present, database).await?;
     ensure_sweep_index(conn).await
+}
+
+/// The tables of the connection's database, as `information_schema` spells
+/// them.
+async fn present_tables(conn: &mut Conn) -> Result<Vec<String>, StoreError> {
+    conn.query("SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE()")
+        .await
+        .map_err(unavailable(CHECKING))
 }
 
 /// The index the empty-room sweep reads (see [`super::SWEEP_SELECT`]).
@@ -83,9 +84,6 @@ pub const SWEEP_INDEX: &str = "ix_chatRoom_empty";
 /// Adds [`SWEEP_INDEX`] (as `sql/schema.sql` declares it).
 const ADD_SWEEP_INDEX: &str =
     "ALTER TABLE chatRoom ADD INDEX ix_chatRoom_empty (join_member_count, created)";
-
-/// MySQL's "Duplicate key name": another process added the index first.
-const ER_DUP_KEYNAME: u16 = 1061;
 
 /// Adds the sweep's index to a `chatRoom` made before the index existed
 /// (change 5 in `sql/schema.sql`). Without it everything works, but each

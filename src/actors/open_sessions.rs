@@ -115,6 +115,8 @@ impl OpenSessions {
             // once; each tick still takes one slice, in turn, so every
             // socket is visited once per `n` ticks (see `Slices`).
             let mut ticks = 1u32;
+            // The most ticks one sleep may span.
+            let longest = (MAX_SLEEP.as_nanos() / period.as_nanos().max(1)) as usize;
             let mut wake = tokio::time::Instant::now() + period;
             loop {
                 tokio::time::sleep_until(wake).await;
@@ -127,8 +129,7 @@ impl OpenSessions {
                     for _ in 0..ticks {
                         registry.open.next_slice(&mut due);
                     }
-                    let most = (MAX_SLEEP.as_nanos() / period.as_nanos().max(1)) as usize;
-                    registry.open.empty_ahead(most.saturating_sub(1))
+                    registry.open.empty_ahead(longest.saturating_sub(1))
                 };
                 for session in due.iter().filter_map(WeakAddr::upgrade) {
                     session.do_send(SessionEvent::Heartbeat);

@@ -160,12 +160,16 @@ scale)    # issue 12: how p50, p99 and server CPU per delivery grow with the num
       [ -x "$SCALE_BASELINE/chat-server" ] || { echo "scale: no $SCALE_BASELINE/chat-server" >&2; exit 2; }
       settings="$settings baseline"
     fi
-    for setting in $settings; do
-      case $setting in
+    # start_setting SETTING: a fresh server of that setting on PORT_BASE
+    start_setting() {
+      case $1 in
         default) start $PORT_BASE ;;
         baseline) SERVER=$SCALE_BASELINE/chat-server start $PORT_BASE ;;
         *) start $PORT_BASE HEARTBEAT_INTERVAL_SECS=600 CLIENT_TIMEOUT_SECS=1800 ;;
       esac
+    }
+    for setting in $settings; do
+      start_setting "$setting"
       bench scale --url http://127.0.0.1:$PORT_BASE --pid $SPID --rate "${SCALE_RATE:-10000}" \
         --rooms "$rooms" --sizes "$sizes" --sockets "$sockets" --warmup 2 --duration "${SCALE_DURATION:-10}" \
         --drain 10 --timeout "$tmo" --label "$setting" > $OUT/scale-$setting.json
@@ -180,12 +184,10 @@ scale)    # issue 12: how p50, p99 and server CPU per delivery grow with the num
       --out "${CHARTS:-docs/bench}/scale-room-size.svg" \
       --title "$sockets sockets, ${SCALE_RATE:-10000} msgs/s in all, memory store"
     if [ "$idle" != 0 ]; then
-      for setting in $settings; do
-        case $setting in
-          default) start $PORT_BASE; suffix= ;;
-          baseline) SERVER=$SCALE_BASELINE/chat-server start $PORT_BASE; suffix=-baseline ;;
-          *) continue ;;
-        esac
+      # The idle comparison for each build at its default settings.
+      for setting in ${settings/heartbeat-600/}; do
+        start_setting "$setting"
+        suffix=${setting/#default/}; suffix=${suffix:+-$suffix}
         bench idle --url http://127.0.0.1:$PORT_BASE --pid $SPID --conns "$idle" --room-size 10 \
           --chat-members 10 --chat-senders 2 --chat-rate 50 --warmup 2 --duration 10 --timeout "$tmo" \
           --label "idle-$idle beside a chatting room ($setting)" > $OUT/scale-idle-$idle$suffix.json
